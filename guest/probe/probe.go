@@ -1,0 +1,103 @@
+// Package probe builds the probe guest: a freestanding x86-64 program
+// (src/probe.c, src/start.S, src/probe.ld, embedded in the binary)
+// that thaw-vmm boots like a kernel on any /dev/kvm, PVM included, because
+// it keeps interrupts off and talks only through port I/O and memory. See
+// probe.c for what it prints.
+//
+// Build compiles it with gcc and caches the ELF under
+// /var/cache/thaw/probe/<hash of the sources and flags>, so every test and
+// script shares one build per source version.
+package probe
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+//go:embed src/probe.c src/start.S src/probe.ld
+var sources embed.FS
+
+// CacheDir is where built probes are kept, outside any checkout.
+const CacheDir = "/var/cache/thaw/probe"
+
+// cflags are the compiler flags; they are part of the cache key.
+var cflags = []string{
+	"-ffreestanding", "-nostdlib", "-static", "-fno-pic", "-no-pie",
+	"-mno-red-zone", "-mno-sse", "-mno-mmx", "-fno-builtin",
+	"-O2", "-fno-stack-protector", "-fcf-protection=none",
+	"-Wall", "-Werror",
+	"-Wl,--build-id=none", "-Wl,--no-warn-rwx-segments",
+}
+
+// Hash identifies the probe's sources and build flags.
+func Hash() string {
+	h := sha256.New()
+	for _, name := range []string{"probe.c", "start.S", "probe.ld"} {
+		b, _ := sources.ReadFile("src/" + name) // embedded: cannot fail
+		fmt.Fprintf(h, "%s %d\n", name, len(b))
+		h.Write(b)
+	}
+	fmt.Fprintf(h, "%q", cflags)
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// Build returns the path of the probe ELF, building it with gcc into
+// cacheDir/<hash>/probe.elf when it is not there yet. An empty cacheDir
+// means CacheDir.
+func Build(ctx context.Context, cacheDir string) (string, error) {
+	if cacheDir == "" {
+		cacheDir = CacheDir
+	}
+	dir := filepath.Join(cacheDir, Hash())
+	out := filepath.Join(dir, "probe.elf")
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("creating probe cache: %w", err)
+	}
+	src, err := os.MkdirTemp(dir, "src-")
+	if err != nil {
+		return "", fmt.Errorf("creating probe build dir: %w", err)
+	}
+	defer os.RemoveAll(src)
+	if err := fs.WalkDir(sources, ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := sources.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(src, filepath.Base(path)), b, 0o644)
+	}); err != nil {
+		return "", fmt.Errorf("writing probe sources: %w", err)
+	}
+	tmp := filepath.Join(src, "probe.elf")
+	args := append(append([]string{}, cflags...), "-T", filepath.Join(src, "probe.ld"), "-o", tmp,
+		filepath.Join(src, "start.S"), filepath.Join(src, "probe.c"))
+	cmd := exec.CommandContext(ctx, "gcc", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		var ee *exec.Error
+		if errors.As(err, &ee) {
+			return "", fmt.Errorf("building the probe guest needs gcc (scripts/setup installs it): %w", err)
+		}
+		return "", fmt.Errorf("building the probe guest: gcc: %w\n%s", err, stderr.Bytes())
+	}
+	// Rename is atomic: concurrent builders race harmlessly.
+	if err := os.Rename(tmp, out); err != nil {
+		return "", fmt.Errorf("installing probe: %w", err)
+	}
+	return out, nil
+}

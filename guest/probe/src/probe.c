@@ -1,0 +1,137 @@
+/*
+ * probe: a freestanding x86-64 guest for testing thaw-vmm without a Linux
+ * kernel. It runs with interrupts off, talks only through port I/O and
+ * memory, and prints what it does on the 8250 serial port at 0x3f8, one
+ * line per event, so tests can check it:
+ *
+ *   probe: boot cmdline="..."
+ *   probe: ram <bytes>                 RAM in the e820 map
+ *   probe: pattern pages=<n> sum=<hex> a pattern written and checksummed
+ *   probe: tick <n> sum=<hex>          the pattern re-checksummed each tick
+ *   probe: done                        then it resets through the i8042
+ *
+ * Command line parameters: probe.pages=<n> (pattern size, 4 KiB pages,
+ * default 256), probe.ticks=<n> (ticks before reset; 0 runs forever),
+ * probe.spin=<n> (loop iterations between ticks, default 100000).
+ * The counter and the pattern live in guest memory, so a snapshot restored
+ * elsewhere continues counting from where it was.
+ */
+typedef unsigned long u64;
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned char u8;
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+
+#define COM1 0x3f8
+
+static void putc(char c)
+{
+	/* Wait for the transmit holding register to empty (LSR bit 5). */
+	for (int i = 0; i < 100000 && !(inb(COM1 + 5) & 0x20); i++)
+		;
+	outb(COM1, (u8)c);
+}
+
+static void puts(const char *s) { while (*s) putc(*s++); }
+
+static void putdec(u64 v)
+{
+	char buf[21];
+	int i = 20;
+	buf[i] = 0;
+	do { buf[--i] = (char)('0' + v % 10); v /= 10; } while (v);
+	puts(&buf[i]);
+}
+
+static void puthex(u64 v)
+{
+	char buf[17];
+	for (int i = 15; i >= 0; i--) { buf[i] = "0123456789abcdef"[v & 15]; v >>= 4; }
+	buf[16] = 0;
+	puts(buf);
+}
+
+/* param returns the value of "name=<decimal>" in the command line, or def. */
+static u64 param(const char *cmdline, const char *name, u64 def)
+{
+	for (const char *p = cmdline; *p; p++) {
+		if (p != cmdline && p[-1] != ' ')
+			continue;
+		const char *a = p, *b = name;
+		while (*b && *a == *b) { a++; b++; }
+		if (*b || *a != '=')
+			continue;
+		a++;
+		u64 v = 0;
+		while (*a >= '0' && *a <= '9') v = v * 10 + (u64)(*a++ - '0');
+		return v;
+	}
+	return def;
+}
+
+/* State that must survive a snapshot lives in .data/.bss: guest memory. */
+static volatile u64 ticks;
+#define PATTERN_BASE 0x2000000UL /* 32 MiB, above the probe image */
+
+static u64 checksum(u64 pages)
+{
+	u64 sum = 0;
+	volatile u64 *p = (volatile u64 *)PATTERN_BASE;
+	for (u64 i = 0; i < pages * 512; i++)
+		sum = (sum ^ p[i]) * 0x100000001b3UL;
+	return sum;
+}
+
+void probe_main(u8 *zeropage)
+{
+	const char *cmdline = (const char *)(u64)*(u32 *)(zeropage + 0x228);
+	puts("probe: boot cmdline=\"");
+	puts(cmdline);
+	puts("\"\n");
+
+	u64 ram = 0;
+	u8 n = zeropage[0x1e8];
+	for (u8 i = 0; i < n; i++) {
+		u8 *e = zeropage + 0x2d0 + 20 * i;
+		if (*(u32 *)(e + 16) == 1)
+			ram += *(u64 *)(e + 8);
+	}
+	puts("probe: ram ");
+	putdec(ram);
+	putc('\n');
+
+	u64 pages = param(cmdline, "probe.pages", 256);
+	u64 want = param(cmdline, "probe.ticks", 3);
+	u64 spin = param(cmdline, "probe.spin", 100000);
+	if (PATTERN_BASE + pages * 4096 > ram) {
+		puts("probe: error pattern does not fit in RAM\n");
+		pages = 0;
+	}
+	volatile u64 *p = (volatile u64 *)PATTERN_BASE;
+	for (u64 i = 0; i < pages * 512; i++)
+		p[i] = i * 0x9e3779b97f4a7c15UL;
+	u64 sum = checksum(pages);
+	puts("probe: pattern pages=");
+	putdec(pages);
+	puts(" sum=");
+	puthex(sum);
+	putc('\n');
+
+	while (want == 0 || ticks < want) {
+		for (volatile u64 i = 0; i < spin; i++)
+			;
+		ticks++;
+		puts("probe: tick ");
+		putdec(ticks);
+		puts(" sum=");
+		puthex(checksum(pages));
+		putc('\n');
+	}
+	puts("probe: done\n");
+	/* Pulse the CPU reset line through the i8042 controller. */
+	outb(0x64, 0xfe);
+	for (;;)
+		__asm__ volatile("hlt");
+}
