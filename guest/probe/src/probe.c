@@ -8,6 +8,8 @@
  *   probe: ram <bytes>                 RAM in the e820 map
  *   probe: pattern pages=<n> sum=<hex> a pattern written and checksummed
  *   probe: tick <n> sum=<hex>          the pattern re-checksummed each tick
+ *   probe: key <hex>                   a byte from the i8042 keyboard
+ *   probe: ctrl-alt-del                Ctrl+Alt+Del seen: reset at once
  *   probe: done                        then it resets through the i8042
  *
  * Command line parameters: probe.pages=<n> (pattern size, 4 KiB pages,
@@ -45,13 +47,15 @@ static void putdec(u64 v)
 	puts(&buf[i]);
 }
 
-static void puthex(u64 v)
+static void puthexn(u64 v, int digits)
 {
 	char buf[17];
-	for (int i = 15; i >= 0; i--) { buf[i] = "0123456789abcdef"[v & 15]; v >>= 4; }
-	buf[16] = 0;
+	for (int i = digits - 1; i >= 0; i--) { buf[i] = "0123456789abcdef"[v & 15]; v >>= 4; }
+	buf[digits] = 0;
 	puts(buf);
 }
+
+static void puthex(u64 v) { puthexn(v, 16); }
 
 /* param returns the value of "name=<decimal>" in the command line, or def. */
 static u64 param(const char *cmdline, const char *name, u64 def)
@@ -119,9 +123,22 @@ void probe_main(u8 *zeropage)
 	puthex(sum);
 	putc('\n');
 
+	u8 prev = 0;
 	while (want == 0 || ticks < want) {
 		for (volatile u64 i = 0; i < spin; i++)
 			;
+		/* Poll the keyboard controller: status bit 0 = data waiting. */
+		while (inb(0x64) & 1) {
+			u8 k = inb(0x60);
+			puts("probe: key ");
+			puthexn(k, 2);
+			putc('\n');
+			if (prev == 0xe0 && k == 0x71) { /* Delete, after Ctrl and Alt */
+				puts("probe: ctrl-alt-del\n");
+				outb(0x64, 0xfe);
+			}
+			prev = k;
+		}
 		ticks++;
 		puts("probe: tick ");
 		putdec(ticks);

@@ -1,0 +1,212 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/thawvm/thaw/guest/probe"
+	"github.com/thawvm/thaw/internal/testenv"
+)
+
+// syncBuffer collects serial output from vCPU threads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitFor polls out until it contains want or the deadline passes.
+func waitFor(t *testing.T, out *syncBuffer, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(out.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the guest's output after %v; output:\n%s", want, timeout, out.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func probePath(t *testing.T) string {
+	t.Helper()
+	path, err := probe.Build(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func startProbe(t *testing.T, cmdline string, vcpus int, memMiB uint64) (*Machine, *syncBuffer) {
+	t.Helper()
+	testenv.RequireKVM(t)
+	out := &syncBuffer{}
+	m := New(Config{Kernel: probePath(t), Cmdline: cmdline, VCPUs: vcpus, MemMiB: memMiB, Serial: out}, testLogger(t))
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	return m, out
+}
+
+func wait(t *testing.T, m *Machine, timeout time.Duration) Exit {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	e, err := m.Wait(ctx)
+	if err != nil {
+		t.Fatalf("machine did not stop within %v (state %s)", timeout, m.State())
+	}
+	return e
+}
+
+// TestBootProbe boots the probe guest with 1 and 4 vCPUs and checks every
+// line it prints: the command line arrived, the e820 map adds up to the
+// configured RAM, the pattern checksum stays the same on every tick, and the
+// guest's reset through the i8042 stops the machine cleanly.
+func TestBootProbe(t *testing.T) {
+	for _, vcpus := range []int{1, 4} {
+		t.Run(fmt.Sprintf("vcpus=%d", vcpus), func(t *testing.T) {
+			const memMiB = 64
+			cmdline := "console=ttyS0 probe.pages=64 probe.ticks=3 probe.spin=1000"
+			m, out := startProbe(t, cmdline, vcpus, memMiB)
+			e := wait(t, m, 60*time.Second)
+			if e.Err != nil || e.Reason != "guest reset through the i8042" {
+				t.Fatalf("exit: got %v, want a clean reset through the i8042", e)
+			}
+			if m.State() != Stopped {
+				t.Errorf("state after exit: got %s, want %s", m.State(), Stopped)
+			}
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			// RAM in the e820 map: everything but the 384 KiB between the
+			// EBDA and 1 MiB.
+			wantRAM := uint64(memMiB<<20) - (0x100000 - 0x9fc00)
+			want := []string{
+				fmt.Sprintf("probe: boot cmdline=%q", cmdline),
+				fmt.Sprintf("probe: ram %d", wantRAM),
+			}
+			if len(lines) != 7 {
+				t.Fatalf("got %d lines of output, want 7:\n%s", len(lines), out.String())
+			}
+			for i, w := range want {
+				if lines[i] != w {
+					t.Errorf("line %d: got %q, want %q", i, lines[i], w)
+				}
+			}
+			sum, ok := strings.CutPrefix(lines[2], "probe: pattern pages=64 sum=")
+			if !ok {
+				t.Fatalf("line 2: got %q, want the pattern line", lines[2])
+			}
+			for i := 1; i <= 3; i++ {
+				if w := fmt.Sprintf("probe: tick %d sum=%s", i, sum); lines[2+i] != w {
+					t.Errorf("line %d: got %q, want %q", 2+i, lines[2+i], w)
+				}
+			}
+			if lines[6] != "probe: done" {
+				t.Errorf("last line: got %q, want %q", lines[6], "probe: done")
+			}
+		})
+	}
+}
+
+// TestPauseResume checks that Pause really stops the guest (its output
+// stops growing) and Resume restarts it where it was.
+func TestPauseResume(t *testing.T) {
+	m, out := startProbe(t, "probe.pages=16 probe.ticks=0 probe.spin=2000", 2, 32)
+	waitFor(t, out, "probe: tick 2 ", 30*time.Second)
+	for round := range 3 {
+		if err := m.Pause(); err != nil {
+			t.Fatalf("Pause: %v", err)
+		}
+		if got := m.State(); got != Paused {
+			t.Fatalf("state after Pause: got %s, want %s", got, Paused)
+		}
+		before := out.String()
+		time.Sleep(150 * time.Millisecond)
+		if after := out.String(); after != before {
+			t.Fatalf("round %d: guest printed while paused:\n%s", round, strings.TrimPrefix(after, before))
+		}
+		ticks := strings.Count(before, "probe: tick ")
+		if err := m.Resume(); err != nil {
+			t.Fatalf("Resume: %v", err)
+		}
+		waitFor(t, out, fmt.Sprintf("probe: tick %d ", ticks+1), 30*time.Second)
+	}
+	if err := m.Start(context.Background()); !errors.Is(err, ErrState) {
+		t.Errorf("Start of a running machine: got %v, want ErrState", err)
+	}
+}
+
+// TestCtrlAltDel sends Ctrl+Alt+Del to the probe guest, which reads the
+// scancodes from the i8042 and resets.
+func TestCtrlAltDel(t *testing.T) {
+	m, out := startProbe(t, "probe.pages=16 probe.ticks=0 probe.spin=2000", 1, 32)
+	waitFor(t, out, "probe: tick 1 ", 30*time.Second)
+	if err := m.SendCtrlAltDel(); err != nil {
+		t.Fatal(err)
+	}
+	e := wait(t, m, 30*time.Second)
+	if e.Err != nil || !strings.Contains(out.String(), "probe: key 14\nprobe: key 11\nprobe: key e0\nprobe: key 71\nprobe: ctrl-alt-del\n") {
+		t.Fatalf("after Ctrl+Alt+Del: exit %v, output:\n%s", e, out.String())
+	}
+	if err := m.SendCtrlAltDel(); !errors.Is(err, ErrState) {
+		t.Errorf("SendCtrlAltDel to a stopped machine: got %v, want ErrState", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no kernel", Config{}, "kernel_image_path"},
+		{"missing kernel", Config{Kernel: "/nonexistent/vmlinux"}, "/nonexistent/vmlinux"},
+		{"kernel is a directory", Config{Kernel: "/"}, "not a regular file"},
+		{"too many vcpus", Config{Kernel: "/proc/self/exe", VCPUs: 9}, "vcpu_count 9"},
+		{"too little memory", Config{Kernel: "/proc/self/exe", MemMiB: 8}, "mem_size_mib 8"},
+		{"long cmdline", Config{Kernel: "/proc/self/exe", Cmdline: strings.Repeat("x", 4096)}, "boot_args"},
+		{"missing initrd", Config{Kernel: "/proc/self/exe", Initrd: "/nonexistent/initrd"}, "initrd"},
+	}
+	for _, tt := range tests {
+		err := tt.cfg.withDefaults().Validate()
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: got %v, want an error mentioning %q", tt.name, err, tt.want)
+		}
+	}
+	if err := (Config{Kernel: "/proc/self/exe"}).withDefaults().Validate(); err != nil {
+		t.Errorf("valid config: %v", err)
+	}
+}
