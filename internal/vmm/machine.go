@@ -22,10 +22,10 @@ import (
 // Fixed machine layout: legacy ports and their GSIs (a PC's), and where
 // KVM's private pages go (just below the IOAPIC, as Firecracker places them).
 const (
-	COM1Port   = 0x3f8
-	COM1IRQ    = 4
-	I8042IRQ   = 1
-	tssAddr    = 0xfffbd000
+	COM1Port = 0x3f8
+	COM1IRQ  = 4
+	I8042IRQ = 1
+	tssAddr  = 0xfffbd000
 )
 
 // State is the machine's lifecycle state, spelled as Firecracker's
