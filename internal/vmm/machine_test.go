@@ -100,7 +100,7 @@ func TestBootProbe(t *testing.T) {
 	for _, vcpus := range []int{1, 4} {
 		t.Run(fmt.Sprintf("vcpus=%d", vcpus), func(t *testing.T) {
 			const memMiB = 64
-			cmdline := "console=ttyS0 probe.pages=64 probe.ticks=3 probe.spin=1000"
+			cmdline := "console=ttyS0 probe.pages=16 probe.ticks=3 probe.spin=1000"
 			m, out := startProbe(t, cmdline, vcpus, memMiB)
 			e := wait(t, m, 60*time.Second)
 			if e.Err != nil || e.Reason != "guest reset through the i8042" {
@@ -125,7 +125,7 @@ func TestBootProbe(t *testing.T) {
 					t.Errorf("line %d: got %q, want %q", i, lines[i], w)
 				}
 			}
-			sum, ok := strings.CutPrefix(lines[2], "probe: pattern pages=64 sum=")
+			sum, ok := strings.CutPrefix(lines[2], "probe: pattern pages=16 sum=")
 			if !ok {
 				t.Fatalf("line 2: got %q, want the pattern line", lines[2])
 			}
@@ -209,4 +209,39 @@ func TestConfigValidate(t *testing.T) {
 	if err := (Config{Kernel: "/proc/self/exe"}).withDefaults().Validate(); err != nil {
 		t.Errorf("valid config: %v", err)
 	}
+}
+
+// TestMisbehavingGuests checks that a guest cannot crash or hang the VMM:
+// accesses to unclaimed ports and MMIO are absorbed, a triple fault ends
+// the machine cleanly, and a guest halted with interrupts off can still be
+// paused and closed.
+func TestMisbehavingGuests(t *testing.T) {
+	t.Run("chaos", func(t *testing.T) {
+		m, out := startProbe(t, "probe.chaos=3000 probe.pages=1 probe.ticks=1 probe.spin=10", 1, 32)
+		e := wait(t, m, 60*time.Second)
+		if e.Err != nil || !strings.Contains(out.String(), "probe: chaos done") || !strings.Contains(out.String(), "probe: done") {
+			t.Fatalf("exit %v, output:\n%s", e, out.String())
+		}
+	})
+	t.Run("triple fault", func(t *testing.T) {
+		m, out := startProbe(t, "probe.triple=1", 2, 32)
+		e := wait(t, m, 30*time.Second)
+		if e.Err != nil || !strings.Contains(e.Reason, "triple fault") {
+			t.Fatalf("exit: got %v, want a clean stop naming the triple fault; output:\n%s", e, out.String())
+		}
+	})
+	t.Run("hang", func(t *testing.T) {
+		m, out := startProbe(t, "probe.hang=1", 2, 32)
+		waitFor(t, out, "probe: hang", 30*time.Second)
+		if err := m.Pause(); err != nil {
+			t.Fatalf("Pause of a halted guest: %v", err)
+		}
+		if err := m.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		if m.State() != Running {
+			t.Errorf("state of a halted guest: got %s, want %s", m.State(), Running)
+		}
+		// Close (in the cleanup) must return although the guest never will.
+	})
 }

@@ -15,6 +15,10 @@
  * Command line parameters: probe.pages=<n> (pattern size, 4 KiB pages,
  * default 256), probe.ticks=<n> (ticks before reset; 0 runs forever),
  * probe.spin=<n> (loop iterations between ticks, default 100000).
+ * Misbehaviour, to prove a guest cannot crash or hang the VMM:
+ * probe.chaos=<n> does n reads and writes of 1-8 bytes at pseudo-random
+ * ports and unclaimed MMIO addresses, then prints "probe: chaos done";
+ * probe.triple=1 triple-faults; probe.hang=1 halts with interrupts off.
  * The counter and the pattern live in guest memory, so a snapshot restored
  * elsewhere continues counting from where it was.
  */
@@ -24,6 +28,10 @@ typedef unsigned short u16;
 typedef unsigned char u8;
 
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outw(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u16 inw(u16 port) { u16 v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 
 #define COM1 0x3f8
@@ -88,6 +96,46 @@ static u64 checksum(u64 pages)
 	return sum;
 }
 
+/* chaos pokes at ports and MMIO addresses nothing claims (or that belong
+ * to devices which must cope), skipping the i8042 (a reset would end the
+ * run early), the serial port (output would be garbled) and the in-kernel
+ * interrupt controllers, whose reprogramming could send the vCPU INIT. */
+static void chaos(u64 n, u64 ram)
+{
+	u64 x = 0x2545f4914f6cdd1dUL;
+	u64 sink = 0;
+	for (u64 i = 0; i < n; i++) {
+		x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+		u16 port = (u16)x;
+		if ((port >= 0x60 && port <= 0x64) || (port >= 0x3f8 && port <= 0x3ff) ||
+		    port == 0x20 || port == 0x21 || port == 0xa0 || port == 0xa1 || port == 0x4d0 || port == 0x4d1)
+			continue;
+		switch ((x >> 16) % 8) {
+		case 0: outb(port, (u8)(x >> 24)); break;
+		case 1: outw(port, (u16)(x >> 24)); break;
+		case 2: outl(port, (u32)(x >> 24)); break;
+		case 3: sink += inb(port); break;
+		case 4: sink += inw(port); break;
+		case 5: sink += inl(port); break;
+		default: {
+			/* Somewhere between the end of RAM and 3.75 GiB: no RAM, no
+			 * APIC, so an MMIO exit to the VMM. */
+			u64 addr = ram + 0x100000 + ((x >> 20) % (0xf0000000UL - ram - 0x100000));
+			addr &= ~7UL;
+			if ((x >> 40) & 1)
+				*(volatile u64 *)addr = x;
+			else
+				sink += *(volatile u32 *)addr;
+		}
+		}
+	}
+	puts("probe: chaos done sink=");
+	puthex(sink);
+	putc('\n');
+}
+
+struct idtr { u16 limit; u64 base; } __attribute__((packed));
+
 void probe_main(u8 *zeropage)
 {
 	const char *cmdline = (const char *)(u64)*(u32 *)(zeropage + 0x228);
@@ -105,6 +153,21 @@ void probe_main(u8 *zeropage)
 	puts("probe: ram ");
 	putdec(ram);
 	putc('\n');
+
+	u64 n_chaos = param(cmdline, "probe.chaos", 0);
+	if (n_chaos)
+		chaos(n_chaos, ram);
+	if (param(cmdline, "probe.triple", 0)) {
+		puts("probe: triple fault\n");
+		/* An empty IDT turns the #UD into #DF, then a triple fault. */
+		struct idtr none = {0, 0};
+		__asm__ volatile("lidt %0; ud2" : : "m"(none));
+	}
+	if (param(cmdline, "probe.hang", 0)) {
+		puts("probe: hang\n");
+		for (;;)
+			__asm__ volatile("cli; hlt");
+	}
 
 	u64 pages = param(cmdline, "probe.pages", 256);
 	u64 want = param(cmdline, "probe.ticks", 3);
