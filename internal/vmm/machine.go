@@ -175,15 +175,9 @@ func (m *Machine) build(cfg Config) (_ *hardware, err error) {
 	if hw.vm, err = hw.sys.CreateVM(); err != nil {
 		return nil, err
 	}
-	if err = hw.vm.SetTSSAddr(tssAddr); err != nil {
-		return nil, err
-	}
-	if err = hw.vm.CreateIRQChip(); err != nil {
-		return nil, err
-	}
-	if err = hw.vm.CreatePIT2(kabi.KVM_PIT_SPEAKER_DUMMY); err != nil {
-		return nil, err
-	}
+	// Memory slots go in before the irqchip exists: with one, every slot
+	// change waits for an SRCU grace period. Measured here: Start took
+	// 5-7 ms with the slots added after the irqchip, 1 ms before it.
 	if hw.mem, err = memory.New(cfg.MemMiB<<20, memory.Backing{}); err != nil {
 		return nil, err
 	}
@@ -193,6 +187,15 @@ func (m *Machine) build(cfg Config) (_ *hardware, err error) {
 		}); err != nil {
 			return nil, err
 		}
+	}
+	if err = hw.vm.SetTSSAddr(tssAddr); err != nil {
+		return nil, err
+	}
+	if err = hw.vm.CreateIRQChip(); err != nil {
+		return nil, err
+	}
+	if err = hw.vm.CreatePIT2(kabi.KVM_PIT_SPEAKER_DUMMY); err != nil {
+		return nil, err
 	}
 	entry, err := boot.Load(hw.mem, boot.Config{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline, VCPUs: cfg.VCPUs})
 	if err != nil {

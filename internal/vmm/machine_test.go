@@ -45,7 +45,7 @@ func waitFor(t *testing.T, out *syncBuffer, want string, timeout time.Duration) 
 	}
 }
 
-func probePath(t *testing.T) string {
+func probePath(t testing.TB) string {
 	t.Helper()
 	path, err := probe.Build(context.Background(), "")
 	if err != nil {
