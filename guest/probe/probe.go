@@ -1,5 +1,5 @@
 // Package probe builds the probe guest: a freestanding x86-64 program
-// (src/probe.c, src/start.S, src/probe.ld, embedded in the binary)
+// (the C, assembly and linker script under src/, embedded in the binary)
 // that thaw-vmm boots like a kernel on any /dev/kvm, PVM included, because
 // it keeps interrupts off and talks only through port I/O and memory. See
 // probe.c for what it prints.
@@ -23,7 +23,7 @@ import (
 	"path/filepath"
 )
 
-//go:embed src/probe.c src/start.S src/probe.ld
+//go:embed src/*.c src/*.h src/*.S src/probe.ld
 var sources embed.FS
 
 // CacheDir is where built probes are kept, outside any checkout.
@@ -41,11 +41,16 @@ var cflags = []string{
 // Hash identifies the probe's sources and build flags.
 func Hash() string {
 	h := sha256.New()
-	for _, name := range []string{"probe.c", "start.S", "probe.ld"} {
-		b, _ := sources.ReadFile("src/" + name) // embedded: cannot fail
-		fmt.Fprintf(h, "%s %d\n", name, len(b))
+	// fs.WalkDir visits files in lexical order, so the hash is stable.
+	fs.WalkDir(sources, "src", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := sources.ReadFile(path)
+		fmt.Fprintf(h, "%s %d\n", path, len(b))
 		h.Write(b)
-	}
+		return err
+	})
 	fmt.Fprintf(h, "%q", cflags)
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
@@ -83,8 +88,12 @@ func Build(ctx context.Context, cacheDir string) (string, error) {
 		return "", fmt.Errorf("writing probe sources: %w", err)
 	}
 	tmp := filepath.Join(src, "probe.elf")
-	args := append(append([]string{}, cflags...), "-T", filepath.Join(src, "probe.ld"), "-o", tmp,
-		filepath.Join(src, "start.S"), filepath.Join(src, "probe.c"))
+	args := append(append([]string{}, cflags...), "-T", filepath.Join(src, "probe.ld"), "-o", tmp)
+	// start.S first: its .text.start holds the entry point.
+	args = append(args, filepath.Join(src, "start.S"))
+	for _, name := range []string{"probe.c", "virtio.c", "vsock.c"} {
+		args = append(args, filepath.Join(src, name))
+	}
 	cmd := exec.CommandContext(ctx, "gcc", args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

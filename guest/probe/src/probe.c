@@ -15,6 +15,9 @@
  * Command line parameters: probe.pages=<n> (pattern size, 4 KiB pages,
  * default 256), probe.ticks=<n> (ticks before reset; 0 runs forever),
  * probe.spin=<n> (loop iterations between ticks, default 100000).
+ * Virtio devices announced on the command line are driven by polling
+ * (virtio.c, vsock.c): a block device is read (and with probe.blk.write=1
+ * written), a vsock device serves an echo port between ticks.
  * Misbehaviour, to prove a guest cannot crash or hang the VMM:
  * probe.chaos=<n> does n reads and writes of 1-8 bytes at pseudo-random
  * ports and unclaimed MMIO addresses, then prints "probe: chaos done";
@@ -22,21 +25,11 @@
  * The counter and the pattern live in guest memory, so a snapshot restored
  * elsewhere continues counting from where it was.
  */
-typedef unsigned long u64;
-typedef unsigned int u32;
-typedef unsigned short u16;
-typedef unsigned char u8;
-
-static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
-static inline void outw(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
-static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
-static inline u16 inw(u16 port) { u16 v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+#include "probe.h"
 
 #define COM1 0x3f8
 
-static void putc(char c)
+void putc(char c)
 {
 	/* Wait for the transmit holding register to empty (LSR bit 5). */
 	for (int i = 0; i < 100000 && !(inb(COM1 + 5) & 0x20); i++)
@@ -44,9 +37,9 @@ static void putc(char c)
 	outb(COM1, (u8)c);
 }
 
-static void puts(const char *s) { while (*s) putc(*s++); }
+void puts(const char *s) { while (*s) putc(*s++); }
 
-static void putdec(u64 v)
+void putdec(u64 v)
 {
 	char buf[21];
 	int i = 20;
@@ -55,7 +48,7 @@ static void putdec(u64 v)
 	puts(&buf[i]);
 }
 
-static void puthexn(u64 v, int digits)
+void puthexn(u64 v, int digits)
 {
 	char buf[17];
 	for (int i = digits - 1; i >= 0; i--) { buf[i] = "0123456789abcdef"[v & 15]; v >>= 4; }
@@ -63,10 +56,10 @@ static void puthexn(u64 v, int digits)
 	puts(buf);
 }
 
-static void puthex(u64 v) { puthexn(v, 16); }
+void puthex(u64 v) { puthexn(v, 16); }
 
 /* param returns the value of "name=<decimal>" in the command line, or def. */
-static u64 param(const char *cmdline, const char *name, u64 def)
+u64 param(const char *cmdline, const char *name, u64 def)
 {
 	for (const char *p = cmdline; *p; p++) {
 		if (p != cmdline && p[-1] != ' ')
@@ -81,6 +74,23 @@ static u64 param(const char *cmdline, const char *name, u64 def)
 		return v;
 	}
 	return def;
+}
+
+void *memset(void *d, int c, u64 n)
+{
+	u8 *p = d;
+	while (n--)
+		*p++ = (u8)c;
+	return d;
+}
+
+void *memcpy(void *d, const void *s, u64 n)
+{
+	u8 *p = d;
+	const u8 *q = s;
+	while (n--)
+		*p++ = *q++;
+	return d;
 }
 
 /* State that must survive a snapshot lives in .data/.bss: guest memory. */
@@ -169,6 +179,12 @@ void probe_main(u8 *zeropage)
 			__asm__ volatile("cli; hlt");
 	}
 
+	u64 base;
+	if (virtio_find(cmdline, 2, &base))
+		virtio_blk_run(cmdline, base);
+	if (virtio_find(cmdline, 19, &base))
+		virtio_vsock_start(cmdline, base);
+
 	u64 pages = param(cmdline, "probe.pages", 256);
 	u64 want = param(cmdline, "probe.ticks", 3);
 	u64 spin = param(cmdline, "probe.spin", 100000);
@@ -189,7 +205,7 @@ void probe_main(u8 *zeropage)
 	u8 prev = 0;
 	while (want == 0 || ticks < want) {
 		for (volatile u64 i = 0; i < spin; i++)
-			;
+			virtio_vsock_poll();
 		/* Poll the keyboard controller: status bit 0 = data waiting. */
 		while (inb(0x64) & 1) {
 			u8 k = inb(0x60);
