@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -244,4 +246,70 @@ func TestMisbehavingGuests(t *testing.T) {
 		}
 		// Close (in the cleanup) must return although the guest never will.
 	})
+}
+
+// TestStateErrors checks the calls a machine refuses in each state.
+func TestStateErrors(t *testing.T) {
+	m := New(Config{}, testLogger(t))
+	for name, f := range map[string]func() error{
+		"Pause":          m.Pause,
+		"Resume":         m.Resume,
+		"SendCtrlAltDel": m.SendCtrlAltDel,
+	} {
+		if err := f(); !errors.Is(err, ErrState) {
+			t.Errorf("%s before Start: got %v, want ErrState", name, err)
+		}
+	}
+	if err := m.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "kernel_image_path") {
+		t.Errorf("Start without a kernel: got %v, want an error naming kernel_image_path", err)
+	}
+	if got := m.State(); got != NotStarted {
+		t.Errorf("state after a failed Start: got %s, want %s", got, NotStarted)
+	}
+	if err := m.Configure(func(c *Config) error { c.VCPUs = 2; return nil }); err != nil {
+		t.Errorf("Configure before Start: %v", err)
+	}
+	if err := m.Close(); err != nil {
+		t.Errorf("Close of an unstarted machine: %v", err)
+	}
+	if err := m.Configure(func(c *Config) error { return nil }); !errors.Is(err, ErrState) {
+		t.Errorf("Configure after Close: got %v, want ErrState", err)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestStartFailureReleases checks that a Start failing halfway (the kernel
+// is not an ELF) releases the KVM fds and memory it had created, and that
+// a closed machine leaves no descriptor behind either.
+func TestStartFailureReleases(t *testing.T) {
+	testenv.RequireKVM(t)
+	bad := filepath.Join(t.TempDir(), "bzImage")
+	if err := os.WriteFile(bad, []byte("MZ not an ELF"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := openFDs(t)
+	m := New(Config{Kernel: bad}, testLogger(t))
+	if err := m.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "not an ELF") {
+		t.Fatalf("Start with a non-ELF kernel: got %v, want an error saying it is not an ELF", err)
+	}
+	if after := openFDs(t); after != before {
+		t.Errorf("open descriptors after a failed Start: got %d, want %d", after, before)
+	}
+	m.Close()
+
+	m2, _ := startProbe(t, "probe.ticks=0", 2, 32)
+	if err := m2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := openFDs(t); after != before {
+		t.Errorf("open descriptors after Close: got %d, want %d", after, before)
+	}
 }
