@@ -1,7 +1,9 @@
 package vmm
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -70,4 +72,52 @@ func BenchmarkPauseResume(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// lineClock records when each of two marker lines arrives.
+type lineClock struct {
+	mu          sync.Mutex
+	buf         []byte
+	start, done time.Time
+	finished    chan struct{}
+}
+
+func (l *lineClock) Write(p []byte) (int, error) {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, p...)
+	if l.start.IsZero() && bytes.Contains(l.buf, []byte("probe: exits start\n")) {
+		l.start = now
+	}
+	if l.done.IsZero() && bytes.Contains(l.buf, []byte("probe: exits done\n")) {
+		l.done = now
+		close(l.finished)
+	}
+	return len(p), nil
+}
+
+// BenchmarkPIOExit measures one guest port write round trip: the exit out
+// of KVM_RUN, dispatch on the port bus (to no device) and re-entry. The
+// guest does b.N writes to port 0x80; the time between its two marker lines
+// is divided by b.N.
+func BenchmarkPIOExit(b *testing.B) {
+	testenv.RequireKVM(b)
+	kernel := probePath(b)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	clock := &lineClock{finished: make(chan struct{})}
+	m := New(Config{Kernel: kernel, Cmdline: fmt.Sprintf("probe.exits=%d probe.ticks=1 probe.pages=1", b.N), MemMiB: 32, Serial: clock}, log)
+	if err := m.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	select {
+	case <-clock.finished:
+	case <-time.After(5 * time.Minute):
+		b.Fatal("guest did not finish its exits")
+	}
+	clock.mu.Lock()
+	d := clock.done.Sub(clock.start)
+	clock.mu.Unlock()
+	b.ReportMetric(float64(d.Nanoseconds())/float64(b.N), "ns/exit")
 }

@@ -65,7 +65,8 @@ type vcpu struct {
 
 // Machine is one microVM. Its methods are safe for concurrent use.
 type Machine struct {
-	log *slog.Logger
+	log   *slog.Logger
+	debug bool // log at debug level: checked first on hot paths
 
 	mu   sync.Mutex
 	cond *sync.Cond // signalled on state, parked and exited changes; uses mu
@@ -96,6 +97,7 @@ type hardware struct {
 // still change before Start).
 func New(cfg Config, log *slog.Logger) *Machine {
 	m := &Machine{log: log, cfg: cfg, state: NotStarted, done: make(chan struct{})}
+	m.debug = log.Enabled(context.Background(), slog.LevelDebug)
 	m.cond = sync.NewCond(&m.mu)
 	return m
 }

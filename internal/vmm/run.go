@@ -77,7 +77,7 @@ func (m *Machine) handleExit(v *vcpu, reason uint32) (Exit, bool) {
 			} else {
 				ok = hw.pio.Read(uint64(port), chunk)
 			}
-			if !ok {
+			if !ok && m.debug {
 				m.log.Debug("unclaimed port access", "port", port, "out", out, "size", size)
 			}
 		}
@@ -90,7 +90,7 @@ func (m *Machine) handleExit(v *vcpu, reason uint32) (Exit, bool) {
 		} else {
 			ok = hw.mmio.Read(addr, data)
 		}
-		if !ok {
+		if !ok && m.debug {
 			m.log.Debug("unclaimed MMIO access", "addr", addr, "write", write, "len", len(data))
 		}
 		return Exit{}, false

@@ -21,7 +21,9 @@
  * Misbehaviour, to prove a guest cannot crash or hang the VMM:
  * probe.chaos=<n> does n reads and writes of 1-8 bytes at pseudo-random
  * ports and unclaimed MMIO addresses, then prints "probe: chaos done";
- * probe.triple=1 triple-faults; probe.hang=1 halts with interrupts off.
+ * probe.triple=1 triple-faults; probe.exits=<n> writes port 0x80 n times
+ * between "probe: exits start" and "probe: exits done" (a benchmark of the
+ * exit path); probe.hang=1 halts with interrupts off.
  * The counter and the pattern live in guest memory, so a snapshot restored
  * elsewhere continues counting from where it was.
  */
@@ -164,6 +166,15 @@ void probe_main(u8 *zeropage)
 	putdec(ram);
 	putc('\n');
 
+	u64 n_exits = param(cmdline, "probe.exits", 0);
+	if (n_exits) {
+		/* Port 0x80 (the POST code port Linux uses for I/O delays) is
+		 * unclaimed: each write is one exit through the VMM's port bus. */
+		puts("probe: exits start\n");
+		for (u64 i = 0; i < n_exits; i++)
+			outb(0x80, (u8)i);
+		puts("probe: exits done\n");
+	}
 	u64 n_chaos = param(cmdline, "probe.chaos", 0);
 	if (n_chaos)
 		chaos(n_chaos, ram);
