@@ -379,3 +379,16 @@ func (m *Machine) Close() error {
 	m.hw = nil
 	return err
 }
+
+// SerialInput queues bytes for the guest to read from its serial console
+// (the VMM's stdin, as in Firecracker). Input before Start or after the
+// machine stopped is refused.
+func (m *Machine) SerialInput(p []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.state != Running && m.state != Paused {
+		return fmt.Errorf("%w: serial input to a machine that is %s", ErrState, m.state)
+	}
+	m.hw.serial.Enqueue(p)
+	return nil
+}

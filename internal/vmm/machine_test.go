@@ -313,3 +313,14 @@ func TestStartFailureReleases(t *testing.T) {
 		t.Errorf("open descriptors after Close: got %d, want %d", after, before)
 	}
 }
+
+// TestSerialInput feeds bytes to the guest's serial port; the probe echoes
+// each one it reads.
+func TestSerialInput(t *testing.T) {
+	m, out := startProbe(t, "probe.pages=1 probe.ticks=0 probe.spin=1000", 1, 32)
+	waitFor(t, out, "probe: tick 1 ", 30*time.Second)
+	if err := m.SerialInput([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, out, "probe: serial 68\nprobe: serial 69\n", 30*time.Second)
+}

@@ -8,6 +8,7 @@
  *   probe: ram <bytes>                 RAM in the e820 map
  *   probe: pattern pages=<n> sum=<hex> a pattern written and checksummed
  *   probe: tick <n> sum=<hex>          the pattern re-checksummed each tick
+ *   probe: serial <hex>                a byte received on the serial port
  *   probe: key <hex>                   a byte from the i8042 keyboard
  *   probe: ctrl-alt-del                Ctrl+Alt+Del seen: reset at once
  *   probe: done                        then it resets through the i8042
@@ -217,6 +218,12 @@ void probe_main(u8 *zeropage)
 	while (want == 0 || ticks < want) {
 		for (volatile u64 i = 0; i < spin; i++)
 			virtio_vsock_poll();
+		/* Echo serial input (LSR bit 0: data ready). */
+		while (inb(COM1 + 5) & 1) {
+			puts("probe: serial ");
+			puthexn(inb(COM1), 2);
+			putc('\n');
+		}
 		/* Poll the keyboard controller: status bit 0 = data waiting. */
 		while (inb(0x64) & 1) {
 			u8 k = inb(0x60);
