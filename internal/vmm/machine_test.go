@@ -3,6 +3,7 @@ package vmm
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -323,4 +324,36 @@ func TestSerialInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, out, "probe: serial 68\nprobe: serial 69\n", 30*time.Second)
+}
+
+// TestMemoryAboveMMIOGap boots a guest with 3.5 GiB, whose RAM is split
+// around the MMIO gap: the probe writes the first and last 8 bytes of the
+// region above 4 GiB, and the host must see them at the same
+// guest-physical addresses in the second memory region.
+func TestMemoryAboveMMIOGap(t *testing.T) {
+	const memMiB = 3584
+	m, out := startProbe(t, "probe.pages=1 probe.ticks=1 probe.spin=10 probe.high=1", 1, memMiB)
+	e := wait(t, m, 60*time.Second)
+	if e.Err != nil {
+		t.Fatal(e)
+	}
+	top := uint64(4<<30 + (memMiB<<20 - 3<<30))
+	if want := fmt.Sprintf("probe: high ok top=%016x", top); !strings.Contains(out.String(), want) {
+		t.Fatalf("no %q in output:\n%s", want, out.String())
+	}
+	wantRAM := uint64(memMiB<<20) - (0x100000 - 0x9fc00)
+	if want := fmt.Sprintf("probe: ram %d\n", wantRAM); !strings.Contains(out.String(), want) {
+		t.Errorf("no %q in output:\n%s", want, out.String())
+	}
+	regions := m.hw.mem.Regions()
+	if len(regions) != 2 {
+		t.Fatalf("got %d memory regions, want 2", len(regions))
+	}
+	hi := regions[1].Host
+	if got := string(hi[:8]); got != "hgihwaht" {
+		t.Errorf("first bytes above 4 GiB seen by the host: got %q, want %q", got, "hgihwaht")
+	}
+	if got := binary.LittleEndian.Uint64(hi[len(hi)-8:]); got != top {
+		t.Errorf("last 8 bytes of RAM seen by the host: got %#x, want %#x", got, top)
+	}
 }

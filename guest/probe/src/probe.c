@@ -22,7 +22,8 @@
  * Misbehaviour, to prove a guest cannot crash or hang the VMM:
  * probe.chaos=<n> does n reads and writes of 1-8 bytes at pseudo-random
  * ports and unclaimed MMIO addresses, then prints "probe: chaos done";
- * probe.triple=1 triple-faults; probe.exits=<n> writes port 0x80 n times
+ * probe.high=1 maps RAM above 4 GiB, writes its first and last 8 bytes
+ * and prints "probe: high ok top=<hex>"; probe.triple=1 triple-faults; probe.exits=<n> writes port 0x80 n times
  * between "probe: exits start" and "probe: exits done" (a benchmark of the
  * exit path); probe.hang=1 halts with interrupts off.
  * The counter and the pattern live in guest memory, so a snapshot restored
@@ -149,6 +150,50 @@ static void chaos(u64 n, u64 ram)
 
 struct idtr { u16 limit; u64 base; } __attribute__((packed));
 
+/* Page directories mapping 4 GiB to 4 GiB + HIGH_PDS GiB; the VMM's boot
+ * page tables map only the low 4 GiB. */
+#define HIGH_PDS 8
+static u64 high_pd[HIGH_PDS][512] __attribute__((aligned(4096)));
+
+/* high maps RAM above 4 GiB (from the e820 map) with 2 MiB pages, writes a
+ * marker at its first and last 8 bytes and reads them back. */
+static void high(u8 *zeropage)
+{
+	u64 top = 0;
+	u8 n = zeropage[0x1e8];
+	for (u8 i = 0; i < n; i++) {
+		u8 *e = zeropage + 0x2d0 + 20 * i;
+		u64 end = *(u64 *)e + *(u64 *)(e + 8);
+		if (*(u32 *)(e + 16) == 1 && end > top)
+			top = end;
+	}
+	if (top <= 0x100000000UL) {
+		puts("probe: high none\n");
+		return;
+	}
+	if (top > 0x100000000UL + ((u64)HIGH_PDS << 30)) {
+		puts("probe: high error RAM beyond what the probe maps\n");
+		return;
+	}
+	u64 cr3;
+	__asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+	u64 *pdpt = (u64 *)(*(u64 *)(cr3 & ~0xfffUL) & ~0xfffUL);
+	for (u64 g = 0; g < HIGH_PDS; g++) {
+		for (u64 j = 0; j < 512; j++)
+			high_pd[g][j] = (0x100000000UL + (g << 30) + (j << 21)) | 0x83;
+		pdpt[4 + g] = (u64)high_pd[g] | 3;
+	}
+	__asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory"); /* flush the TLB */
+	volatile u64 *first = (volatile u64 *)0x100000000UL;
+	volatile u64 *last = (volatile u64 *)(top - 8);
+	*first = 0x7468617768696768UL; /* "thawhigh" little-endian reversed */
+	*last = top;
+	int ok = *first == 0x7468617768696768UL && *last == top;
+	puts(ok ? "probe: high ok top=" : "probe: high mismatch top=");
+	puthex(top);
+	putc('\n');
+}
+
 void probe_main(u8 *zeropage)
 {
 	const char *cmdline = (const char *)(u64)*(u32 *)(zeropage + 0x228);
@@ -167,6 +212,8 @@ void probe_main(u8 *zeropage)
 	putdec(ram);
 	putc('\n');
 
+	if (param(cmdline, "probe.high", 0))
+		high(zeropage);
 	u64 n_exits = param(cmdline, "probe.exits", 0);
 	if (n_exits) {
 		/* Port 0x80 (the POST code port Linux uses for I/O delays) is
