@@ -68,6 +68,12 @@ type Machine struct {
 	log   *slog.Logger
 	debug bool // log at debug level: checked first on hot paths
 
+	// ctl serialises the lifecycle operations (Start, Pause, Resume,
+	// Close), so that none sees another half done: Pause waits for the
+	// vCPUs to park with mu released, and a Resume must not slip in.
+	// Lock order: ctl, then mu.
+	ctl sync.Mutex
+
 	mu   sync.Mutex
 	cond *sync.Cond // signalled on state, parked and exited changes; uses mu
 	// The fields below are guarded by mu.
@@ -137,6 +143,8 @@ var ErrState = errors.New("operation not allowed in this state")
 // Start builds the VM (KVM objects, memory, devices), loads the kernel and
 // starts the vCPUs.
 func (m *Machine) Start(ctx context.Context) error {
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.state != NotStarted {
@@ -274,6 +282,8 @@ func (m *Machine) kickLocked() {
 // Pause stops every vCPU outside the guest and returns once all are
 // parked; guest memory and device state then stay still until Resume.
 func (m *Machine) Pause() error {
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch m.state {
@@ -289,13 +299,16 @@ func (m *Machine) Pause() error {
 		m.cond.Wait()
 	}
 	if m.state != Paused {
-		return fmt.Errorf("%w: the machine stopped while pausing (%s)", ErrState, m.exit)
+		// Only stop changes the state under us (ctl excludes the rest).
+		return fmt.Errorf("%w: the machine stopped while pausing: %s", ErrState, m.exit)
 	}
 	return nil
 }
 
 // Resume restarts the vCPUs of a paused machine.
 func (m *Machine) Resume() error {
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch m.state {
@@ -368,6 +381,8 @@ func (m *Machine) Wait(ctx context.Context) (Exit, error) {
 // Close stops the machine if it runs, waits for its vCPU threads and
 // releases everything it holds.
 func (m *Machine) Close() error {
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
 	m.stop(Exit{Reason: "the VMM closed the machine"})
 	<-m.done
 	m.mu.Lock()
