@@ -57,10 +57,18 @@ func Hash() string {
 
 // Build returns the path of the probe ELF, building it with gcc into
 // cacheDir/<hash>/probe.elf when it is not there yet. An empty cacheDir
-// means CacheDir.
+// means CacheDir, or, when that cannot be created (not root), thaw/probe
+// under the user's cache directory.
 func Build(ctx context.Context, cacheDir string) (string, error) {
 	if cacheDir == "" {
 		cacheDir = CacheDir
+		if err := os.MkdirAll(cacheDir, 0o755); errors.Is(err, fs.ErrPermission) {
+			user, uerr := os.UserCacheDir()
+			if uerr != nil {
+				return "", fmt.Errorf("probe cache: %w, and no user cache directory: %w", err, uerr)
+			}
+			cacheDir = filepath.Join(user, "thaw", "probe")
+		}
 	}
 	dir := filepath.Join(cacheDir, Hash())
 	out := filepath.Join(dir, "probe.elf")
