@@ -80,6 +80,7 @@ type Machine struct {
 	cfg    Config
 	state  State
 	exit   *Exit // the first reason to stop, once there is one
+	nvcpus int   // vCPU goroutines started
 	parked int   // vCPUs waiting while Paused
 	exited int   // vCPU goroutines that returned
 	done   chan struct{}
@@ -162,6 +163,7 @@ func (m *Machine) Start(ctx context.Context) error {
 		return err
 	}
 	m.hw = hw
+	m.nvcpus = len(hw.vcpus)
 	m.state = Running
 	for _, v := range hw.vcpus {
 		go m.runVCPU(v)
@@ -295,7 +297,7 @@ func (m *Machine) Pause() error {
 	}
 	m.state = Paused
 	m.kickLocked()
-	for m.parked+m.exited < len(m.hw.vcpus) && m.state == Paused {
+	for m.parked+m.exited < m.nvcpus && m.state == Paused {
 		m.cond.Wait()
 	}
 	if m.state != Paused {
@@ -405,5 +407,33 @@ func (m *Machine) SerialInput(p []byte) error {
 		return fmt.Errorf("%w: serial input to a machine that is %s", ErrState, m.state)
 	}
 	m.hw.serial.Enqueue(p)
+	return nil
+}
+
+// invariants reports the first broken invariant of the machine's state,
+// for tests to check in cleanup.
+func (m *Machine) invariants() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := m.nvcpus
+	switch {
+	case m.state != NotStarted && m.state != Running && m.state != Paused && m.state != Stopped:
+		return fmt.Errorf("unknown state %q", m.state)
+	case m.state == Stopped && m.exit == nil:
+		return errors.New("stopped without an exit reason")
+	case m.state != Stopped && m.exit != nil:
+		return fmt.Errorf("state %s with an exit reason (%s)", m.state, m.exit)
+	case (m.state == Running || m.state == Paused) && m.hw == nil:
+		return fmt.Errorf("state %s without hardware", m.state)
+	case m.parked < 0 || m.exited < 0 || m.parked+m.exited > n:
+		return fmt.Errorf("%d parked + %d exited vCPUs of %d", m.parked, m.exited, n)
+	}
+	select {
+	case <-m.done:
+		if m.exited != n {
+			return fmt.Errorf("done with %d of %d vCPU threads exited", m.exited, n)
+		}
+	default:
+	}
 	return nil
 }

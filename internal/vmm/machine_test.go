@@ -74,8 +74,14 @@ func startProbe(t *testing.T, cmdline string, vcpus int, memMiB uint64) (*Machin
 	out := &syncBuffer{}
 	m := New(Config{Kernel: probePath(t), Cmdline: cmdline, VCPUs: vcpus, MemMiB: memMiB, Serial: out}, testLogger(t))
 	t.Cleanup(func() {
+		if err := m.invariants(); err != nil {
+			t.Errorf("before Close: %v", err)
+		}
 		if err := m.Close(); err != nil {
 			t.Errorf("Close: %v", err)
+		}
+		if err := m.invariants(); err != nil {
+			t.Errorf("after Close: %v", err)
 		}
 	})
 	if err := m.Start(context.Background()); err != nil {

@@ -20,7 +20,7 @@ func (m *Machine) runVCPU(v *vcpu) {
 	defer func() {
 		m.mu.Lock()
 		m.exited++
-		if m.exited == len(m.hw.vcpus) {
+		if m.exited == m.nvcpus {
 			close(m.done)
 		}
 		m.cond.Broadcast()
