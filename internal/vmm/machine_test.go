@@ -101,12 +101,12 @@ func wait(t *testing.T, m *Machine, timeout time.Duration) Exit {
 	return e
 }
 
-// TestBootProbe boots the probe guest with 1 and 4 vCPUs and checks every
+// TestBootProbe boots the probe guest with 1 and 8 vCPUs and checks every
 // line it prints: the command line arrived, the e820 map adds up to the
 // configured RAM, the pattern checksum stays the same on every tick, and the
 // guest's reset through the i8042 stops the machine cleanly.
 func TestBootProbe(t *testing.T) {
-	for _, vcpus := range []int{1, 4} {
+	for _, vcpus := range []int{1, 8} {
 		t.Run(fmt.Sprintf("vcpus=%d", vcpus), func(t *testing.T) {
 			const memMiB = 64
 			cmdline := "console=ttyS0 probe.pages=16 probe.ticks=3 probe.spin=1000"
