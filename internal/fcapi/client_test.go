@@ -71,11 +71,15 @@ func TestClientRequests(t *testing.T) {
 			request{"PUT", "/boot-source", `{"kernel_image_path":"/k"}`}},
 		{"machine config", func(c *Client) error { return c.PutMachineConfig(ctx, MachineConfig{VcpuCount: 2, MemSizeMib: 64}) },
 			request{"PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":64,"smt":false,"track_dirty_pages":false}`}},
-		{"drive", func(c *Client) error { return c.PutDrive(ctx, Drive{DriveID: "rootfs", PathOnHost: "/r", IsRootDevice: true}) },
+		{"drive", func(c *Client) error {
+			return c.PutDrive(ctx, Drive{DriveID: "rootfs", PathOnHost: "/r", IsRootDevice: true})
+		},
 			request{"PUT", "/drives/rootfs", `{"drive_id":"rootfs","path_on_host":"/r","is_root_device":true}`}},
 		{"vsock", func(c *Client) error { return c.PutVsock(ctx, Vsock{GuestCID: 3, UDSPath: "/v"}) },
 			request{"PUT", "/vsock", `{"guest_cid":3,"uds_path":"/v"}`}},
-		{"net", func(c *Client) error { return c.PutNetworkInterface(ctx, NetworkInterface{IfaceID: "eth0", HostDevName: "tap0"}) },
+		{"net", func(c *Client) error {
+			return c.PutNetworkInterface(ctx, NetworkInterface{IfaceID: "eth0", HostDevName: "tap0"})
+		},
 			request{"PUT", "/network-interfaces/eth0", `{"iface_id":"eth0","host_dev_name":"tap0"}`}},
 		{"start", func(c *Client) error { return c.InstanceStart(ctx) },
 			request{"PUT", "/actions", `{"action_type":"InstanceStart"}`}},

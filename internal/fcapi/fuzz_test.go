@@ -55,4 +55,3 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
-
