@@ -249,20 +249,20 @@ const (
 
 // InstanceInfo is the answer of GET /.
 type InstanceInfo struct {
-	AppName    string        `json:"app_name"`
-	ID         string        `json:"id"`
-	State      InstanceState `json:"state"`
-	VMMVersion string        `json:"vmm_version"`
+	AppName    string        `json:"app_name" fc:"required"`
+	ID         string        `json:"id" fc:"required"`
+	State      InstanceState `json:"state" fc:"required"`
+	VMMVersion string        `json:"vmm_version" fc:"required"`
 }
 
 // Version is the answer of GET /version.
 type Version struct {
-	FirecrackerVersion string `json:"firecracker_version"`
+	FirecrackerVersion string `json:"firecracker_version" fc:"required"`
 }
 
 // Error is the body of every 4xx/5xx answer.
 type Error struct {
-	FaultMessage string `json:"fault_message"`
+	FaultMessage string `json:"fault_message" fc:"required"`
 }
 
 // CheckID applies Firecracker's rule for resource IDs in paths (drive_id,
