@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,10 +53,17 @@ type Server struct {
 }
 
 // NewServer returns a server for m. info supplies app_name, id and
-// vmm_version for GET /; its state is ignored (a new server is always "Not
-// started").
+// vmm_version for GET / (an empty id becomes Firecracker's default,
+// "anonymous-instance"; an empty app_name "thaw-vmm"); its state is ignored:
+// a new server is always "Not started".
 func NewServer(m Machine, info fcapi.InstanceInfo, log *slog.Logger) *Server {
 	info.State = fcapi.StateNotStarted
+	if info.ID == "" {
+		info.ID = "anonymous-instance"
+	}
+	if info.AppName == "" {
+		info.AppName = "thaw-vmm"
+	}
 	s := &Server{
 		m:        m,
 		log:      log,
@@ -73,9 +81,22 @@ func NewServer(m Machine, info fcapi.InstanceInfo, log *slog.Logger) *Server {
 	}
 	// Firecracker answers 400, not 404 or 405, for anything else.
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, r, badRequest("Invalid request method and/or path: %s %s.", r.Method, r.URL.Path))
+		s.writeError(w, r, unknownRoute(r))
 	})
 	return s
+}
+
+// unknownRoute is the answer to a request no route matches.
+func unknownRoute(r *http.Request) error {
+	if r.Method == http.MethodPut {
+		switch strings.TrimSuffix(r.URL.Path, "/") {
+		case "/drives", "/network-interfaces":
+			return badRequest("The ID cannot be empty: want %s/{id}.", strings.TrimSuffix(r.URL.Path, "/"))
+		case "/snapshot":
+			return badRequest("Missing snapshot operation type: want /snapshot/create or /snapshot/load.")
+		}
+	}
+	return badRequest("Invalid request method and/or path: %s %s.", r.Method, r.URL.Path)
 }
 
 // ServeHTTP implements http.Handler.
@@ -222,6 +243,7 @@ func (s *Server) wrap(rt route) http.Handler {
 		}
 		ctx, cancel := s.opContext(r)
 		defer cancel()
+		start := time.Now()
 
 		s.mu.Lock()
 		var out any
@@ -232,6 +254,7 @@ func (s *Server) wrap(rt route) http.Handler {
 		}
 		s.mu.Unlock()
 
+		s.log.Debug("api request", "method", r.Method, "path", r.URL.Path, "took", time.Since(start), "err", err)
 		switch {
 		case err != nil:
 			s.writeError(w, r, err)

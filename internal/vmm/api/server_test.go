@@ -306,7 +306,10 @@ func TestBadRequests(t *testing.T) {
 		{"unknown method", "DELETE", "/drives/rootfs", "", "Invalid request method and/or path: DELETE /drives/rootfs."},
 		{"PATCH machine config", "PATCH", "/machine-config", mcBody, "Invalid request method and/or path: PATCH /machine-config."},
 		{"unknown snapshot op", "PUT", "/snapshot/restore", loadBody, "Invalid request method and/or path: PUT /snapshot/restore."},
-		{"drive without id", "PUT", "/drives/", driveBody, "Invalid request method and/or path"},
+		{"drive without id", "PUT", "/drives/", driveBody, "The ID cannot be empty: want /drives/{id}."},
+		{"interface without id", "PUT", "/network-interfaces", netBody, "The ID cannot be empty: want /network-interfaces/{id}."},
+		{"snapshot without op", "PUT", "/snapshot", loadBody, "Missing snapshot operation type"},
+		{"nested drive path", "PUT", "/drives/a/b", driveBody, "Invalid request method and/or path: PUT /drives/a/b."},
 		{"trailing slash", "GET", "/machine-config/", "", "Invalid request method and/or path"},
 	}
 	for _, tt := range tests {
@@ -381,5 +384,13 @@ func TestFailedLoadRefusesEverything(t *testing.T) {
 			h.fault("GET", "/", "", "The snapshot load failed and this VMM is exiting")
 			h.fault("PUT", "/boot-source", bootBody, "memory file is truncated")
 		})
+	}
+}
+
+func TestNewServerDefaults(t *testing.T) {
+	s := NewServer(newFakeMachine(t), fcapi.InstanceInfo{VMMVersion: "v", State: fcapi.StateRunning}, testLogger(t))
+	want := fcapi.InstanceInfo{AppName: "thaw-vmm", ID: "anonymous-instance", State: fcapi.StateNotStarted, VMMVersion: "v"}
+	if s.info != want {
+		t.Errorf("NewServer info = %+v, want %+v", s.info, want)
 	}
 }
