@@ -154,17 +154,36 @@ func where(path string) string {
 // checkValue reads one JSON value from dec and checks it against t: object
 // keys of structs (exact names, no unknown, duplicate or missing required
 // fields), recursively through pointers, slices and nested structs. Scalars
-// are only read; json.Unmarshal checks their types afterwards.
+// are only read; json.Unmarshal checks their types afterwards. null is
+// allowed here (it leaves an optional field unset).
 func checkValue(dec *json.Decoder, t reflect.Type, path string) error {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
 	tok, err := dec.Token()
 	if err != nil {
 		return syntaxError(err)
 	}
-	if tok == nil { // null: the caller decides whether it is allowed
+	if tok == nil {
 		return nil
+	}
+	return checkStarted(dec, tok, t, path)
+}
+
+// checkNotNull is checkValue for positions where null is not allowed: the
+// whole document, required fields and array elements.
+func checkNotNull(dec *json.Decoder, t reflect.Type, path string) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return syntaxError(err)
+	}
+	if tok == nil {
+		return fmt.Errorf("%s is null: want %s", where(path), jsonKind(t))
+	}
+	return checkStarted(dec, tok, t, path)
+}
+
+// checkStarted checks the value whose first token, tok, was just read.
+func checkStarted(dec *json.Decoder, tok json.Token, t reflect.Type, path string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
 	}
 	switch t.Kind() {
 	case reflect.Struct:
@@ -180,8 +199,7 @@ func checkValue(dec *json.Decoder, t reflect.Type, path string) error {
 			return fmt.Errorf("%s: got JSON %s, want an array", where(path), describeToken(tok))
 		}
 		for i := 0; dec.More(); i++ {
-			p := fmt.Sprintf("%s[%d]", path, i)
-			if err := checkNotNull(dec, t.Elem(), p); err != nil {
+			if err := checkNotNull(dec, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
 				return err
 			}
 		}
@@ -189,21 +207,6 @@ func checkValue(dec *json.Decoder, t reflect.Type, path string) error {
 		return syntaxError(err)
 	}
 	return skipRest(dec, tok)
-}
-
-// checkNotNull is checkValue for positions where null is not allowed: the
-// whole document, required fields and array elements.
-func checkNotNull(dec *json.Decoder, t reflect.Type, path string) error {
-	var raw json.RawMessage
-	if err := dec.Decode(&raw); err != nil {
-		return syntaxError(err)
-	}
-	if bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
-		return fmt.Errorf("%s is null: want %s", where(path), jsonKind(t))
-	}
-	sub := json.NewDecoder(bytes.NewReader(raw))
-	sub.UseNumber()
-	return checkValue(sub, t, path)
 }
 
 func checkObject(dec *json.Decoder, t reflect.Type, path string) error {
