@@ -28,14 +28,13 @@ func BenchmarkRoundTrip(b *testing.B) {
 	}
 	for _, bc := range calls {
 		b.Run(bc.name, func(b *testing.B) {
-			t := &testing.T{}
 			sock := filepath.Join(b.TempDir(), "api.sock")
 			l, err := net.Listen("unix", sock)
 			if err != nil {
 				b.Fatal(err)
 			}
 			sctx, cancel := context.WithCancel(ctx)
-			s := NewServer(newFakeMachine(t), testInfo, testLogger(t))
+			s := NewServer(newFakeMachine(b), testInfo, testLogger(b))
 			done := make(chan error, 1)
 			go func() { done <- s.Serve(sctx, l) }()
 			c := fcapi.NewClient(sock)
@@ -59,7 +58,6 @@ func BenchmarkRoundTrip(b *testing.B) {
 // successful WaitReady: the in-process part of "process start → API ready".
 func BenchmarkServeReady(b *testing.B) {
 	dir := b.TempDir()
-	t := &testing.T{}
 	for b.Loop() {
 		sock := filepath.Join(dir, "api.sock")
 		l, err := net.Listen("unix", sock)
@@ -67,7 +65,7 @@ func BenchmarkServeReady(b *testing.B) {
 			b.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		s := NewServer(newFakeMachine(t), testInfo, testLogger(t))
+		s := NewServer(newFakeMachine(b), testInfo, testLogger(b))
 		done := make(chan error, 1)
 		go func() { done <- s.Serve(ctx, l) }()
 		c := fcapi.NewClient(sock)

@@ -16,7 +16,7 @@ import (
 
 var testInfo = fcapi.InstanceInfo{AppName: "thaw-vmm", ID: "vm1", VMMVersion: "0.1.0-test"}
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
