@@ -85,10 +85,14 @@ func jsonKind(t reflect.Type) string {
 }
 
 // notImplementer is implemented by body types whose Firecracker counterpart
-// has fields Thaw does not implement, so an error can say so rather than
-// call them unknown.
+// has fields Thaw does not implement. It maps each such field to the JSON
+// values (compact) that ask for nothing beyond the default; null, [] and {}
+// always do. A field with such a value is accepted and ignored, so configs
+// exported by firecracker (which spell out "io_engine": "Sync",
+// "balloon": null, ...) load; any other value is refused by name rather
+// than called unknown.
 type notImplementer interface {
-	notImplemented() []string
+	notImplemented() map[string][]string
 }
 
 type fieldInfo struct {
@@ -100,7 +104,7 @@ type structInfo struct {
 	fields         map[string]fieldInfo
 	names          []string // in declaration order, for messages
 	required       []string
-	notImplemented []string
+	notImplemented map[string][]string
 }
 
 var structInfos sync.Map // reflect.Type → *structInfo
@@ -218,17 +222,21 @@ func checkObject(dec *json.Decoder, t reflect.Type, path string) error {
 			return syntaxError(err)
 		}
 		key := tok.(string) // object keys are always strings
-		fi, ok := si.fields[key]
-		if !ok {
-			if slices.Contains(si.notImplemented, key) {
-				return fmt.Errorf("%s is part of Firecracker's API but not implemented by Thaw: remove it", where(join(path, key)))
-			}
-			return fmt.Errorf("%s: unknown field `%s`, want one of %s", where(path), key, quoteAll(si.names))
-		}
 		if seen[key] {
 			return fmt.Errorf("%s: duplicate field `%s`", where(path), key)
 		}
 		seen[key] = true
+		fi, ok := si.fields[key]
+		if !ok {
+			inert, known := si.notImplemented[key]
+			if !known {
+				return fmt.Errorf("%s: unknown field `%s`, want one of %s", where(path), key, quoteAll(si.names))
+			}
+			if err := checkInert(dec, join(path, key), inert); err != nil {
+				return err
+			}
+			continue
+		}
 		if fi.required {
 			err = checkNotNull(dec, fi.typ, join(path, key))
 		} else {
@@ -247,6 +255,28 @@ func checkObject(dec *json.Decoder, t reflect.Type, path string) error {
 		}
 	}
 	return nil
+}
+
+// checkInert reads the value of a field Thaw does not implement and refuses
+// it unless it is null, [], {} or one of inert.
+func checkInert(dec *json.Decoder, path string, inert []string) error {
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		return syntaxError(err)
+	}
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		return syntaxError(err)
+	}
+	v := b.String()
+	if v == "null" || v == "[]" || v == "{}" || slices.Contains(inert, v) {
+		return nil
+	}
+	allowed := "null"
+	if len(inert) > 0 {
+		allowed += " or " + strings.Join(inert, " or ")
+	}
+	return fmt.Errorf("%s is part of Firecracker's API but not implemented by Thaw: want it absent or %s, got %.64s", where(path), allowed, v)
 }
 
 // skipRest consumes the rest of a value whose first token was tok.
