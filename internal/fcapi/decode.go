@@ -95,6 +95,21 @@ type notImplementer interface {
 	notImplemented() map[string][]string
 }
 
+// NotImplemented returns the JSON names of the fields of v's Firecracker
+// counterpart that Thaw does not implement (see Decode), sorted.
+func NotImplemented(v any) []string {
+	ni, ok := v.(notImplementer)
+	if !ok {
+		return nil
+	}
+	var names []string
+	for name := range ni.notImplemented() {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
 type fieldInfo struct {
 	typ      reflect.Type
 	required bool

@@ -115,13 +115,14 @@ func TestBootLifecycle(t *testing.T) {
 	if got, want := h.ok("GET", "/machine-config", "", 200), `{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"}`; got != want {
 		t.Errorf("GET /machine-config before PUT = %s, want %s", got, want)
 	}
-	h.ok("PUT", "/machine-config", mcBody, 204)
+	h.ok("PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":256,"cpu_template":"None","gdb_socket_path":null}`, 204)
 	if got, want := h.ok("GET", "/machine-config", "", 200), `{"vcpu_count":2,"mem_size_mib":256,"smt":false,"track_dirty_pages":false,"huge_pages":"None"}`; got != want {
 		t.Errorf("GET /machine-config after PUT = %s, want %s", got, want)
 	}
 	h.ok("PUT", "/boot-source", bootBody, 204)
 	h.ok("PUT", "/drives/rootfs", driveBody, 204)
-	h.ok("PUT", "/drives/scratch", `{"drive_id":"scratch","path_on_host":"/s.img","is_root_device":false,"is_read_only":true,"cache_type":"Writeback"}`, 204)
+	h.ok("PUT", "/drives/scratch", `{"drive_id":"scratch","path_on_host":"/s.img","is_root_device":false,"is_read_only":true,"cache_type":"Writeback",
+		"io_engine":"Sync","rate_limiter":null,"socket":null}`, 204)
 	h.ok("PUT", "/vsock", vsockBody, 204)
 	h.ok("PUT", "/actions", startBody, 204)
 	if s := h.state(); s != fcapi.StateRunning {
@@ -180,7 +181,7 @@ func TestSnapshotLoad(t *testing.T) {
 			fcapi.SnapshotLoadParams{SnapshotPath: "/s/vmstate", MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendFile, BackendPath: "/s/mem"},
 				ResumeVM: true, VsockOverride: &fcapi.VsockOverride{UDSPath: "/new.sock"}},
 			[]string{"LoadSnapshot", "Resume"}},
-		{"deprecated fields normalized", `{"snapshot_path":"/s/vmstate","mem_file_path":"/s/mem","enable_diff_snapshots":true}`, fcapi.StatePaused,
+		{"deprecated fields normalized", `{"snapshot_path":"/s/vmstate","mem_file_path":"/s/mem","enable_diff_snapshots":true,"clock_realtime":false,"huge_pages":"Snapshot"}`, fcapi.StatePaused,
 			fcapi.SnapshotLoadParams{SnapshotPath: "/s/vmstate", MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendFile, BackendPath: "/s/mem"}, TrackDirtyPages: true},
 			[]string{"LoadSnapshot"}},
 	}
