@@ -159,13 +159,14 @@ func TestClientGoneDoesNotCancel(t *testing.T) {
 	m := newFakeMachine(t)
 	m.block, m.blocked = make(chan struct{}), make(chan struct{})
 	sv := serve(t, m)
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() { errc <- sv.c.InstanceStart(ctx) }()
 	<-m.blocked
-	if err := <-errc; !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("InstanceStart with a short deadline: error %v, want DeadlineExceeded", err)
+	cancel() // the client gives up while the Machine works
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("InstanceStart cancelled by the client: error %v, want context.Canceled", err)
 	}
 	infoc := make(chan fcapi.InstanceInfo, 1)
 	go func() {
