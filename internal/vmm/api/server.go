@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -100,7 +101,15 @@ func unknownRoute(r *http.Request) error {
 }
 
 // ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// ServeMux would answer a path with "//", "." or ".." segments with a
+	// redirect to the cleaned path; Firecracker has no such paths.
+	if p := r.URL.Path; p != "/" && strings.TrimSuffix(p, "/") != path.Clean(p) {
+		s.writeError(w, r, unknownRoute(r))
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
 
 // Serve answers API requests on l until ctx ends (it then returns nil) or a
 // snapshot load fails (it returns that error once the 400 answer is sent,

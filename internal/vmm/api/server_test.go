@@ -312,6 +312,10 @@ func TestBadRequests(t *testing.T) {
 		{"snapshot without op", "PUT", "/snapshot", loadBody, "Missing snapshot operation type"},
 		{"nested drive path", "PUT", "/drives/a/b", driveBody, "Invalid request method and/or path: PUT /drives/a/b."},
 		{"trailing slash", "GET", "/machine-config/", "", "Invalid request method and/or path"},
+		{"double slash", "PUT", "//drives/rootfs", driveBody, "Invalid request method and/or path: PUT //drives/rootfs."},
+		{"dot dot", "PUT", "/drives/../vsock", vsockBody, "Invalid request method and/or path: PUT /drives/../vsock."},
+		{"dot", "GET", "/./machine-config", "", "Invalid request method and/or path"},
+		{"escaped slash in id", "PUT", "/drives/a%2Fb", `{"drive_id":"a/b","path_on_host":"/r","is_root_device":true}`, `the ID "a/b" has '/'`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
