@@ -24,9 +24,12 @@ type Validator interface {
 //   - field names match exactly (encoding/json alone would match any case);
 //   - unknown and duplicate fields are errors (serde's deny_unknown_fields);
 //   - fields tagged `fc:"required"` must be present and not null;
-//   - nothing may follow the document.
+//   - fields of Firecracker's API that Thaw does not implement are accepted
+//     only with a value that asks for nothing (see notImplementer);
+//   - nothing may follow the document, and it must be UTF-8.
 //
-// Errors name the offending field and say what is allowed.
+// v should point to a zero value: fields absent from data are left as they
+// are. Errors name the offending field and say what is allowed.
 func Decode(data []byte, v any) error {
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
