@@ -1,10 +1,13 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -247,4 +250,84 @@ func TestStartFromConfigErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// specChecker wraps h so that every exchange is checked against the spec.
+func specChecker(t *testing.T, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("reading the request: %v", err)
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		checkAgainstSpec(t, r.Method, r.URL.Path, string(body), rec.Code, rec.Body.String())
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		w.Write(rec.Body.Bytes())
+	})
+}
+
+// TestClientMatchesSpec drives every client method against the server
+// through a spec checker, so the bodies fcapi.Client sends (and would send
+// to firecracker) are checked against api/firecracker.yaml.
+func TestClientMatchesSpec(t *testing.T) {
+	ctx := context.Background()
+	start := func(t *testing.T) *fcapi.Client {
+		sock := filepath.Join(t.TempDir(), "api.sock")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs := &http.Server{Handler: specChecker(t, NewServer(newFakeMachine(t), testInfo, testLogger(t)))}
+		go hs.Serve(l)
+		t.Cleanup(func() { hs.Close() })
+		c := fcapi.NewClient(sock)
+		t.Cleanup(c.Close)
+		return c
+	}
+	must := func(t *testing.T, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("boot", func(t *testing.T) {
+		c := start(t)
+		must(t, c.WaitReady(ctx))
+		_, err := c.Version(ctx)
+		must(t, err)
+		_, err = c.MachineConfig(ctx)
+		must(t, err)
+		must(t, c.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: 2, MemSizeMib: 256, SMT: true, TrackDirtyPages: true, HugePages: fcapi.HugePagesTransparent}))
+		must(t, c.PutBootSource(ctx, fcapi.BootSource{KernelImagePath: "/k", BootArgs: "console=ttyS0", InitrdPath: "/i"}))
+		must(t, c.PutDrive(ctx, fcapi.Drive{DriveID: "rootfs", PathOnHost: "/r", IsRootDevice: true, IsReadOnly: true, PartUUID: "p", CacheType: fcapi.CacheWriteback}))
+		must(t, c.PutVsock(ctx, fcapi.Vsock{GuestCID: 3, UDSPath: "/v", VsockID: "vsock0"}))
+		if err := c.PutNetworkInterface(ctx, fcapi.NetworkInterface{IfaceID: "eth0", HostDevName: "tap0", GuestMAC: "06:00:00:00:00:01"}); err == nil {
+			t.Error("PutNetworkInterface succeeded, want thaw-vmm's 400")
+		}
+		must(t, c.InstanceStart(ctx))
+		must(t, c.Pause(ctx))
+		must(t, c.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{SnapshotType: fcapi.SnapshotFull, SnapshotPath: "/s", MemFilePath: "/m"}))
+		must(t, c.Resume(ctx))
+		must(t, c.SendCtrlAltDel(ctx))
+		if err := c.Action(ctx, fcapi.ActionFlushMetrics); err == nil {
+			t.Error("FlushMetrics succeeded, want thaw-vmm's 400")
+		}
+		_, err = c.InstanceInfo(ctx)
+		must(t, err)
+	})
+	t.Run("load", func(t *testing.T) {
+		c := start(t)
+		must(t, c.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{SnapshotPath: "/s",
+			MemBackend:      &fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: "/u"},
+			TrackDirtyPages: true, ResumeVM: true, VsockOverride: &fcapi.VsockOverride{UDSPath: "/v2"}}))
+	})
+	t.Run("deprecated load", func(t *testing.T) {
+		c := start(t)
+		must(t, c.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{SnapshotPath: "/s", MemFilePath: "/m", EnableDiffSnapshots: true}))
+	})
 }
