@@ -33,6 +33,7 @@ type Machine interface {
 	// one before any SetMachineConfig, the snapshot's after LoadSnapshot).
 	MachineConfig() fcapi.MachineConfig
 	// SetDrive adds the drive, or replaces the one with the same DriveID.
+	// The server keeps Firecracker's rule of at most one root drive.
 	SetDrive(fcapi.Drive) error
 	SetVsock(fcapi.Vsock) error
 	// Start boots the configured VM (InstanceStart); when it returns nil the

@@ -48,6 +48,9 @@ type Server struct {
 	// configured is set by the first pre-boot configuration request that
 	// parsed (Firecracker's boot_path): /snapshot/load is refused after it.
 	configured bool
+	// rootDrive is the ID of the drive configured as the root device, if
+	// any: Firecracker allows one.
+	rootDrive string
 	// failed is the error of a failed snapshot load; every later request
 	// is refused with it while the process exits.
 	failed error

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -325,6 +326,25 @@ func TestBadRequests(t *testing.T) {
 				t.Errorf("a refused request reached the Machine: calls %v", calls)
 			}
 		})
+	}
+}
+
+// TestOneRootDrive checks Firecracker's rule of at most one root drive,
+// which a drive can hand over by being replaced.
+func TestOneRootDrive(t *testing.T) {
+	h := newHarness(t)
+	root := func(id string, isRoot bool) string {
+		return fmt.Sprintf(`{"drive_id":%q,"path_on_host":"/%s","is_root_device":%t}`, id, id, isRoot)
+	}
+	h.ok("PUT", "/drives/a", root("a", true), 204)
+	h.ok("PUT", "/drives/a", root("a", true), 204) // replacing the root drive keeps it root
+	h.fault("PUT", "/drives/b", root("b", true), `A root block device already exists: drive "a"`)
+	h.ok("PUT", "/drives/b", root("b", false), 204)
+	h.ok("PUT", "/drives/a", root("a", false), 204) // a hands the role over
+	h.ok("PUT", "/drives/b", root("b", true), 204)
+	h.fault("PUT", "/drives/a", root("a", true), `A root block device already exists: drive "b"`)
+	if !h.m.drives["b"].IsRootDevice || h.m.drives["a"].IsRootDevice {
+		t.Errorf("Machine drives = %+v, want b root and a not", h.m.drives)
 	}
 }
 
