@@ -42,6 +42,9 @@ func serve(t *testing.T, m *fakeMachine) *served {
 		cancel()
 		sv.c.Close()
 		sv.wait(t)
+		if m.block == nil { // a blocked Machine call may still be running
+			checkServer(t, sv.s, m)
+		}
 	})
 	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer wcancel()

@@ -146,6 +146,25 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	return result
 }
 
+// check reports a broken invariant of the server's state; tests run it in
+// cleanup.
+func (s *Server) check() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.info.State {
+	case fcapi.StateNotStarted, fcapi.StateRunning, fcapi.StatePaused:
+	default:
+		return fmt.Errorf("state is %q, not one of Firecracker's", s.info.State)
+	}
+	if s.rootDrive != "" && !s.configured {
+		return fmt.Errorf("root drive %q recorded but nothing configured", s.rootDrive)
+	}
+	if s.failed != nil && s.info.State == fcapi.StateRunning {
+		return fmt.Errorf("running after a failed load: %v", s.failed)
+	}
+	return nil
+}
+
 func (s *Server) stop() { s.stoppingOnce.Do(func() { close(s.stopping) }) }
 
 // opContext returns the context for a Machine operation: not cancelled when

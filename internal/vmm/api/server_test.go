@@ -31,7 +31,25 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	m := newFakeMachine(t)
-	return &harness{t: t, s: NewServer(m, testInfo, testLogger(t)), m: m}
+	h := &harness{t: t, s: NewServer(m, testInfo, testLogger(t)), m: m}
+	t.Cleanup(func() { checkServer(t, h.s, m) })
+	return h
+}
+
+// checkServer runs the server's invariant check and checks that the
+// server's idea of the instance state matches the Machine's.
+func checkServer(t testing.TB, s *Server, m *fakeMachine) {
+	t.Helper()
+	if err := s.check(); err != nil {
+		t.Errorf("server invariant: %v", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s.info.State != m.state {
+		t.Errorf("server says %q, Machine is %q", s.info.State, m.state)
+	}
 }
 
 // do sends one request and returns the status and body.
