@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -67,8 +68,23 @@ func (sv *served) wait(t *testing.T) error {
 	}
 }
 
+// checkNoLeak waits until the goroutine count is back to before (goroutines
+// that are stopping need a moment) and fails the test if it is not.
+func checkNoLeak(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines after Serve returned, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestServeWithClient(t *testing.T) {
 	ctx := context.Background()
+	before := runtime.NumGoroutine()
 	sv := serve(t, newFakeMachine(t))
 	c := sv.c
 	must := func(err error) {
@@ -118,6 +134,8 @@ func TestServeWithClient(t *testing.T) {
 		conn.Close()
 		t.Error("the API socket still accepts connections after Serve returned")
 	}
+	c.Close()
+	checkNoLeak(t, before)
 }
 
 func TestServeFailedLoad(t *testing.T) {
@@ -139,6 +157,7 @@ func TestServeFailedLoad(t *testing.T) {
 // TestServeStopCancelsOperation checks that stopping Serve cancels a
 // Machine operation in flight.
 func TestServeStopCancelsOperation(t *testing.T) {
+	before := runtime.NumGoroutine()
 	m := newFakeMachine(t)
 	m.block, m.blocked = make(chan struct{}), make(chan struct{})
 	sv := serve(t, m)
@@ -153,10 +172,13 @@ func TestServeStopCancelsOperation(t *testing.T) {
 		t.Error("InstanceStart interrupted by shutdown succeeded, want an error")
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if !errors.Is(m.ctxErr, context.Canceled) {
-		t.Errorf("Machine.Start saw context error %v, want context.Canceled", m.ctxErr)
+	ctxErr := m.ctxErr
+	m.mu.Unlock()
+	if !errors.Is(ctxErr, context.Canceled) {
+		t.Errorf("Machine.Start saw context error %v, want context.Canceled", ctxErr)
 	}
+	sv.c.Close()
+	checkNoLeak(t, before)
 }
 
 // TestClientGoneDoesNotCancel checks that an operation runs to its end when
