@@ -59,8 +59,11 @@ type Server struct {
 // NewServer returns a server for m. info supplies app_name, id and
 // vmm_version for GET / (an empty id becomes Firecracker's default,
 // "anonymous-instance"; an empty app_name "thaw-vmm"); its state is ignored:
-// a new server is always "Not started".
+// a new server is always "Not started". A nil log discards.
 func NewServer(m Machine, info fcapi.InstanceInfo, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	info.State = fcapi.StateNotStarted
 	if info.ID == "" {
 		info.ID = "anonymous-instance"

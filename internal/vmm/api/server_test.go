@@ -431,7 +431,13 @@ func TestFailedLoadRefusesEverything(t *testing.T) {
 }
 
 func TestNewServerDefaults(t *testing.T) {
-	s := NewServer(newFakeMachine(t), fcapi.InstanceInfo{VMMVersion: "v", State: fcapi.StateRunning}, testLogger(t))
+	s := NewServer(newFakeMachine(t), fcapi.InstanceInfo{VMMVersion: "v", State: fcapi.StateRunning}, nil)
+	req := httptest.NewRequest("GET", "/nowhere", nil)
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, req) // logs the refusal: must not need a logger
+	if w.Code != 400 {
+		t.Errorf("GET /nowhere: %d, want 400", w.Code)
+	}
 	want := fcapi.InstanceInfo{AppName: "thaw-vmm", ID: "anonymous-instance", State: fcapi.StateNotStarted, VMMVersion: "v"}
 	if s.info != want {
 		t.Errorf("NewServer info = %+v, want %+v", s.info, want)
