@@ -1,13 +1,10 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -277,25 +274,6 @@ func TestStartFromConfigErrors(t *testing.T) {
 	}
 }
 
-// specChecker wraps h so that every exchange is checked against the spec.
-func specChecker(t *testing.T, h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(r.Body)
-		if err != nil {
-			t.Errorf("reading the request: %v", err)
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, r)
-		checkAgainstSpec(t, r.Method, r.URL.Path, string(body), rec.Code, rec.Body.String())
-		for k, v := range rec.Header() {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(rec.Code)
-		w.Write(rec.Body.Bytes())
-	})
-}
-
 // TestClientMatchesSpec drives every client method against the server
 // through a spec checker, so the bodies fcapi.Client sends (and would send
 // to firecracker) are checked against api/firecracker.yaml.
@@ -307,7 +285,7 @@ func TestClientMatchesSpec(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		hs := &http.Server{Handler: specChecker(t, NewServer(newFakeMachine(t), testInfo, testLogger(t)))}
+		hs := &http.Server{Handler: loadSpec(t).Handler(NewServer(newFakeMachine(t), testInfo, testLogger(t)), func(err error) { t.Error(err) })}
 		go hs.Serve(l)
 		t.Cleanup(func() { hs.Close() })
 		c := fcapi.NewClient(sock)
