@@ -110,3 +110,13 @@ func BenchmarkInstanceStartToOutput(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkExecBaseline execs /bin/true and waits: the cost of starting any
+// process on this machine, to read BenchmarkAPIReady against.
+func BenchmarkExecBaseline(b *testing.B) {
+	for b.Loop() {
+		if err := exec.Command("/bin/true").Run(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
