@@ -154,6 +154,7 @@ func serve(o options, stdout io.Writer, log *slog.Logger) error {
 		}
 	}()
 	srv := api.NewServer(m, fcapi.InstanceInfo{ID: o.id, VMMVersion: version}, log)
+	go forwardInput(os.Stdin, m, log)
 
 	var l net.Listener
 	if !o.noAPI {
@@ -244,4 +245,23 @@ func readConfig(path string) (*fcapi.VMConfig, error) {
 		return nil, fmt.Errorf("--config-file %s: %w", path, err)
 	}
 	return cfg, nil
+}
+
+// forwardInput copies the VMM's stdin to the guest's serial port, as
+// Firecracker does. Input that arrives while no guest runs is dropped. The
+// goroutine ends at EOF (stdin is /dev/null when a daemon starts the VMM)
+// or with the process.
+func forwardInput(in io.Reader, m *vmm.Machine, log *slog.Logger) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := in.Read(buf)
+		if n > 0 {
+			if ierr := m.SerialInput(buf[:n]); ierr != nil {
+				log.Debug("dropping serial input", "bytes", n, "err", ierr)
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }

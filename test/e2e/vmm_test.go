@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -300,5 +301,47 @@ func TestBadInvocations(t *testing.T) {
 				t.Errorf("stderr %q does not mention %q", stderr.String(), tt.want)
 			}
 		})
+	}
+}
+
+// TestSignalAndStdin feeds the guest's serial port through thaw-vmm's
+// stdin, then stops the VMM with SIGTERM: it must exit 0 and remove its
+// API socket.
+func TestSignalAndStdin(t *testing.T) {
+	testenv.RequireKVM(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "api.sock")
+	cmd := exec.Command(thawVMM(t), "--api-sock", sock)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &vmmProc{cmd: cmd, sock: sock, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-p.done })
+	c := p.client(t)
+	if err := c.PutBootSource(ctx(t), fcapi.BootSource{KernelImagePath: probeELF(t), BootArgs: "probe.pages=1 probe.ticks=0 probe.spin=1000"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.InstanceStart(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	p.waitOutput(t, "probe: tick 1 ", 30*time.Second)
+	if _, err := stdin.Write([]byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	p.waitOutput(t, "probe: serial 6f\nprobe: serial 6b\n", 30*time.Second)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Errorf("exit code after SIGTERM: got %d, want 0; stderr:\n%s", code, p.stderr.String())
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("API socket left behind after SIGTERM: %v", err)
 	}
 }
