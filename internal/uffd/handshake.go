@@ -276,6 +276,7 @@ func readHandshake(conn *net.UnixConn) (h *Handshake, err error) {
 	oob := make([]byte, unix.CmsgSpace(4*8))
 	for {
 		n, oobn, flags, _, rerr := conn.ReadMsgUnix(buf, oob)
+		n, oobn = max(n, 0), max(oobn, 0)
 		if oobn > 0 {
 			got, perr := parseRights(oob[:oobn])
 			fds = append(fds, got...)
@@ -297,7 +298,7 @@ func readHandshake(conn *net.UnixConn) (h *Handshake, err error) {
 		if len(t) > 0 && json.Valid(t) {
 			break
 		}
-		if rerr == io.EOF || (rerr == nil && n == 0) {
+		if errors.Is(rerr, io.EOF) || (rerr == nil && n == 0) {
 			if len(t) == 0 {
 				return nil, fmt.Errorf("the VMM closed the connection without sending a handshake message")
 			}
