@@ -2,6 +2,7 @@ package uffd
 
 import (
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -82,6 +83,7 @@ func (s *Server) prefetchRun(fd uintptr) error {
 		r, page, ok := pf.peek()
 		if !ok {
 			pf.done = true
+			s.st.prefTime.Store(int64(time.Since(s.started)))
 			s.st.prefDone.Store(true)
 			st := s.st.snapshot()
 			s.log.Info("prefetch complete", "pages", st.PrefetchedPages, "runs", st.PrefetchRuns, "logged", pf.order != nil)

@@ -96,6 +96,7 @@ type Server struct {
 	pf      *prefetcher // nil when prefetch is disabled
 	st      counters
 	serving atomic.Bool
+	started time.Time // when Serve began
 
 	closeOnce sync.Once
 	closeErr  error
@@ -186,6 +187,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if !s.serving.CompareAndSwap(false, true) {
 		return errors.New("page server: Serve called twice")
 	}
+	s.started = time.Now()
 	if s.pf == nil {
 		s.st.prefDone.Store(true)
 	}

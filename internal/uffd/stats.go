@@ -31,8 +31,10 @@ type Stats struct {
 	PrefetchedPages uint64
 	PrefetchBytes   uint64
 	PrefetchRuns    uint64
-	// PrefetchDone reports whether the prefetcher has run out of pages.
+	// PrefetchDone reports whether the prefetcher has run out of pages;
+	// PrefetchTime is how long after Serve started that happened.
 	PrefetchDone bool
+	PrefetchTime time.Duration
 	// Latency is the distribution of fault service times: from the read(2)
 	// that returned the fault to the end of the copy or wake that answered
 	// it. Time a fault spent queued before that read is not included.
@@ -106,6 +108,7 @@ type counters struct {
 	removes, removedBytes                          atomic.Uint64
 	prefPages, prefBytes, prefRuns                 atomic.Uint64
 	prefDone                                       atomic.Bool
+	prefTime                                       atomic.Int64
 	latency                                        [HistogramBuckets]atomic.Uint64
 }
 
@@ -115,7 +118,7 @@ func (c *counters) snapshot() Stats {
 		EEXIST: c.eexist.Load(), EAGAIN: c.eagain.Load(),
 		RemoveEvents: c.removes.Load(), RemovedBytes: c.removedBytes.Load(),
 		PrefetchedPages: c.prefPages.Load(), PrefetchBytes: c.prefBytes.Load(), PrefetchRuns: c.prefRuns.Load(),
-		PrefetchDone: c.prefDone.Load(),
+		PrefetchDone: c.prefDone.Load(), PrefetchTime: time.Duration(c.prefTime.Load()),
 	}
 	for k := range c.latency {
 		s.Latency.Buckets[k] = c.latency[k].Load()
