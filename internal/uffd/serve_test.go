@@ -21,7 +21,7 @@ func TestMain(m *testing.M) {
 }
 
 // memFile writes a deterministic memory file and maps it.
-func memFile(t *testing.T, size int64, seed uint64) (string, *uffd.FileSource) {
+func memFile(t testing.TB, size int64, seed uint64) (string, *uffd.FileSource) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "mem")
 	if err := uffdtest.WriteMemoryFile(path, size, seed); err != nil {
@@ -37,7 +37,7 @@ func memFile(t *testing.T, size int64, seed uint64) (string, *uffd.FileSource) {
 
 // noLeaks fails t if goroutines or file descriptors started during the test
 // outlive it.
-func noLeaks(t *testing.T) {
+func noLeaks(t testing.TB) {
 	t.Helper()
 	g0, fd0 := runtime.NumGoroutine(), openFDs(t)
 	t.Cleanup(func() {
@@ -58,7 +58,7 @@ func noLeaks(t *testing.T) {
 	})
 }
 
-func openFDs(t *testing.T) int {
+func openFDs(t testing.TB) int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +68,7 @@ func openFDs(t *testing.T) int {
 
 // session is one page server serving one fake VMM.
 type session struct {
-	t      *testing.T
+	t      testing.TB
 	l      *uffd.Listener
 	proc   *uffdtest.Proc
 	srv    *uffd.Server
@@ -79,7 +79,7 @@ type session struct {
 // startSession listens, starts a fake VMM following spec, accepts its
 // handshake and starts serving it with params (Handshake and Source filled
 // in here when unset).
-func startSession(t *testing.T, spec uffdtest.Spec, src uffd.Source, params uffd.ServerParams) *session {
+func startSession(t testing.TB, spec uffdtest.Spec, src uffd.Source, params uffd.ServerParams) *session {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "uffd.sock")
 	l, err := uffd.Listen(sock)
