@@ -385,3 +385,20 @@ func TestNewServerChecksRegionsAgainstFile(t *testing.T) {
 		})
 	}
 }
+
+// TestFaultOutsideHandshakeRegionsFails: the VMM registers two regions but
+// its handshake names only one; the first fault in the other must end
+// Serve with an error naming the address, not hang.
+func TestFaultOutsideHandshakeRegionsFails(t *testing.T) {
+	testenv.RequireUFFD(t)
+	noLeaks(t)
+	const size = 4 << 20
+	path, src := memFile(t, size, 8)
+	s := startSession(t, uffdtest.Spec{MemFile: path, Regions: []uffdtest.Layout{{Offset: 0, Size: 2 << 20}, {Offset: 2 << 20, Size: 2 << 20}},
+		Threads: 2, Pattern: uffdtest.Disjoint, OmitLastRegion: true, Hang: true},
+		src, uffd.ServerParams{Config: uffd.Config{DisablePrefetch: true}})
+	err := s.serveResult(10 * time.Second)
+	if err == nil || !strings.Contains(err.Error(), "outside every registered region") {
+		t.Fatalf("Serve: got %v, want a fault-outside-regions error", err)
+	}
+}

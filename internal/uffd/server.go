@@ -98,6 +98,7 @@ type Server struct {
 	serving atomic.Bool
 	started time.Time // when Serve began
 
+	closed    atomic.Bool // set before the fds are closed
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -163,6 +164,7 @@ func (s *Server) Regions() []Region { return append([]Region(nil), s.regions.reg
 // its faults stay pending, so whoever owns the VMM must stop it.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
+		s.closed.Store(true)
 		var errs []error
 		errs = append(errs, s.uffd.Close())
 		if s.peer != nil {
@@ -198,11 +200,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	switch {
 	case err == nil:
 		return nil
+	case s.closed.Load():
+		// Control on a closed file fails with an unexported error; the
+		// flag says why.
+		s.log.Info("page server stopping: closed")
+		return nil
 	case errors.Is(err, errGone):
 		s.log.Info("page server stopping: VMM went away", "pid", s.peerPID)
-		return nil
-	case errors.Is(err, os.ErrClosed):
-		s.log.Info("page server stopping: closed")
 		return nil
 	}
 	s.log.Error("page server failed", "pid", s.peerPID, "err", err)

@@ -138,3 +138,21 @@ func TestRemoveUnregisters(t *testing.T) {
 		t.Errorf("prefetched %d pages, removed %d bytes; want 6 and 8192", st.PrefetchedPages, st.RemovedBytes)
 	}
 }
+
+func TestCloseStopsServe(t *testing.T) {
+	s, _, _ := inProcess(t, 4)
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(t.Context()) }()
+	time.Sleep(20 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve after Close: %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return within 5s of Close")
+	}
+}

@@ -49,6 +49,9 @@ type Spec struct {
 	Direct bool
 	// Latencies: time every first touch of a page.
 	Latencies bool
+	// OmitLastRegion registers every region but leaves the last out of the
+	// handshake, as a VMM and handshake that disagree would.
+	OmitLastRegion bool
 	// Seed for the Random pattern.
 	Seed uint64
 }

@@ -102,7 +102,11 @@ func runVMM(spec *Spec) (*Result, error) {
 		}
 		defer uffdFile.Close() // held for the life of the "VM", as Firecracker does
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err = uffd.SendHandshakeTo(ctx, spec.Socket, regions, uffdFile)
+		sent := regions
+		if spec.OmitLastRegion && len(sent) > 1 {
+			sent = sent[:len(sent)-1]
+		}
+		err = uffd.SendHandshakeTo(ctx, spec.Socket, sent, uffdFile)
 		cancel()
 		if err != nil {
 			return nil, err
