@@ -402,3 +402,24 @@ func TestFaultOutsideHandshakeRegionsFails(t *testing.T) {
 		t.Fatalf("Serve: got %v, want a fault-outside-regions error", err)
 	}
 }
+
+// TestRemoveRacesFaults discards memory while other threads fault and the
+// prefetcher copies: copies during a pending REMOVE get EAGAIN and must be
+// retried after the event is drained, and the discarded ranges must read
+// back as zeros.
+func TestRemoveRacesFaults(t *testing.T) {
+	testenv.RequireUFFD(t)
+	noLeaks(t)
+	const size = 16 << 20
+	path, src := memFile(t, size, 13)
+	s := startSession(t, uffdtest.Spec{MemFile: path, Regions: oneRegion(size), Threads: 8, Pattern: uffdtest.Random, Writes: true, RemoveDuring: 64, Seed: 13},
+		src, uffd.ServerParams{Config: uffd.Config{PrefetchRunBytes: 16 << 10}})
+	res, st := s.finish()
+	if res.Removed != 4<<20 {
+		t.Errorf("fake VMM removed %d bytes, want %d", res.Removed, 4<<20)
+	}
+	if st.RemoveEvents != 64 {
+		t.Errorf("got %d REMOVE events, want one per discarded chunk (64)", st.RemoveEvents)
+	}
+	t.Logf("%v", st)
+}

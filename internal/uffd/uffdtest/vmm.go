@@ -129,7 +129,14 @@ func runVMM(spec *Spec) (*Result, error) {
 	var touches, verified, bad atomic.Uint64
 	var firstBad atomic.Pointer[string]
 	var wg sync.WaitGroup
+	var removeErr error
 	start := time.Now()
+	if spec.RemoveDuring > 0 {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			removeErr = g.removeConcurrently(spec.RemoveDuring, res)
+		})
+	}
 	for t := range work {
 		wg.Go(func() {
 			runtime.LockOSThread()
@@ -163,6 +170,9 @@ func runVMM(spec *Spec) (*Result, error) {
 	}
 	wg.Wait()
 	res.Elapsed = time.Since(start)
+	if removeErr != nil {
+		return nil, removeErr
+	}
 	res.Touches, res.Verified, res.Mismatches = touches.Load(), verified.Load(), bad.Load()
 	if p := firstBad.Load(); p != nil {
 		res.FirstBad = *p
@@ -216,6 +226,10 @@ func (g *guest) plan(spec *Spec) ([][]page, error) {
 				all = append(all, page{r, off})
 			}
 		}
+	}
+	if spec.RemoveDuring > 0 {
+		lo, hi := g.removeZone()
+		all = slices.DeleteFunc(all, func(p page) bool { return p.r == 0 && p.off >= lo && p.off < hi })
 	}
 	work := make([][]page, spec.Threads)
 	switch spec.Pattern {
@@ -290,5 +304,36 @@ func (g *guest) removeAndCheck(n uint64, res *Result) error {
 		}
 	}
 	res.Removed = n
+	return nil
+}
+
+// removeZone is the last quarter of region 0, 64 KiB aligned.
+func (g *guest) removeZone() (lo, hi uint64) {
+	n := uint64(len(g.mem[0]))
+	return (n - n/4) &^ (64<<10 - 1), n
+}
+
+// removeConcurrently discards chunks of the remove zone one by one, then
+// checks that they read back as zeros (they were unregistered).
+func (g *guest) removeConcurrently(chunks int, res *Result) error {
+	lo, hi := g.removeZone()
+	mem := g.mem[0]
+	var removed uint64
+	for i := range chunks {
+		a := lo + uint64(i)*(64<<10)
+		if a+64<<10 > hi {
+			break
+		}
+		if err := unix.Madvise(mem[a:a+64<<10], unix.MADV_DONTNEED); err != nil {
+			return fmt.Errorf("madvise(MADV_DONTNEED) at %#x: %w", a, err)
+		}
+		removed += 64 << 10
+	}
+	for i, b := range mem[lo : lo+removed] {
+		if b != 0 {
+			return fmt.Errorf("removed byte at region 0 offset %#x reads %#x, want 0", lo+uint64(i), b)
+		}
+	}
+	res.Removed = removed
 	return nil
 }
