@@ -215,7 +215,13 @@ func (s *Server) Serve(ctx context.Context) error {
 
 func (s *Server) serve(ctx context.Context) error {
 	msgs := make([]abi.UffdMsg, s.cfg.BatchSize)
-	var deferred []uint64
+	// Faults EAGAIN deferred, with the time they were read (their latency
+	// counts from then).
+	type fault struct {
+		addr   uint64
+		readAt time.Time
+	}
+	var deferred []fault
 	for {
 		if ctx.Err() != nil {
 			s.log.Info("page server stopping: context done", "err", ctx.Err())
@@ -238,7 +244,7 @@ func (s *Server) serve(ctx context.Context) error {
 					return err
 				}
 				if d != 0 {
-					deferred = append(deferred, d)
+					deferred = append(deferred, fault{d, now})
 				}
 			}
 			return nil
@@ -255,14 +261,13 @@ func (s *Server) serve(ctx context.Context) error {
 			retry := deferred
 			deferred = nil
 			err := control(s.uffd, func(fd uintptr) error {
-				now := time.Now()
-				for _, addr := range retry {
-					again, err := s.serveFault(fd, addr, now)
+				for _, f := range retry {
+					again, err := s.serveFault(fd, f.addr, f.readAt)
 					if err != nil {
 						return err
 					}
 					if again {
-						deferred = append(deferred, addr)
+						deferred = append(deferred, f)
 					}
 				}
 				return nil

@@ -1,6 +1,7 @@
 package uffd
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -130,5 +131,27 @@ func TestConfigValidate(t *testing.T) {
 		if err := tt.cfg.Validate(); (err == nil) != tt.good {
 			t.Errorf("%+v: Validate() = %v, want ok=%t", tt.cfg, err, tt.good)
 		}
+	}
+}
+
+func TestWaitSettled(t *testing.T) {
+	cfg := SettleConfig{Tick: 5 * time.Millisecond, Window: 2, Fraction: 0.1, Quiet: 4, MinTime: 20 * time.Millisecond, MaxTime: 5 * time.Second}
+	var n uint64
+	calls := 0
+	count := func() uint64 {
+		calls++
+		if calls <= 5 {
+			n += 100 // a burst, then silence
+		}
+		return n
+	}
+	reason, err := WaitSettled(t.Context(), cfg, count)
+	if err != nil || reason != SettleConverged {
+		t.Fatalf("got %q, %v; want %q", reason, err, SettleConverged)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := WaitSettled(ctx, cfg, count); err == nil {
+		t.Error("WaitSettled with a cancelled context succeeded")
 	}
 }
