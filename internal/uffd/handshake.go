@@ -120,8 +120,13 @@ func SendHandshake(conn *net.UnixConn, regions []Region, uffd *os.File) error {
 	if err := rc.Control(func(fd uintptr) {
 		var n, oobn int
 		n, oobn, werr = conn.WriteMsgUnix(msg, unix.UnixRights(int(fd)), nil)
-		if werr == nil && (n != len(msg) || oobn == 0) {
-			werr = fmt.Errorf("short write: %d of %d bytes, %d control bytes", n, len(msg), oobn)
+		if werr == nil && oobn == 0 {
+			werr = fmt.Errorf("the userfaultfd was not sent (%d bytes written)", n)
+		}
+		if werr == nil && n < len(msg) {
+			// A message larger than the socket buffer goes out in pieces;
+			// the receiver reads until the JSON is complete.
+			_, werr = conn.Write(msg[n:])
 		}
 	}); err != nil {
 		return fmt.Errorf("sending handshake: %w", err)
