@@ -27,11 +27,27 @@ type cursor struct {
 
 func newPrefetcher(t *regionTable, log *AccessLog) *prefetcher {
 	p := &prefetcher{t: t}
-	if log != nil {
-		p.order = log.Offsets
-		if p.order == nil {
-			p.order = []uint64{}
+	if log == nil {
+		return p
+	}
+	p.order = log.Offsets
+	if p.order == nil {
+		p.order = []uint64{}
+	}
+	// A log recorded with larger pages than some region uses (2 MiB records
+	// replayed over 4 KiB pages) names every small page of each record.
+	small := uint64(PageSize2M)
+	for _, r := range t.regions {
+		small = min(small, r.PageSize)
+	}
+	if log.PageSize > small {
+		expanded := make([]uint64, 0, len(log.Offsets)*int(log.PageSize/small))
+		for _, off := range log.Offsets {
+			for sub := uint64(0); sub < log.PageSize; sub += small {
+				expanded = append(expanded, off+sub)
+			}
 		}
+		p.order = expanded
 	}
 	return p
 }

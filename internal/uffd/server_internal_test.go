@@ -196,3 +196,21 @@ func TestZeroPages(t *testing.T) {
 		t.Error("write to a zero page lost")
 	}
 }
+
+// TestPrefetchExpandsLargePageLog replays a log recorded with 2 MiB pages
+// over a region of 4 KiB pages: every small page of the record is fetched.
+func TestPrefetchExpandsLargePageLog(t *testing.T) {
+	s, mem, content := inProcess(t, 1024)
+	s.pf = newPrefetcher(&s.regions, &AccessLog{PageSize: PageSize2M, FileSize: 4 << 20, Offsets: []uint64{2 << 20}})
+	for !s.pf.done {
+		if err := control(s.uffd, s.prefetchRun); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.Stats(); st.PrefetchedPages != 512 {
+		t.Errorf("prefetched %d pages, want the 512 of the logged 2 MiB", st.PrefetchedPages)
+	}
+	if !bytes.Equal(mem[2<<20:], content[2<<20:]) {
+		t.Error("prefetched half differs from the file")
+	}
+}
