@@ -50,7 +50,11 @@ func TestMain(m *testing.M) {
 	}
 	shimBin = filepath.Join(dir, "thaw-shim")
 	// go test puts $GOROOT/bin first in PATH.
-	out, err := exec.Command("go", "build", "-o", shimBin, "github.com/thawvm/thaw/cmd/thaw-shim").CombinedOutput()
+	args := []string{"build", "-o", shimBin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	out, err := exec.Command("go", append(args, "github.com/thawvm/thaw/cmd/thaw-shim")...).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "building thaw-shim: %v\n%s", err, out)
 		os.RemoveAll(dir)
@@ -107,6 +111,11 @@ func newVM(t *testing.T, spec fakeSpec, adjust func(*shim.Config)) *vm {
 		t.Fatal(err)
 	}
 	spec.MemFile = memFile
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("shim log:\n%s\nVMM log:\n%s", readFile(filepath.Join(vmDir, shim.ShimLogName)), readFile(filepath.Join(vmDir, shim.VMMLogName)))
+		}
+	})
 	cfg := shim.Config{
 		ID: "sb-1", Dir: vmDir, VMM: writeFakeVMM(t, dir, spec), VMMID: "sb-1",
 		Pages: shim.PagesServe, MemFile: memFile, Prefetch: true,
@@ -212,6 +221,9 @@ func (v *vm) finish(ctx context.Context, h *shim.Handle) shim.Status {
 
 func (v *vm) checkClean(st shim.Status) {
 	v.t.Helper()
+	if log := readFile(v.cfg.ShimLog()); strings.Contains(log, "DATA RACE") {
+		v.t.Errorf("the race detector found a race in the shim:\n%s", log)
+	}
 	for _, pid := range []int{st.ShimPID, st.VMMPID} {
 		if pid != 0 && alive(pid) {
 			v.t.Errorf("pid %d still alive after collect", pid)
