@@ -144,34 +144,41 @@ func waitParam(r *http.Request) (bool, error) {
 }
 
 func (s *supervisor) handleStop(w http.ResponseWriter, r *http.Request) {
-	var req StopRequest
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody+1))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("reading the body: %v", err))
 		return
 	}
-	if len(body) > maxRequestBody {
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("body exceeds %d bytes", maxRequestBody))
+	grace, err := parseStopRequest(body, s.cfg.StopGrace)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
 		return
-	}
-	if len(body) > 0 {
-		if err := decodeStrict(body, &req); err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("stop request: %v (want {\"grace_ms\": N})", err))
-			return
-		}
-	}
-	grace := time.Duration(req.GraceMS) * time.Millisecond
-	switch {
-	case req.GraceMS < 0 || grace > maxGrace:
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("grace_ms %d: want 0 (the shim's default, %v) to %d", req.GraceMS, s.cfg.StopGrace, maxGrace.Milliseconds()))
-		return
-	case grace == 0:
-		grace = s.cfg.StopGrace
 	}
 	s.stop(grace)
 	if st, ok := s.answerWhen(w, r, "the VMM to exit", func(st *Status) bool { return st.Done }); ok {
 		writeJSON(w, http.StatusOK, st)
 	}
+}
+
+// parseStopRequest decodes a POST /stop body (empty, or a StopRequest)
+// strictly and returns the grace period, def when it names none.
+func parseStopRequest(body []byte, def time.Duration) (time.Duration, error) {
+	if len(body) > maxRequestBody {
+		return 0, fmt.Errorf("stop request body exceeds %d bytes", maxRequestBody)
+	}
+	var req StopRequest
+	if len(bytes.TrimSpace(body)) > 0 {
+		if err := decodeStrict(body, &req); err != nil {
+			return 0, fmt.Errorf("stop request: %v (want {\"grace_ms\": N})", err)
+		}
+	}
+	if req.GraceMS < 0 || req.GraceMS > maxGrace.Milliseconds() {
+		return 0, fmt.Errorf("stop request: grace_ms %d: want 0 (the shim's default, %v) to %d", req.GraceMS, def, maxGrace.Milliseconds())
+	}
+	if req.GraceMS == 0 {
+		return def, nil
+	}
+	return time.Duration(req.GraceMS) * time.Millisecond, nil
 }
 
 func (s *supervisor) handleWait(w http.ResponseWriter, r *http.Request) {

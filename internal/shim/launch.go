@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,6 +83,9 @@ func Start(ctx context.Context, binary string, cfg Config) (*Handle, error) {
 		return nil, fmt.Errorf("starting shim: VM directory: %w", err)
 	} else if !fi.IsDir() {
 		return nil, fmt.Errorf("starting shim: VM directory %s is not a directory", cfg.Dir)
+	}
+	if other, err := NewClient(cfg.ControlSocket()).Info(ctx); err == nil {
+		return nil, fmt.Errorf("starting shim: another shim (pid %d, VM %s) is serving %s: stop it first", other.ShimPID, other.ID, cfg.Dir)
 	}
 	logf, err := os.OpenFile(cfg.ShimLog(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -172,11 +176,23 @@ func (h *Handle) waitUp(ctx context.Context, cfg Config) error {
 // abandon kills a shim that Start cannot hand over (its VMM dies with it)
 // and removes the sockets it could not remove itself.
 func (h *Handle) abandon(cfg Config) {
+	select {
+	case <-h.exited:
+		// It left on its own and removed its sockets; any there now
+		// belong to another shim (one already serving this directory).
+		h.Close()
+		return
+	default:
+	}
 	unix.Kill(h.PID, unix.SIGKILL) // our child until reaped: the pid is ours
 	<-h.exited
 	h.Close()
+	if c, err := net.DialTimeout("unix", cfg.ControlSocket(), time.Second); err == nil {
+		c.Close() // another shim's: leave its sockets alone
+		return
+	}
 	for _, name := range []string{ControlSocketName, APISocketName, UFFDSocketName} {
-		os.Remove(cfg.socket(name))
+		removeSocket(cfg.socket(name), nil)
 	}
 }
 

@@ -108,7 +108,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			s.finishWithoutVMM(fmt.Sprintf("preparing the page server: %v", err))
 			return s.linger(ctx)
 		}
-		defer s.pg.close()
+		defer func() {
+			// Normally reap has done this; not when the VMM outlived
+			// even SIGKILL. The page server must stop before its memory
+			// file is unmapped.
+			s.cancelPages()
+			s.pagesWG.Wait()
+			s.pg.close()
+		}()
 	}
 	if err := s.startVMM(); err != nil {
 		s.finishWithoutVMM(err.Error())
@@ -178,6 +185,11 @@ func listenControl(cfg Config) (*net.UnixListener, error) {
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listening on the control socket: %w", err)
+	}
+	// Stopping VMs is for thawd (the shim's user), nobody else.
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("restricting the control socket: %w", err)
 	}
 	return l, nil
 }

@@ -1,0 +1,64 @@
+package shim
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseStopRequest(t *testing.T) {
+	const def = 5 * time.Second
+	tests := []struct {
+		body string
+		want time.Duration
+		err  string
+	}{
+		{"", def, ""},
+		{" \n", def, ""},
+		{`{}`, def, ""},
+		{`{"grace_ms": 250}`, 250 * time.Millisecond, ""},
+		{`{"grace_ms": -1}`, 0, "grace_ms -1"},
+		{`{"grace_ms": 600001}`, 0, "grace_ms 600001"},
+		{`{"grace": 1}`, 0, "unknown field"},
+		{`{"grace_ms": 1}{}`, 0, "data after"},
+		{`{"grace_ms": "1"}`, 0, "cannot unmarshal"},
+		{strings.Repeat(" ", maxRequestBody+1), 0, "exceeds"},
+	}
+	for _, tt := range tests {
+		got, err := parseStopRequest([]byte(tt.body), def)
+		switch {
+		case tt.err == "" && (err != nil || got != tt.want):
+			t.Errorf("parseStopRequest(%.20q): got %v, %v; want %v", tt.body, got, err, tt.want)
+		case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
+			t.Errorf("parseStopRequest(%.20q): got %v, %v; want an error containing %q", tt.body, got, err, tt.err)
+		}
+	}
+}
+
+func FuzzParseStopRequest(f *testing.F) {
+	f.Add([]byte(`{"grace_ms": 250}`))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"grace_ms": 1e3}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		got, err := parseStopRequest(body, time.Second)
+		if err == nil && (got <= 0 || got > maxGrace) {
+			t.Fatalf("accepted %q with grace %v, outside (0, %v]", body, got, maxGrace)
+		}
+	})
+}
+
+func FuzzDecodeStatus(f *testing.F) {
+	f.Add([]byte(`{"id":"sb","state":"vmm-exited","shim_pid":1,"exit":{"code":0,"signal":9,"signal_name":"SIGKILL"},"done":true,"handshake":{"state":"ok"},"updated":"2026-01-01T00:00:00Z"}`))
+	f.Add([]byte(`{"state":"failed","reason":"x","settle":{"settled":true,"pages":3}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, err := decodeStatus(b, "fuzz")
+		if err != nil {
+			return
+		}
+		switch st.State {
+		case StateStarting, StateRunning, StateVMMExited, StateFailed:
+		default:
+			t.Fatalf("accepted state %q", st.State)
+		}
+	})
+}
