@@ -47,8 +47,8 @@ func demo(dir string, size int64, threads int, log *slog.Logger) error {
 	fmt.Printf("toucher       %d threads touched %d pages (%d MiB verified, 0 mismatches) in %v\n",
 		threads, res.Touches, res.Verified>>20, res.Elapsed.Round(time.Millisecond))
 	fmt.Printf("touch latency p50 %v  p99 %v  max %v (as the toucher saw it)\n", res.P50, res.P99, res.Max)
-	fmt.Printf("page server   %d faults (%d pages installed on demand, %d already present: woken), %d pages prefetched in %d runs (done after %v)\n",
-		st.Faults, st.FaultPages, st.EEXIST, st.PrefetchedPages, st.PrefetchRuns, st.PrefetchTime.Round(time.Millisecond))
+	fmt.Printf("page server   %d faults (%d pages installed on demand, %d already present: woken), %d pages prefetched in %d runs (done after %v); %d all-zero pages mapped as the zero page\n",
+		st.Faults, st.FaultPages, st.EEXIST, st.PrefetchedPages, st.PrefetchRuns, st.PrefetchTime.Round(time.Millisecond), st.ZeroPages)
 	fmt.Printf("fault service p50 %v  p99 %v (server side, power-of-two buckets)\n", st.Latency.Quantile(0.5), st.Latency.Quantile(0.99))
 	fmt.Println("ok: every byte the toucher read matched the memory file")
 	return nil

@@ -54,12 +54,13 @@ func stress(dir string, size int64, threads int, target uint64, log *slog.Logger
 		total.EEXIST += st.EEXIST
 		total.PrefetchedPages += st.PrefetchedPages
 		total.PrefetchRuns += st.PrefetchRuns
+		total.ZeroPages += st.ZeroPages
 		if sessions%10 == 0 {
 			fmt.Printf("  %4d sessions  %9d faults  %v\n", sessions, total.Faults, time.Since(start).Round(time.Second))
 		}
 	}
 	el := time.Since(start)
-	fmt.Printf("ok: %d sessions, %d fault messages served (%d pages installed by faults, %d answered by a wake after EEXIST), %d pages prefetched in %d runs, 0 wedged threads, 0 byte mismatches, %v (%.0f faults/s overall)\n",
-		sessions, total.Faults, total.FaultPages, total.EEXIST, total.PrefetchedPages, total.PrefetchRuns, el.Round(time.Second), float64(total.Faults)/el.Seconds())
+	fmt.Printf("ok: %d sessions, %d fault messages served (%d pages installed by faults, %d answered by a wake after EEXIST), %d pages prefetched in %d runs, %d zero pages, 0 wedged threads, 0 byte mismatches, %v (%.0f faults/s overall)\n",
+		sessions, total.Faults, total.FaultPages, total.EEXIST, total.PrefetchedPages, total.PrefetchRuns, total.ZeroPages, el.Round(time.Second), float64(total.Faults)/el.Seconds())
 	return nil
 }

@@ -83,3 +83,39 @@ func TestRecordThenPrefetchInOrder(t *testing.T) {
 		t.Errorf("prefetched %d pages and faulted %d, want exactly the %d recorded and no faults", st.PrefetchedPages, st.FaultPages, len(ws))
 	}
 }
+
+// TestRecordUntilSettled runs the recording flow end to end: a workload
+// touches its pages and then idles (the VMM stays up, as a template build's
+// does), and the settle detector ends the recording once installs stop.
+func TestRecordUntilSettled(t *testing.T) {
+	testenv.RequireUFFD(t)
+	noLeaks(t)
+	const size = 4 << 20
+	path, src := memFile(t, size, 17)
+	dir := t.TempDir()
+	var ws []uint64
+	for p := uint64(0); p < size/4096; p += 3 {
+		ws = append(ws, p*4096)
+	}
+	workload := filepath.Join(dir, "workload")
+	writeLog(t, workload, src, ws)
+	recPath := filepath.Join(dir, "recorded")
+	rec, err := uffd.CreateRecorder(recPath, src, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startSession(t, uffdtest.Spec{MemFile: path, Regions: oneRegion(size), Threads: 2, Pattern: uffdtest.List, List: workload, Hang: true},
+		src, uffd.ServerParams{Config: uffd.Config{DisablePrefetch: true}, Recorder: rec})
+	cfg := uffd.SettleConfig{Tick: 10 * time.Millisecond, Window: 3, Fraction: 0.05, Quiet: 20, MinTime: 100 * time.Millisecond, MaxTime: 20 * time.Second}
+	reason, err := uffd.WaitSettled(t.Context(), cfg, func() uint64 { return uint64(rec.Count()) })
+	if err != nil || reason != uffd.SettleConverged {
+		t.Fatalf("WaitSettled: got %q, %v; want %q", reason, err, uffd.SettleConverged)
+	}
+	if err := rec.Close(); err != nil {
+		t.Fatal(err)
+	}
+	order := uffd.LoadAccessLog(recPath, src, nil)
+	if order == nil || len(order.Offsets) != len(ws) {
+		t.Fatalf("recorded %v, want the workload's %d pages", order, len(ws))
+	}
+}

@@ -423,3 +423,26 @@ func TestRemoveRacesFaults(t *testing.T) {
 	}
 	t.Logf("%v", st)
 }
+
+// TestFakeVMMDetectsWrongPages proves the fake VMM's check can fail: served
+// from another memory file of the same size, it must report mismatches.
+func TestFakeVMMDetectsWrongPages(t *testing.T) {
+	testenv.RequireUFFD(t)
+	noLeaks(t)
+	const size = 2 << 20
+	path, _ := memFile(t, size, 15)
+	_, other := memFile(t, size, 16)
+	s := startSession(t, uffdtest.Spec{MemFile: path, Regions: oneRegion(size), Threads: 2, Pattern: uffdtest.Disjoint},
+		other, uffd.ServerParams{})
+	res, err := s.proc.Wait()
+	if err == nil || !strings.Contains(err.Error(), "differing from the memory file") {
+		t.Fatalf("fake VMM served the wrong file: got %v, want a mismatch error", err)
+	}
+	// Zero blocks are the same in both files; every other page differs.
+	if want := uint64(size/4096) * 7 / 8; res == nil || res.Mismatches != want {
+		t.Errorf("got %+v, want %d mismatching pages", res, want)
+	}
+	if err := s.serveResult(10 * time.Second); err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}

@@ -49,10 +49,19 @@ func TestSettle(t *testing.T) {
 			wantTick: 100, wantReason: SettleMaxTime,
 		},
 		{
-			name:     "no installs settles at min time",
+			name:     "no installs runs to max time",
 			cfg:      base,
 			perTick:  func(int) uint64 { return 0 },
-			wantTick: 10, wantReason: SettleConverged,
+			wantTick: 100, wantReason: SettleMaxTime,
+		},
+		{
+			// Installs start late (ticks 30-39): the silence before them
+			// is not quiet; the window rate is 0 again from tick 44 and the
+			// tenth quiet sample is tick 53.
+			name:     "slow start is not settled",
+			cfg:      base,
+			perTick:  func(i int) uint64 { return map[bool]uint64{true: 1000, false: 0}[i >= 30 && i < 40] },
+			wantTick: 53, wantReason: SettleConverged,
 		},
 		{
 			// Quiet from tick 6 on, but MinTime (3s) holds it to tick 30.

@@ -144,8 +144,15 @@ func runVMM(spec *Spec) (*Result, error) {
 			if lats != nil {
 				mine = make([]time.Duration, 0, len(work[t]))
 			}
-			var sum uint64
-			defer func() { sink.Add(sum) }()
+			// Counted per thread and added once: shared counters would
+			// make the threads contend on one cache line per touch.
+			var sum, n, nbad uint64
+			defer func() {
+				sink.Add(sum)
+				touches.Add(n)
+				verified.Add(n * 4096)
+				bad.Add(nbad)
+			}()
 			for _, p := range work[t] {
 				t0 := time.Now()
 				sum += uint64(touch(g.mem[p.r], p.off))
@@ -156,12 +163,10 @@ func runVMM(spec *Spec) (*Result, error) {
 					g.mem[p.r][p.off+17] = ^g.fileByte(p, 17)
 				}
 				if msg := g.check(p, spec.Writes); msg != "" {
-					if bad.Add(1) == 1 {
-						firstBad.Store(&msg)
-					}
+					nbad++
+					firstBad.CompareAndSwap(nil, &msg)
 				}
-				touches.Add(1)
-				verified.Add(4096)
+				n++
 			}
 			if lats != nil {
 				lats[t] = mine
@@ -190,7 +195,9 @@ func runVMM(spec *Spec) (*Result, error) {
 		}
 	}
 	if spec.Hang {
-		select {}
+		for { // until killed; sleeping, so the runtime sees no deadlock
+			time.Sleep(time.Hour)
+		}
 	}
 	runtime.KeepAlive(uffdFile)
 	return res, nil
