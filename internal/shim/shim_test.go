@@ -90,7 +90,7 @@ const memSize = 4 << 20
 
 // vm is one test VM: its directory, memory file and shim configuration.
 type vm struct {
-	t       *testing.T
+	t       testing.TB
 	cfg     shim.Config
 	memFile string
 }
@@ -98,7 +98,7 @@ type vm struct {
 // newVM prepares a VM directory, a memory file and a fake VMM following
 // spec, with a configuration serving pages with prefetch; adjust changes
 // the configuration.
-func newVM(t *testing.T, spec fakeSpec, adjust func(*shim.Config)) *vm {
+func newVM(t testing.TB, spec fakeSpec, adjust func(*shim.Config)) *vm {
 	t.Helper()
 	testenv.RequireUFFD(t)
 	dir := t.TempDir()
@@ -129,7 +129,7 @@ func newVM(t *testing.T, spec fakeSpec, adjust func(*shim.Config)) *vm {
 
 // writeFakeVMM writes an executable that runs this test binary as a fake
 // VMM following spec, passing its arguments on.
-func writeFakeVMM(t *testing.T, dir string, spec fakeSpec) string {
+func writeFakeVMM(t testing.TB, dir string, spec fakeSpec) string {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -159,7 +159,7 @@ func testCtx(t *testing.T) context.Context {
 
 // killOnCleanup kills pid when the test ends, through a pidfd opened now so
 // that a reused pid is never hit; a process already gone is left alone.
-func killOnCleanup(t *testing.T, pid int) {
+func killOnCleanup(t testing.TB, pid int) {
 	t.Helper()
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
