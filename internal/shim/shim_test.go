@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -338,6 +339,17 @@ func TestHandshakeNeverArrives(t *testing.T) {
 	ctx := testCtx(t)
 	v := newVM(t, fakeSpec{Handshake: hsNone}, func(c *shim.Config) { c.HandshakeTimeout = 500 * time.Millisecond })
 	h := v.start(ctx)
+	// Before the deadline the verdict is unknown: asking with a shorter
+	// context ends the wait, and says so, without a verdict.
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err := h.Handshake(short)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("verdict with a 50ms context: got %v, want the context's deadline", err)
+	}
+	if v, err := shimHandshakeNow(ctx, h); err != nil || v.State != shim.VerdictPending {
+		t.Errorf("verdict without waiting: got %+v, %v; want pending", v, err)
+	}
 	if err := v.load(ctx, h); err != nil {
 		t.Fatalf("snapshot load: %v", err)
 	}
@@ -669,6 +681,82 @@ func TestRecording(t *testing.T) {
 	}
 	if !slices.Equal(l.Offsets, want) {
 		t.Errorf("recorded %d offsets, want the %d touched in order", len(l.Offsets), len(want))
+	}
+
+	// Replay: a shim serving with this log prefetches exactly its pages.
+	replay := newVM(t, fakeSpec{Handshake: hsOK, Touch: touch[:1]}, func(c *shim.Config) { c.AccessLog = recLog })
+	if err := os.Rename(v.memFile, replay.memFile); err != nil { // the same memory file
+		t.Fatal(err)
+	}
+	h = replay.start(ctx)
+	if err := replay.load(ctx, h); err != nil {
+		t.Fatalf("snapshot load: %v", err)
+	}
+	if verdict, err := h.Handshake(ctx); err != nil || verdict.Err() != nil {
+		t.Fatalf("verdict: got %+v, %v; want ok", verdict, err)
+	}
+	var stats shim.PageStats
+	eventually(t, "prefetch done", func() (bool, error) {
+		stats, err = h.Stats(ctx)
+		return stats.PrefetchDone, err
+	})
+	if got := stats.PrefetchedPages + stats.FaultPages; got != uint64(len(touch)) {
+		t.Errorf("replay installed %d pages (%d prefetched, %d on fault), want the %d recorded", got, stats.PrefetchedPages, stats.FaultPages, len(touch))
+	}
+	if _, err := h.Stop(ctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	replay.finish(ctx, h)
+}
+
+// shimHandshakeNow asks for the verdict without waiting (?wait=false).
+func shimHandshakeNow(ctx context.Context, h *shim.Handle) (shim.Verdict, error) {
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", h.SocketPath())
+	}}}
+	defer hc.CloseIdleConnections()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://shim/handshake?wait=false", nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return shim.Verdict{}, err
+	}
+	defer resp.Body.Close()
+	var v shim.Verdict
+	if resp.StatusCode != http.StatusOK {
+		return v, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return v, json.NewDecoder(resp.Body).Decode(&v)
+}
+
+// TestCollectTimeout: a shim nobody collects leaves after CollectTimeout,
+// removing its sockets and keeping the outcome in the status file.
+func TestCollectTimeout(t *testing.T) {
+	ctx := testCtx(t)
+	v := newVM(t, fakeSpec{}, func(c *shim.Config) {
+		c.Pages, c.MemFile, c.Prefetch = shim.PagesNone, "", false
+		c.CollectTimeout = 300 * time.Millisecond
+	})
+	h := v.start(ctx)
+	if err := crashFake(ctx, h.APISocket); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitExit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := shim.ReadStatusFile(v.cfg.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Done || st.Collected || st.State != shim.StateVMMExited || st.Exit == nil || st.Exit.SignalName != "SIGKILL" {
+		t.Errorf("status file: got %+v, want done, not collected, VMM killed by SIGKILL", st)
+	}
+	for _, name := range []string{shim.ControlSocketName, shim.APISocketName} {
+		if _, err := os.Lstat(filepath.Join(v.cfg.Dir, name)); err == nil {
+			t.Errorf("%s left behind", name)
+		}
+	}
+	if _, err := h.Status(ctx); !errors.Is(err, shim.ErrUnavailable) {
+		t.Errorf("status from a shim that left: got %v, want ErrUnavailable", err)
 	}
 }
 
