@@ -84,7 +84,10 @@ func Start(ctx context.Context, binary string, cfg Config) (*Handle, error) {
 	} else if !fi.IsDir() {
 		return nil, fmt.Errorf("starting shim: VM directory %s is not a directory", cfg.Dir)
 	}
-	if other, err := NewClient(cfg.ControlSocket()).Info(ctx); err == nil {
+	probe := NewClient(cfg.ControlSocket())
+	other, err := probe.Info(ctx)
+	probe.Close()
+	if err == nil {
 		return nil, fmt.Errorf("starting shim: another shim (pid %d, VM %s) is serving %s: stop it first", other.ShimPID, other.ID, cfg.Dir)
 	}
 	logf, err := os.OpenFile(cfg.ShimLog(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
@@ -193,6 +196,10 @@ func (h *Handle) abandon(cfg Config) {
 	}
 	for _, name := range []string{ControlSocketName, APISocketName, UFFDSocketName} {
 		removeSocket(cfg.socket(name), nil)
+	}
+	// The status file still says the shim runs; the caller has the error.
+	if st, err := ReadStatusFile(cfg.Dir); err == nil && st.ShimPID == h.PID {
+		os.Remove(cfg.StatusFile())
 	}
 }
 

@@ -803,3 +803,46 @@ func TestSecondShimRefused(t *testing.T) {
 	}
 	v.finish(ctx, h)
 }
+
+// TestStartContextEnds: a Start whose context ends before the VMM is ready
+// kills the shim and its VMM and leaves nothing behind.
+func TestStartContextEnds(t *testing.T) {
+	ctx := testCtx(t)
+	v := newVM(t, fakeSpec{NoAPI: true}, nil)
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	_, err := shim.Start(short, shimBin, v.cfg)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Start: got %v, want the context's deadline", err)
+	}
+	// The shim wrote its pids before it was killed; the status file is
+	// gone, so find them in its log.
+	log := readFile(v.cfg.ShimLog())
+	var started struct{ PID int }
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, `"VMM started"`) {
+			json.Unmarshal([]byte(line), &started)
+		}
+	}
+	if started.PID == 0 {
+		t.Fatalf("no VMM start in the shim log:\n%s", log)
+	}
+	eventually(t, "the VMM dying with its shim", func() (bool, error) { return !alive(started.PID), nil })
+	v.checkClean(shim.Status{})
+}
+
+// TestVMMBinaryMissing: a VMM that cannot be executed fails the start with
+// the reason.
+func TestVMMBinaryMissing(t *testing.T) {
+	ctx := testCtx(t)
+	v := newVM(t, fakeSpec{}, func(c *shim.Config) {
+		c.Pages, c.MemFile, c.Prefetch = shim.PagesNone, "", false
+		c.VMM = "/nonexistent/firecracker"
+	})
+	_, err := shim.Start(ctx, shimBin, v.cfg)
+	var se *shim.StartError
+	if !errors.As(err, &se) || se.Status.State != shim.StateFailed || !strings.Contains(se.Status.Reason, "/nonexistent/firecracker") {
+		t.Fatalf("Start: got %v, want a failed start naming the missing binary", err)
+	}
+	v.checkClean(se.Status)
+}
