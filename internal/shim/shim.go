@@ -24,7 +24,9 @@ import (
 type supervisor struct {
 	cfg Config
 	log *slog.Logger
-	pg  *pager // nil in pages none
+	// pg is nil in pages none; set under mu before the VMM starts, fixed
+	// after.
+	pg *pager
 
 	// pagesWG counts the page-server goroutine; reap waits for it before
 	// publishing Done, so that a finished status includes a complete
@@ -104,10 +106,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	s.update(func(*Status) {}) // the first status file, naming our pid
 
 	if cfg.Pages != PagesNone {
-		if s.pg, err = openPager(cfg, s.log); err != nil {
+		pg, err := openPager(cfg, s.log)
+		if err != nil {
 			s.finishWithoutVMM(fmt.Sprintf("preparing the page server: %v", err))
 			return s.linger(ctx)
 		}
+		s.mu.Lock() // status readers look at the recorder
+		s.pg = pg
+		s.mu.Unlock()
 		defer func() {
 			// Normally reap has done this; not when the VMM outlived
 			// even SIGKILL. The page server must stop before its memory
