@@ -57,8 +57,9 @@
 //	                 or none (no page server). ?wait=false answers at once,
 //	                 possibly pending. A failed verdict after a successful
 //	                 snapshot load is a failed restore.
-//	GET  /stats      PageStats: the page server's counters (uffd.Stats;
-//	                 durations in nanoseconds).
+//	GET  /stats      PageStats: "serving" plus the page server's counters
+//	                 (uffd.Stats, under its Go field names; durations in
+//	                 nanoseconds). Kept after the VMM exits.
 //	GET  /settle     SettleStatus once the recording has settled or the VM
 //	                 is over; ?wait=false answers at once. 409 unless pages record.
 //	POST /stop       {"grace_ms": N} (optional): SIGTERM to the VMM's process
@@ -72,6 +73,8 @@
 // Status.State is starting, running, vmm-exited (with Exit: code or
 // signal) or failed (with Reason, and Exit once the killed VMM is reaped).
 // Status.Done says the VMM is gone and nothing but collection will change.
+// Status.Check states the invariants; the shim checks every status it
+// publishes, and ReadStatusFile refuses a file that breaks one.
 //
 // # Launching
 //

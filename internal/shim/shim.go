@@ -420,6 +420,9 @@ func (s *supervisor) updateLocked(fn func(*Status)) {
 	s.st.Updated = time.Now()
 	close(s.changed)
 	s.changed = make(chan struct{})
+	if err := s.st.Check(); err != nil {
+		s.log.Error("status invariant broken", "err", err, "status", s.st)
+	}
 	if err := writeStatusFile(s.cfg.StatusFile(), s.snapshotLocked()); err != nil {
 		s.log.Error("writing the status file", "err", err)
 	}

@@ -222,8 +222,13 @@ func (v *vm) finish(ctx context.Context, h *shim.Handle) shim.Status {
 
 func (v *vm) checkClean(st shim.Status) {
 	v.t.Helper()
-	if log := readFile(v.cfg.ShimLog()); strings.Contains(log, "DATA RACE") {
-		v.t.Errorf("the race detector found a race in the shim:\n%s", log)
+	if log := readFile(v.cfg.ShimLog()); strings.Contains(log, "DATA RACE") || strings.Contains(log, "invariant broken") {
+		v.t.Errorf("the shim found a race or broke a status invariant:\n%s", log)
+	}
+	if st.ShimPID != 0 {
+		if err := st.Check(); err != nil {
+			v.t.Errorf("final status %+v: %v", st, err)
+		}
 	}
 	for _, pid := range []int{st.ShimPID, st.VMMPID} {
 		if pid != 0 && alive(pid) {

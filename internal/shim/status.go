@@ -209,12 +209,54 @@ func decodeStatus(b []byte, from string) (Status, error) {
 	if dec.More() {
 		return Status{}, fmt.Errorf("decoding shim status from %s: data after the JSON object", from)
 	}
+	if err := st.Check(); err != nil {
+		return Status{}, fmt.Errorf("shim status from %s: %w", from, err)
+	}
+	return st, nil
+}
+
+// Check reports the first broken invariant of a status. The shim checks
+// every status it publishes (and logs a violation); ReadStatusFile
+// refuses a file that breaks one.
+func (st Status) Check() error {
 	switch st.State {
 	case StateStarting, StateRunning, StateVMMExited, StateFailed:
 	default:
-		return Status{}, fmt.Errorf("shim status from %s: unknown state %q", from, st.State)
+		return fmt.Errorf("unknown state %q", st.State)
 	}
-	return st, nil
+	switch st.Handshake.State {
+	case VerdictPending, VerdictOK, VerdictNone:
+		if st.Handshake.Reason != "" {
+			return fmt.Errorf("verdict %s with a reason", st.Handshake.State)
+		}
+	case VerdictFailed:
+		if st.Handshake.Reason == "" {
+			return errors.New("failed verdict without a reason")
+		}
+	default:
+		return fmt.Errorf("unknown verdict %q", st.Handshake.State)
+	}
+	switch {
+	case st.ShimPID <= 0:
+		return fmt.Errorf("shim pid %d", st.ShimPID)
+	case (st.State == StateFailed) != (st.Reason != ""):
+		return fmt.Errorf("state %s with reason %q: only failed has, and must have, a reason", st.State, st.Reason)
+	case (st.State == StateStarting || st.State == StateRunning) && st.Done:
+		return fmt.Errorf("state %s but done", st.State)
+	case st.State == StateVMMExited && (!st.Done || st.Exit == nil):
+		return errors.New("vmm-exited without being done with an exit status")
+	case st.Exit != nil && st.VMMPID == 0:
+		return errors.New("an exit status without a VMM pid")
+	case st.Done && st.VMMPID != 0 && st.Exit == nil:
+		return errors.New("done with a VMM pid but no exit status")
+	case st.Done && st.Handshake.State == VerdictPending:
+		return errors.New("done with the verdict pending")
+	case st.Collected && !st.Done:
+		return errors.New("collected before done")
+	case st.Exit != nil && (st.Exit.Signal < 0 || (st.Exit.Signal != 0 && st.Exit.Code != 0)):
+		return fmt.Errorf("exit status %+v: a code or a signal, not both", *st.Exit)
+	}
+	return nil
 }
 
 func signalName(sig syscall.Signal) string {
