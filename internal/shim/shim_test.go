@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -716,21 +717,72 @@ func TestRecording(t *testing.T) {
 
 // shimHandshakeNow asks for the verdict without waiting (?wait=false).
 func shimHandshakeNow(ctx context.Context, h *shim.Handle) (shim.Verdict, error) {
+	var v shim.Verdict
+	code, body, err := rawCall(ctx, h, http.MethodGet, "/handshake?wait=false", "")
+	if err != nil {
+		return v, err
+	}
+	if code != http.StatusOK {
+		return v, fmt.Errorf("status %d: %s", code, body)
+	}
+	return v, json.Unmarshal([]byte(body), &v)
+}
+
+// rawCall sends one request to the shim's control socket and returns the
+// status code and body.
+func rawCall(ctx context.Context, h *shim.Handle, method, path, body string) (int, string, error) {
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", h.SocketPath())
 	}}}
 	defer hc.CloseIdleConnections()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://shim/handshake?wait=false", nil)
+	req, err := http.NewRequestWithContext(ctx, method, "http://shim"+path, strings.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return shim.Verdict{}, err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
-	var v shim.Verdict
-	if resp.StatusCode != http.StatusOK {
-		return v, fmt.Errorf("status %d", resp.StatusCode)
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// TestControlRefusesBadRequests: the control API names what was wrong.
+func TestControlRefusesBadRequests(t *testing.T) {
+	ctx := testCtx(t)
+	v := newVM(t, fakeSpec{}, func(c *shim.Config) { c.Pages, c.MemFile, c.Prefetch = shim.PagesNone, "", false })
+	h := v.start(ctx)
+	tests := []struct {
+		method, path, body string
+		code               int
+		want               string
+	}{
+		{"GET", "/nope", "", 404, "no route GET /nope"},
+		{"POST", "/info", "", 404, "no route POST /info"},
+		{"GET", "/handshake?wait=maybe", "", 400, "wait=\"maybe\""},
+		{"POST", "/stop", `{"grace":1}`, 400, "unknown field"},
+		{"POST", "/stop", `{"grace_ms":-5}`, 400, "grace_ms -5"},
+		{"POST", "/collect", "", 409, "still running"},
 	}
-	return v, json.NewDecoder(resp.Body).Decode(&v)
+	for _, tt := range tests {
+		code, body, err := rawCall(ctx, h, tt.method, tt.path, tt.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct{ Error string }
+		json.Unmarshal([]byte(body), &e)
+		if code != tt.code || !strings.Contains(e.Error, tt.want) {
+			t.Errorf("%s %s %s: got %d %q, want %d with an error containing %q", tt.method, tt.path, tt.body, code, body, tt.code, tt.want)
+		}
+	}
+	if st, err := h.Status(ctx); err != nil || st.State != shim.StateRunning || st.Stopped {
+		t.Errorf("after the bad requests: got %+v, %v; want running, not stopped", st, err)
+	}
+	if _, err := h.Stop(ctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	v.finish(ctx, h)
 }
 
 // TestCollectTimeout: a shim nobody collects leaves after CollectTimeout,
