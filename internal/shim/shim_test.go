@@ -903,3 +903,42 @@ func TestVMMBinaryMissing(t *testing.T) {
 	}
 	v.checkClean(se.Status)
 }
+
+// TestShimKilled: a shim killed with SIGKILL takes its VMM with it
+// (PDEATHSIG: a VMM without its page server would freeze), its status file
+// names the dead pid, and a new shim starts in the same directory over the
+// stale sockets.
+func TestShimKilled(t *testing.T) {
+	ctx := testCtx(t)
+	v := newVM(t, fakeSpec{Handshake: hsOK}, nil)
+	h := v.start(ctx)
+	st, err := h.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Kill(h.PID, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitExit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the VMM dying with its shim", func() (bool, error) { return !alive(st.VMMPID), nil })
+	file, err := shim.ReadStatusFile(v.cfg.Dir)
+	if err != nil || file.ShimPID != h.PID || file.Done {
+		t.Errorf("status file of a killed shim: got %+v, %v; want shim pid %d, not done", file, err, h.PID)
+	}
+	if _, err := os.Lstat(v.cfg.ControlSocket()); err != nil {
+		t.Fatalf("the killed shim's control socket: %v (expected a stale one)", err)
+	}
+	h2 := v.start(ctx)
+	if err := v.load(ctx, h2); err != nil {
+		t.Fatalf("snapshot load under the new shim: %v", err)
+	}
+	if verdict, err := h2.Handshake(ctx); err != nil || verdict.Err() != nil {
+		t.Fatalf("verdict: got %+v, %v; want ok", verdict, err)
+	}
+	if _, err := h2.Stop(ctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	v.finish(ctx, h2)
+}
