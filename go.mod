@@ -2,4 +2,7 @@ module github.com/thawvm/thaw
 
 go 1.26.8
 
-require golang.org/x/sys v0.50.0
+require (
+	go.etcd.io/bbolt v1.5.0
+	golang.org/x/sys v0.50.0
+)
