@@ -2,6 +2,7 @@ package config
 
 import (
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -283,5 +284,20 @@ func TestEverySettingRoundTrips(t *testing.T) {
 	}
 	if n := reflect.TypeOf(Config{}).NumField(); len(seen) != n {
 		t.Errorf("%d settings cover %d fields, want all %d fields of Config", len(seen), len(seen), n)
+	}
+}
+
+// TestDocsListEverySetting keeps docs/ARCHITECTURE-daemon.md's table in step
+// with the settings.
+func TestDocsListEverySetting(t *testing.T) {
+	doc, err := os.ReadFile("../../../docs/ARCHITECTURE-daemon.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range Settings() {
+		row := fmt.Sprintf("| `%s` | `%s` |", s.Key, s.Env())
+		if !strings.Contains(string(doc), row) {
+			t.Errorf("docs/ARCHITECTURE-daemon.md has no row starting %q", row)
+		}
 	}
 }
