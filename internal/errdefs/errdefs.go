@@ -90,10 +90,10 @@ func (m *marked) Error() string   { return m.cause.Error() }
 func (m *marked) Unwrap() []error { return []error{m.cause, m.kind} }
 
 // Mark returns err as an error of kind k, keeping err's message and chain.
-// A nil err stays nil.
+// A nil err stays nil; a nil k returns err unchanged.
 func Mark(err error, k *Kind) error {
-	if err == nil {
-		return nil
+	if err == nil || k == nil {
+		return err
 	}
 	return &marked{kind: k, cause: err}
 }

@@ -72,6 +72,9 @@ func TestMarkKeepsCause(t *testing.T) {
 	if Mark(nil, ErrNotFound) != nil {
 		t.Error("Mark(nil) != nil, want nil")
 	}
+	if got := Mark(cause, nil); got != error(cause) {
+		t.Errorf("Mark(err, nil) = %v, want err unchanged", got)
+	}
 }
 
 func TestUnknownIsInternal(t *testing.T) {
