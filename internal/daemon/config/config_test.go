@@ -301,3 +301,23 @@ func TestDocsListEverySetting(t *testing.T) {
 		}
 	}
 }
+
+// FuzzApplyTOML: any file either is refused, leaving the config as it was,
+// or applies cleanly; never a panic.
+func FuzzApplyTOML(f *testing.F) {
+	f.Add("uffd = false\nmax_concurrent_restores = 4\nuffd_record_max = \"2s\"\n")
+	f.Add("[uffd]\nx = 1")
+	f.Add("log_level = \"debug+2\"\nload_timeout = \"-1s\"")
+	f.Add("max_concurrent_restores = 9223372036854775807")
+	f.Fuzz(func(t *testing.T, file string) {
+		c := Default()
+		if err := c.ApplyTOML("fuzz.toml", []byte(file)); err != nil {
+			if !reflect.DeepEqual(c, Default()) {
+				t.Fatalf("refused file %q changed the config", file)
+			}
+			if !strings.Contains(err.Error(), "fuzz.toml") {
+				t.Fatalf("error %q does not name the file", err)
+			}
+		}
+	})
+}
