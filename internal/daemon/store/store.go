@@ -418,6 +418,16 @@ func (s *Store) Sandboxes() ([]Sandbox, error) {
 	return out, err
 }
 
+// SandboxesUsing returns the sandboxes restored from any build of template
+// name, ordered by id: what a forced template delete must delete first.
+func (s *Store) SandboxesUsing(name string) ([]Sandbox, error) {
+	all, err := s.Sandboxes()
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(all, func(sb Sandbox) bool { return sb.Template != name }), nil
+}
+
 // UpdateSandbox reads the sandbox with the given id, lets fn change it and
 // writes it back, all in one transaction; if fn returns an error nothing
 // changes. The id, template and build cannot change, the state must follow

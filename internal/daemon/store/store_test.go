@@ -305,6 +305,15 @@ func TestCreateSandboxChecksTemplate(t *testing.T) {
 func TestBuildInUseIsProtected(t *testing.T) {
 	s := openTest(t)
 	seed(t, s)
+	if err := s.CreateTemplate(newTemplate("go", readyBuild("g1"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateSandbox(newSandbox("sb2", "go", "g1")); err != nil {
+		t.Fatal(err)
+	}
+	if users, err := s.SandboxesUsing("py"); err != nil || len(users) != 1 || users[0].ID != "sb1" {
+		t.Errorf("SandboxesUsing(py) = %+v, %v; want [sb1]", users, err)
+	}
 	if err := s.DeleteTemplate("py"); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "sb1") {
 		t.Errorf("DeleteTemplate while used: got %v, want a failed-precondition error naming sb1", err)
 	}
