@@ -245,7 +245,7 @@ func (s *Store) Templates() ([]Template, error) {
 
 // UpdateTemplate reads the template named name, lets fn change it and writes
 // it back, all in one transaction; if fn returns an error nothing changes.
-// The name cannot change, builds follow the build state machine, and a build
+// Like UpdateSandbox's, fn must not block. The name cannot change, builds follow the build state machine, and a build
 // that sandboxes use can be neither removed nor changed in state.
 func (s *Store) UpdateTemplate(name string, fn func(*Template) error) (Template, error) {
 	var out Template
@@ -431,7 +431,9 @@ func (s *Store) SandboxesUsing(name string) ([]Sandbox, error) {
 // UpdateSandbox reads the sandbox with the given id, lets fn change it and
 // writes it back, all in one transaction; if fn returns an error nothing
 // changes. The id, template and build cannot change, the state must follow
-// the sandbox state machine, and UpdatedAt is set to now.
+// the sandbox state machine, and UpdatedAt is set to now. fn runs inside
+// the write transaction, which excludes every other writer: it must only
+// edit the record, never block.
 func (s *Store) UpdateSandbox(id string, fn func(*Sandbox) error) (Sandbox, error) {
 	var out Sandbox
 	err := s.db.Update(func(tx *bolt.Tx) error {

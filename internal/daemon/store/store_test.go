@@ -1,10 +1,12 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -649,4 +651,29 @@ func TestCheckFindsViolations(t *testing.T) {
 		}
 		return tx.DeleteBucket([]byte("junk"))
 	})
+}
+
+// TestOpenDamagedFile: a file that is not a bbolt database, or one cut
+// short, is an error naming the path, not a panic.
+func TestOpenDamagedFile(t *testing.T) {
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage.db")
+	if err := os.WriteFile(garbage, bytes.Repeat([]byte("thaw"), 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	truncated := newStoreFile(t)
+	if err := os.Truncate(truncated, 4096); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{garbage, truncated} {
+		s, err := Open(path, Options{})
+		if err == nil {
+			s.Close()
+			t.Errorf("Open(%s) succeeded on a damaged file", path)
+			continue
+		}
+		if !strings.Contains(err.Error(), path) {
+			t.Errorf("error %q does not name %s", err, path)
+		}
+	}
 }
