@@ -51,6 +51,9 @@ var (
 	// ErrNotImplemented: the feature exists in the API but not in this
 	// build or with this VMM.
 	ErrNotImplemented = &Kind{"not implemented"}
+	// ErrUnauthenticated: the request lacks valid credentials (the TCP
+	// API's bearer token).
+	ErrUnauthenticated = &Kind{"unauthenticated"}
 )
 
 // kinds lists every kind with its HTTP status, in the order KindOf tries
@@ -61,6 +64,7 @@ var kinds = []struct {
 	status int
 }{
 	{ErrInvalidArgument, http.StatusBadRequest},
+	{ErrUnauthenticated, http.StatusUnauthorized},
 	{ErrNotFound, http.StatusNotFound},
 	{ErrAlreadyExists, http.StatusConflict},
 	{ErrFailedPrecondition, http.StatusPreconditionFailed},
@@ -174,6 +178,15 @@ func IsDeadlineExceeded(err error) bool {
 func IsCanceled(err error) bool {
 	return errors.Is(err, ErrCanceled) || errors.Is(err, context.Canceled)
 }
+
+// Unauthenticated returns a new ErrUnauthenticated error with a formatted
+// message.
+func Unauthenticated(format string, args ...any) error {
+	return newf(ErrUnauthenticated, format, args...)
+}
+
+// IsUnauthenticated reports whether err is of kind ErrUnauthenticated.
+func IsUnauthenticated(err error) bool { return errors.Is(err, ErrUnauthenticated) }
 
 // IsNotImplemented reports whether err is of kind ErrNotImplemented.
 func IsNotImplemented(err error) bool { return errors.Is(err, ErrNotImplemented) }

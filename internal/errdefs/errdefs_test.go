@@ -25,6 +25,7 @@ func TestConstructorsCarryKindAndMessage(t *testing.T) {
 		{"unavailable", Unavailable("shim gone"), ErrUnavailable, IsUnavailable, 503},
 		{"deadline", DeadlineExceeded("load took 30s"), ErrDeadlineExceeded, IsDeadlineExceeded, 504},
 		{"notimpl", NotImplemented("diff snapshots"), ErrNotImplemented, IsNotImplemented, 501},
+		{"unauthenticated", Unauthenticated("bad token"), ErrUnauthenticated, IsUnauthenticated, 401},
 		{"ctx deadline", fmt.Errorf("waiting: %w", context.DeadlineExceeded), ErrDeadlineExceeded, IsDeadlineExceeded, 504},
 		{"ctx canceled", fmt.Errorf("waiting: %w", context.Canceled), ErrCanceled, IsCanceled, 499},
 	}
