@@ -1,0 +1,98 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/errdefs"
+)
+
+func (s *Server) getVersion(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, Version{Version: s.version, API: "v1"})
+	return nil
+}
+
+func (s *Server) currentSettings() Settings {
+	return Settings{UFFD: s.settings.UFFD(), RestoreSlots: s.settings.Slots().Stats()}
+}
+
+func (s *Server) getSettings(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.currentSettings())
+	return nil
+}
+
+// patchSettings applies the fields given, all or none: every field is
+// checked before any changes.
+func (s *Server) patchSettings(w http.ResponseWriter, r *http.Request) error {
+	var p SettingsPatch
+	if err := decodeBody(r, &p); err != nil {
+		return err
+	}
+	if p.UFFD == nil && p.MaxConcurrentRestores == nil {
+		return errdefs.InvalidArgument("request body sets nothing: give uffd and/or max_concurrent_restores")
+	}
+	if n := p.MaxConcurrentRestores; n != nil {
+		if err := s.settings.Slots().Resize(*n); err != nil {
+			return err
+		}
+		s.log.Info("restore slot limit changed", "limit", *n)
+	}
+	if p.UFFD != nil {
+		s.settings.SetUFFD(*p.UFFD)
+		s.log.Info("uffd switched", "on", *p.UFFD)
+	}
+	writeJSON(w, http.StatusOK, s.currentSettings())
+	return nil
+}
+
+func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) error {
+	ts, err := s.store.Templates()
+	if err != nil {
+		return err
+	}
+	out := make([]Template, len(ts))
+	for i, t := range ts {
+		out[i] = templateOut(t)
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := store.ValidateID("template name", name); err != nil {
+		return err
+	}
+	t, err := s.store.Template(name)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, templateOut(t))
+	return nil
+}
+
+func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) error {
+	sbs, err := s.store.Sandboxes()
+	if err != nil {
+		return err
+	}
+	out := make([]Sandbox, len(sbs))
+	for i, sb := range sbs {
+		out[i] = sandboxOut(sb)
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := store.ValidateID("sandbox id", id); err != nil {
+		return err
+	}
+	sb, err := s.store.Sandbox(id)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, sandboxOut(sb))
+	return nil
+}
