@@ -59,6 +59,8 @@ func (l Layout) tmp() string { return filepath.Join(l.root, "tmp") }
 
 // Init creates the data directory and its subdirectories (mode 0700: they
 // hold guest memory and disks) and empties tmp of what a crash left there.
+// Call it only while holding the store's lock: a second thawd must not
+// clear the first one's staging directories.
 func (l Layout) Init() error {
 	for _, d := range []string{l.root, filepath.Join(l.root, "templates"), filepath.Join(l.root, "sandboxes"), l.tmp()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
