@@ -5,9 +5,9 @@
 // socket (and on TCP with a bearer token, if configured) until SIGINT or
 // SIGTERM.
 //
-// This build serves version, run-time settings, and template and sandbox
-// listing and inspection. Template builds, the sandbox lifecycle, shim
-// re-attachment and metrics come with the sandbox manager.
+// This build serves version, run-time settings, template and sandbox
+// listing and inspection, and Prometheus metrics. Template builds, the
+// sandbox lifecycle and shim re-attachment come with the sandbox manager.
 package main
 
 import (
@@ -29,6 +29,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/disk"
 	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/live"
+	"github.com/thawvm/thaw/internal/daemon/metrics"
 	"github.com/thawvm/thaw/internal/daemon/store"
 )
 
@@ -85,7 +86,8 @@ func run(ctx context.Context, args []string, lookup func(string) (string, bool),
 	if err != nil {
 		return err
 	}
-	srv, err := api.New(api.Options{Store: st, Settings: settings, Logger: log, Version: version})
+	srv, err := api.New(api.Options{Store: st, Settings: settings, Logger: log, Version: version,
+		Metrics: metrics.New(st, settings).Handler()})
 	if err != nil {
 		return err
 	}

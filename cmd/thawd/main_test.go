@@ -94,6 +94,15 @@ func TestServesAndStops(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), `"uffd":false`) {
 		t.Errorf("PATCH: %d %s", resp.StatusCode, body)
 	}
+	resp, err = c.Get("http://thawd/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "thaw_uffd_enabled 0") || !strings.Contains(string(body), `thaw_restore_slots{kind="limit"} 3`) {
+		t.Errorf("metrics do not show the live settings:\n%s", body)
+	}
 	if !strings.Contains(logs.String(), "THAW_UFFD_PREFTCH") {
 		t.Errorf("no warning about the unknown variable in the log:\n%s", logs.String())
 	}

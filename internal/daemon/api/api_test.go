@@ -161,6 +161,7 @@ func TestErrors(t *testing.T) {
 		want        string
 	}{
 		{"unknown sandbox", "GET", "/v1/sandboxes/nope", "", "", 404, "not found", `sandbox "nope" not found`},
+		{"no metrics configured", "GET", "/metrics", "", "", 404, "not found", "serves no metrics"},
 		{"ephemeral id", "GET", "/v1/sandboxes/build-1", "", "", 400, "invalid argument", "reserved for ephemeral build VMs"},
 		{"unknown template", "GET", "/v1/templates/go", "", "", 404, "not found", `template "go" not found`},
 		{"wrong method", "PUT", "/v1/settings", "", "", 400, "invalid argument", "allowed: GET, PATCH"},

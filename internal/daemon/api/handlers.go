@@ -96,3 +96,11 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) error {
 	writeJSON(w, http.StatusOK, sandboxOut(sb))
 	return nil
 }
+
+func (s *Server) getMetrics(w http.ResponseWriter, r *http.Request) error {
+	if s.metrics == nil {
+		return errdefs.NotFound("this thawd serves no metrics")
+	}
+	s.metrics.ServeHTTP(w, r)
+	return nil
+}

@@ -93,6 +93,9 @@ func TestResponsesMatchSchemas(t *testing.T) {
 		if err := json.Unmarshal(doc.Paths[rt.path][strings.ToLower(rt.method)], &op); err != nil {
 			t.Fatal(err)
 		}
+		if _, ok := op.Responses["200"].Content["text/plain"]; ok {
+			continue // not JSON (metrics); served and checked by its own package
+		}
 		s := op.Responses["200"].Content["application/json"].Schema
 		if s == nil {
 			t.Errorf("%s %s: no documented 200 schema", rt.method, rt.path)

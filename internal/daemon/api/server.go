@@ -30,6 +30,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Version is reported by GET /v1/version.
 	Version string
+	// Metrics serves GET /metrics (Prometheus); nil answers 404.
+	Metrics http.Handler
 }
 
 // Server routes API requests. Create it with New; it is safe for concurrent
@@ -39,6 +41,7 @@ type Server struct {
 	settings *live.Settings
 	log      *slog.Logger
 	version  string
+	metrics  http.Handler
 	mux      *http.ServeMux
 }
 
@@ -59,6 +62,7 @@ var routes = []route{
 	{"GET", "/v1/templates/{name}", (*Server).getTemplate},
 	{"GET", "/v1/sandboxes", (*Server).listSandboxes},
 	{"GET", "/v1/sandboxes/{id}", (*Server).getSandbox},
+	{"GET", "/metrics", (*Server).getMetrics},
 }
 
 // New returns a server for opts. Store and Settings are required.
@@ -70,7 +74,7 @@ func New(opts Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{store: opts.Store, settings: opts.Settings, log: log, version: opts.Version, mux: http.NewServeMux()}
+	s := &Server{store: opts.Store, settings: opts.Settings, log: log, version: opts.Version, metrics: opts.Metrics, mux: http.NewServeMux()}
 	for _, rt := range routes {
 		s.mux.HandleFunc(rt.method+" "+rt.path, func(w http.ResponseWriter, r *http.Request) {
 			if err := rt.handler(s, w, r); err != nil {

@@ -60,6 +60,11 @@ const (
 	Failed SandboxState = "failed"
 )
 
+// SandboxStates returns every sandbox state, in life order.
+func SandboxStates() []SandboxState {
+	return []SandboxState{Creating, Running, Pausing, Paused, Resuming, Stopping, Failed}
+}
+
 // sandboxTransitions lists the states each state may move to. Any state but
 // Stopping may also fail; Stopping fails only when teardown itself does.
 var sandboxTransitions = map[SandboxState][]SandboxState{
@@ -209,6 +214,9 @@ const (
 	// BuildFailed builds are kept so that their logs can be read.
 	BuildFailed BuildState = "failed"
 )
+
+// BuildStates returns every build state.
+func BuildStates() []BuildState { return []BuildState{Building, BuildReady, BuildFailed} }
 
 // Valid reports whether s is one of the build states.
 func (s BuildState) Valid() bool { return s == Building || s == BuildReady || s == BuildFailed }

@@ -677,3 +677,19 @@ func TestOpenDamagedFile(t *testing.T) {
 		}
 	}
 }
+
+func TestStateLists(t *testing.T) {
+	if got, want := len(SandboxStates()), len(sandboxTransitions); got != want {
+		t.Errorf("SandboxStates has %d states, the transition table %d", got, want)
+	}
+	for _, st := range SandboxStates() {
+		if !st.Valid() {
+			t.Errorf("SandboxStates lists invalid %q", st)
+		}
+	}
+	for _, st := range BuildStates() {
+		if !st.Valid() {
+			t.Errorf("BuildStates lists invalid %q", st)
+		}
+	}
+}
