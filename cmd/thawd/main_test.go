@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/thawvm/thaw/internal/daemon/api"
 	"github.com/thawvm/thaw/internal/daemon/disk/disktest"
 	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/thawapi"
 )
 
 // syncBuffer collects thawd's log safely across goroutines.
@@ -78,7 +78,7 @@ func TestServesAndStops(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	var s api.Settings
+	var s thawapi.Settings
 	json.NewDecoder(resp.Body).Decode(&s)
 	resp.Body.Close()
 	if !s.UFFD || s.RestoreSlots.Limit != 3 {

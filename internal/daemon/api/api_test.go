@@ -18,6 +18,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/live"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/thawapi"
 )
 
 var t0 = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
@@ -125,7 +126,7 @@ func TestInspect(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("status %d: %s", status, body)
 	}
-	var sb Sandbox
+	var sb thawapi.Sandbox
 	if err := json.Unmarshal(body, &sb); err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func TestInspect(t *testing.T) {
 		t.Errorf("got %+v, want running, shim 4242, 2 phases, load 4 ms, total 4.05 ms", sb)
 	}
 	status, body = f.do(t, "GET", "/v1/templates/py", "", nil)
-	var tp Template
+	var tp thawapi.Template
 	if err := json.Unmarshal(body, &tp); status != 200 || err != nil {
 		t.Fatalf("status %d, %v: %s", status, err, body)
 	}
@@ -141,7 +142,7 @@ func TestInspect(t *testing.T) {
 		t.Errorf("got %+v", tp)
 	}
 	status, body = f.do(t, "GET", "/v1/sandboxes", "", nil)
-	var list []Sandbox
+	var list []thawapi.Sandbox
 	if err := json.Unmarshal(body, &list); status != 200 || err != nil || len(list) != 2 || list[0].ID != "sb1" || list[1].ExpiresAt == nil {
 		t.Errorf("list: status %d, %v, %+v", status, err, list)
 	}
@@ -178,7 +179,7 @@ func TestErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			status, body := f.do(t, tt.method, tt.path, tt.contentType, []byte(tt.body))
-			var eb ErrorBody
+			var eb thawapi.ErrorBody
 			if err := json.Unmarshal(body, &eb); err != nil {
 				t.Fatalf("error body %q: %v", body, err)
 			}
@@ -203,7 +204,7 @@ func TestPatchSettings(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("status %d: %s", status, body)
 	}
-	var s Settings
+	var s thawapi.Settings
 	if err := json.Unmarshal(body, &s); err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +331,7 @@ func FuzzDecodeSettingsPatch(f *testing.F) {
 	f.Add([]byte(`{"max_concurrent_restores":1e400}`))
 	f.Add([]byte(`[{}]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var p SettingsPatch
+		var p thawapi.SettingsPatch
 		if err := decodeJSON(data, &p); err != nil && !errdefs.IsInvalidArgument(err) {
 			t.Fatalf("error %v is not invalid argument", err)
 		}
@@ -338,7 +339,7 @@ func FuzzDecodeSettingsPatch(f *testing.F) {
 }
 
 func Example_errorBody() {
-	body, _ := json.Marshal(ErrorBody{Error: `sandbox "x" not found`, Kind: "not found"})
+	body, _ := json.Marshal(thawapi.ErrorBody{Error: `sandbox "x" not found`, Kind: "not found"})
 	fmt.Println(string(body))
 	// Output: {"error":"sandbox \"x\" not found","kind":"not found"}
 }

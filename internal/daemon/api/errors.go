@@ -11,25 +11,18 @@ import (
 	"strings"
 
 	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/thawapi"
 )
-
-// ErrorBody is every error response's body. Kind is the errdefs kind's
-// name ("not found", ...), empty for an internal error; clients rebuild the
-// kind from the status (errdefs.FromHTTP).
-type ErrorBody struct {
-	Error string `json:"error"`
-	Kind  string `json:"kind,omitempty"`
-}
 
 // maxBody bounds request bodies; the API's bodies are small JSON documents
 // (uploads stream through their own routes).
 const maxBody = 1 << 20
 
-// writeError answers with err's status and an ErrorBody. It is the only
+// writeError answers with err's status and a thawapi.ErrorBody. It is the only
 // place a handler's error becomes a status.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status := errdefs.HTTPStatus(err)
-	body := ErrorBody{Error: err.Error()}
+	body := thawapi.ErrorBody{Error: err.Error()}
 	if k := errdefs.KindOf(err); k != nil {
 		body.Kind = k.Error()
 	}
@@ -50,7 +43,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	if err != nil {
 		// Only a programming error (an unencodable type) gets here.
 		status = http.StatusInternalServerError
-		data, _ = json.Marshal(ErrorBody{Error: fmt.Sprintf("encoding response: %v", err)})
+		data, _ = json.Marshal(thawapi.ErrorBody{Error: fmt.Sprintf("encoding response: %v", err)})
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)

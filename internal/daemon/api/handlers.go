@@ -5,15 +5,16 @@ import (
 
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/thawapi"
 )
 
 func (s *Server) getVersion(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, Version{Version: s.version, API: "v1"})
+	writeJSON(w, http.StatusOK, thawapi.Version{Version: s.version, API: "v1"})
 	return nil
 }
 
-func (s *Server) currentSettings() Settings {
-	return Settings{UFFD: s.settings.UFFD(), RestoreSlots: s.settings.Slots().Stats()}
+func (s *Server) currentSettings() thawapi.Settings {
+	return thawapi.Settings{UFFD: s.settings.UFFD(), RestoreSlots: slotsOut(s.settings.Slots().Stats())}
 }
 
 func (s *Server) getSettings(w http.ResponseWriter, r *http.Request) error {
@@ -24,7 +25,7 @@ func (s *Server) getSettings(w http.ResponseWriter, r *http.Request) error {
 // patchSettings applies the fields given, all or none: every field is
 // checked before any changes.
 func (s *Server) patchSettings(w http.ResponseWriter, r *http.Request) error {
-	var p SettingsPatch
+	var p thawapi.SettingsPatch
 	if err := decodeBody(r, &p); err != nil {
 		return err
 	}
@@ -50,7 +51,7 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := make([]Template, len(ts))
+	out := make([]thawapi.Template, len(ts))
 	for i, t := range ts {
 		out[i] = templateOut(t)
 	}
@@ -76,7 +77,7 @@ func (s *Server) listSandboxes(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out := make([]Sandbox, len(sbs))
+	out := make([]thawapi.Sandbox, len(sbs))
 	for i, sb := range sbs {
 		out[i] = sandboxOut(sb)
 	}

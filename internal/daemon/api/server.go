@@ -1,5 +1,5 @@
-// Package api is thawd's REST/JSON API edge. It owns the wire types, the
-// routes (each listed once in routes, which a test checks against the
+// Package api is thawd's REST/JSON API edge. It answers with
+// internal/thawapi's wire types and owns the routes (each listed once in routes, which a test checks against the
 // OpenAPI document in api/thawd.openapi.json), strict request decoding, the
 // bearer-token check of the TCP listener, and the one place where an error's
 // kind becomes an HTTP status (errdefs.HTTPStatus). Handlers call into the
