@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -57,7 +57,7 @@ func TestServesAndStops(t *testing.T) {
 	defer cancel()
 	var logs syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, noEnv, []string{"THAW_UFFD_PREFTCH=0"}, &logs) }()
+	go func() { done <- Run(ctx, args, noEnv, []string{"THAW_UFFD_PREFTCH=0"}, &logs) }()
 
 	c := unixClient(sock)
 	var resp *http.Response
@@ -113,7 +113,7 @@ func TestServesAndStops(t *testing.T) {
 	if err := os.Mkdir(staged, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	err = run(context.Background(), args, noEnv, nil, io.Discard)
+	err = Run(context.Background(), args, noEnv, nil, io.Discard)
 	if !errdefs.IsUnavailable(err) {
 		t.Errorf("second thawd: got %v, want unavailable", err)
 	}
@@ -143,7 +143,7 @@ func TestServesAndStops(t *testing.T) {
 func TestRefusesDataDirWithoutReflinks(t *testing.T) {
 	data := disktest.Mount(t, "ext4", 32)
 	sock := filepath.Join(t.TempDir(), "thawd.sock")
-	err := run(context.Background(), []string{"-config", "/dev/null", "-data-dir", data, "-socket", sock}, noEnv, nil, io.Discard)
+	err := Run(context.Background(), []string{"-config", "/dev/null", "-data-dir", data, "-socket", sock}, noEnv, nil, io.Discard)
 	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "cannot make reflinks") {
 		t.Errorf("got %v, want a failed-precondition error about reflinks", err)
 	}
@@ -168,9 +168,9 @@ func TestBadConfigIsAnError(t *testing.T) {
 		{[]string{"-config", "/dev/null", "-tcp-addr", "127.0.0.1:0"}, noEnv, "token_file: must be set"},
 	}
 	for _, tt := range tests {
-		err := run(context.Background(), tt.args, tt.env, nil, io.Discard)
+		err := Run(context.Background(), tt.args, tt.env, nil, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("run(%q): got %v, want an error containing %q", tt.args, err, tt.want)
+			t.Errorf("Run(%q): got %v, want an error containing %q", tt.args, err, tt.want)
 		}
 	}
 }
