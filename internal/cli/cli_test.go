@@ -44,7 +44,10 @@ func serve(t *testing.T) string {
 		sb.State, sb.Shim = store.Running, store.Shim{PID: 99, ControlSocket: "/s"}
 		return nil
 	})
-	st.UpdateSandbox("sb2", func(sb *store.Sandbox) error { sb.State, sb.Reason = store.Failed, "agent never became healthy"; return nil })
+	st.UpdateSandbox("sb2", func(sb *store.Sandbox) error {
+		sb.State, sb.Reason = store.Failed, "agent never became healthy"
+		return nil
+	})
 	settings, err := live.New(config.Default())
 	if err != nil {
 		t.Fatal(err)
