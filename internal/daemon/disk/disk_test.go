@@ -63,7 +63,7 @@ func hashFile(t *testing.T, path string) [32]byte {
 
 // usedBytes returns the bytes in use on dir's filesystem, after flushing it
 // so delayed allocation and btrfs's lazy accounting have settled.
-func usedBytes(t *testing.T, dir string) int64 {
+func usedBytes(t testing.TB, dir string) int64 {
 	t.Helper()
 	f, err := os.Open(dir)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -58,13 +59,27 @@ type Options struct {
 	// LockTimeout bounds the wait for the file lock another process (a
 	// second thawd) holds. Zero means one second.
 	LockTimeout time.Duration
+
+	// solo commits every sandbox change in its own transaction instead of
+	// batching; only benchmarks set it, to compare.
+	solo bool
 }
+
+// batchDelay is how long a sandbox change that found others in flight waits
+// for more to share its commit. Every commit is an fsync (1 to 10 ms on the
+// development VM, docs/benchmarks/daemon.md): sharing lets concurrent
+// creates pay for one together instead of queueing for one each.
+const batchDelay = time.Millisecond
 
 // Store is an open state store. Its methods are safe for concurrent use.
 type Store struct {
 	db   *bolt.DB
 	path string
 	log  *slog.Logger
+	solo bool
+	// inflight counts sandbox changes under way, to choose between a
+	// solo commit and a shared one.
+	inflight atomic.Int32
 }
 
 // Open opens (creating if needed) the store at path. A store written by a
@@ -90,7 +105,8 @@ func open(path string, opts Options, sch schema) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening store %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, log: log}
+	db.MaxBatchDelay = batchDelay
+	s := &Store{db: db, path: path, log: log, solo: opts.solo}
 	if err := db.Update(func(tx *bolt.Tx) error { return s.prepare(tx, sch) }); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("opening store %s: %w", path, err)
@@ -159,6 +175,20 @@ func (s *Store) Close() error {
 
 // Path returns the store's file path.
 func (s *Store) Path() string { return s.path }
+
+// writeSandbox runs fn in a write transaction. A change that finds no other
+// under way commits at once; one that does joins a shared commit (bbolt's
+// Batch), so a lone create pays no batching delay while concurrent creates
+// share fsyncs. In a shared commit fn may run more than once (bbolt retries
+// it alone if another member fails), so it must only read and write the
+// transaction.
+func (s *Store) writeSandbox(fn func(tx *bolt.Tx) error) error {
+	defer s.inflight.Add(-1)
+	if s.inflight.Add(1) == 1 || s.solo {
+		return s.db.Update(fn)
+	}
+	return s.db.Batch(fn)
+}
 
 func encode(v any) ([]byte, error) {
 	b, err := json.Marshal(v)
@@ -348,7 +378,7 @@ func (s *Store) CreateSandbox(sb Sandbox) error {
 	if sb.State != Creating {
 		return errdefs.InvalidArgument("sandbox %q: a new record must be %s, not %s", sb.ID, Creating, sb.State)
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.writeSandbox(func(tx *bolt.Tx) error {
 		_, sbb, err := buckets(tx)
 		if err != nil {
 			return err
@@ -432,11 +462,12 @@ func (s *Store) SandboxesUsing(name string) ([]Sandbox, error) {
 // writes it back, all in one transaction; if fn returns an error nothing
 // changes. The id, template and build cannot change, the state must follow
 // the sandbox state machine, and UpdatedAt is set to now. fn runs inside
-// the write transaction, which excludes every other writer: it must only
-// edit the record, never block.
+// the write transaction, which excludes every other writer, and may run
+// more than once (concurrent changes share commits): it must only edit the
+// record it is given, never block or have other effects.
 func (s *Store) UpdateSandbox(id string, fn func(*Sandbox) error) (Sandbox, error) {
 	var out Sandbox
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.writeSandbox(func(tx *bolt.Tx) error {
 		old, err := getSandbox(tx, id)
 		if err != nil {
 			return err
@@ -470,7 +501,7 @@ func (s *Store) UpdateSandbox(id string, fn func(*Sandbox) error) (Sandbox, erro
 // DeleteSandbox deletes the record of the sandbox with the given id, which
 // must be creating (a create being rolled back), stopping or failed.
 func (s *Store) DeleteSandbox(id string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.writeSandbox(func(tx *bolt.Tx) error {
 		sb, err := getSandbox(tx, id)
 		if err != nil {
 			return err

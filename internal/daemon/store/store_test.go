@@ -693,3 +693,46 @@ func TestStateLists(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusalsInSharedCommits: when concurrent changes share a commit and
+// some are refused, the refused ones report their own error and change
+// nothing, and every accepted one lands.
+func TestRefusalsInSharedCommits(t *testing.T) {
+	s := openTest(t)
+	seed(t, s)
+	const workers, each = 8, 20
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				if _, err := s.UpdateSandbox("sb1", func(sb *Sandbox) error {
+					sb.Create = append(sb.Create, Phase{fmt.Sprintf("w%d-%d", w, i), 1})
+					return nil
+				}); err != nil {
+					t.Error(err)
+				}
+				_, err := s.UpdateSandbox("sb1", func(sb *Sandbox) error {
+					sb.State = Paused // creating cannot become paused
+					sb.Create = append(sb.Create, Phase{"refused", 1})
+					return nil
+				})
+				if !errdefs.IsFailedPrecondition(err) {
+					t.Errorf("invalid transition: got %v, want failed precondition", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	sb, err := s.Sandbox("sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sb.Create) != workers*each || sb.State != Creating {
+		t.Errorf("got %d phases in state %s, want %d in creating", len(sb.Create), sb.State, workers*each)
+	}
+	for _, p := range sb.Create {
+		if p.Name == "refused" {
+			t.Fatal("a refused change landed")
+		}
+	}
+}
