@@ -275,8 +275,9 @@ func (s *Store) Templates() ([]Template, error) {
 
 // UpdateTemplate reads the template named name, lets fn change it and writes
 // it back, all in one transaction; if fn returns an error nothing changes.
-// Like UpdateSandbox's, fn must not block. The name cannot change, builds follow the build state machine, and a build
-// that sandboxes use can be neither removed nor changed in state.
+// Like UpdateSandbox's, fn must not block. The name cannot change, builds
+// follow the build state machine, and a build that sandboxes use can be
+// neither removed nor changed in state.
 func (s *Store) UpdateTemplate(name string, fn func(*Template) error) (Template, error) {
 	var out Template
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -318,12 +319,12 @@ func (s *Store) UpdateTemplate(name string, fn func(*Template) error) (Template,
 			return err
 		}
 		out = t
-		return tb(tx).Put([]byte(name), data)
+		return templatesBucket(tx).Put([]byte(name), data)
 	})
 	return out, err
 }
 
-func tb(tx *bolt.Tx) *bolt.Bucket { return tx.Bucket(bucketTemplates) }
+func templatesBucket(tx *bolt.Tx) *bolt.Bucket { return tx.Bucket(bucketTemplates) }
 
 // buildsInUse maps each build id of template name to the sandboxes using it.
 func buildsInUse(tx *bolt.Tx, name string) (map[string][]string, error) {
@@ -365,7 +366,7 @@ func (s *Store) DeleteTemplate(name string) error {
 			slices.Sort(ids)
 			return errdefs.FailedPrecondition("template %q is used by sandboxes %q: delete them first", name, ids)
 		}
-		return tb(tx).Delete([]byte(name))
+		return templatesBucket(tx).Delete([]byte(name))
 	})
 }
 
