@@ -5,8 +5,8 @@
 // error.
 //
 // Verbs so far: version, ls, inspect, template ls, template inspect,
-// settings, daemon. create, exec, cp, pause, resume, rm and template
-// build/rm come with thawd's sandbox and build routes.
+// template rm, settings, daemon. create, exec, cp, pause, resume, rm and
+// template build come with thawd's sandbox and build routes.
 package cli
 
 import (
@@ -48,6 +48,7 @@ commands:
   inspect ID              show a sandbox, with the timing of its create
   template ls             list templates
   template inspect NAME   show a template and its builds
+  template rm NAME        delete a template no sandbox uses
   settings [--uffd=on|off] [--max-concurrent-restores N]
                           show or change thawd's run-time settings
   daemon [THAWD FLAGS]    run thawd in the foreground (thaw daemon -h lists its flags)
@@ -181,7 +182,7 @@ func (g globals) client() (*thawapi.Client, error) {
 
 func (g globals) template(ctx context.Context, c *thawapi.Client, p printer, args []string) error {
 	if len(args) == 0 {
-		return usagef("template needs a subcommand: ls or inspect")
+		return usagef("template needs a subcommand: ls, inspect or rm")
 	}
 	switch args[0] {
 	case "ls":
@@ -202,6 +203,18 @@ func (g globals) template(ctx context.Context, c *thawapi.Client, p printer, arg
 			return err
 		}
 		return p.template(t)
+	case "rm":
+		if len(args) != 2 {
+			return usagef("template rm takes one template name")
+		}
+		if err := c.DeleteTemplate(ctx, args[1]); err != nil {
+			return err
+		}
+		if p.json {
+			return p.asJSON(map[string]string{"deleted": args[1]})
+		}
+		_, err := fmt.Fprintln(p.out, args[1])
+		return err
 	}
 	return usagef("unknown template subcommand %q", args[0])
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/thawvm/thaw/internal/daemon/api"
 	"github.com/thawvm/thaw/internal/daemon/config"
+	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/live"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/thawapi"
@@ -52,7 +53,14 @@ func serve(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := api.New(api.Options{Store: st, Settings: settings, Version: "9.9"})
+	lay, err := layout.New(filepath.Join(dir, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lay.Init(); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := api.New(api.Options{Store: st, Layout: lay, Settings: settings, Version: "9.9"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +152,8 @@ func TestFailures(t *testing.T) {
 		{[]string{"inspect"}, 2, "inspect takes one sandbox id"},
 		{[]string{"ls", "extra"}, 2, "ls takes no arguments"},
 		{[]string{"template"}, 2, "template needs a subcommand"},
+		{[]string{"template", "rm", "py"}, 1, `template "py" is used by sandboxes ["sb1" "sb2"]: delete them first`},
+		{[]string{"template", "rm", "nope"}, 1, `template "nope" not found`},
 		{[]string{"--addr", "127.0.0.1:1", "ls"}, 2, "--addr needs --token-file"},
 		{[]string{"--socket", filepath.Join(t.TempDir(), "none.sock"), "ls"}, 1, "is it running?"},
 		{[]string{"daemon", "-uffd=maybe"}, 1, `invalid boolean value "maybe" for -uffd`},

@@ -64,11 +64,18 @@ func Run(ctx context.Context, args []string, lookup func(string) (string, bool),
 	if err := lay.Init(); err != nil {
 		return err
 	}
+	// Builds run inside thawd: one still "building" was cut off when the
+	// previous thawd ended.
+	if n, err := st.FailInterruptedBuilds("interrupted: thawd stopped during the build"); err != nil {
+		return err
+	} else if n > 0 {
+		log.Warn("marked interrupted template builds failed", "builds", n)
+	}
 	settings, err := live.New(cfg)
 	if err != nil {
 		return err
 	}
-	srv, err := api.New(api.Options{Store: st, Settings: settings, Logger: log, Version: Version,
+	srv, err := api.New(api.Options{Store: st, Layout: lay, Settings: settings, Logger: log, Version: Version,
 		Metrics: metrics.New(st, settings).Handler()})
 	if err != nil {
 		return err

@@ -123,6 +123,11 @@ func (c *Client) Template(ctx context.Context, name string) (Template, error) {
 	return t, c.do(ctx, "GET", "/v1/templates/"+url.PathEscape(name), nil, &t)
 }
 
+// DeleteTemplate deletes the template called name and its builds' files.
+func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/templates/"+url.PathEscape(name), nil, nil)
+}
+
 // Sandboxes returns every sandbox.
 func (c *Client) Sandboxes(ctx context.Context) ([]Sandbox, error) {
 	var sbs []Sandbox

@@ -10,6 +10,7 @@ import (
 
 	"github.com/thawvm/thaw/internal/daemon/api"
 	"github.com/thawvm/thaw/internal/daemon/config"
+	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/live"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
@@ -41,7 +42,14 @@ func serve(t *testing.T) (string, *api.Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := api.New(api.Options{Store: st, Settings: settings, Version: "1.2.3"})
+	lay, err := layout.New(filepath.Join(dir, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lay.Init(); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := api.New(api.Options{Store: st, Layout: lay, Settings: settings, Version: "1.2.3"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +83,9 @@ func TestClient(t *testing.T) {
 	}
 	if sb, err := c.Sandbox(ctx, "sb1"); err != nil || sb.CreateMS != 1 {
 		t.Errorf("Sandbox = %+v, %v", sb, err)
+	}
+	if err := c.DeleteTemplate(ctx, "py"); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "sb1") {
+		t.Errorf("DeleteTemplate(py) in use: got %v, want failed precondition naming sb1", err)
 	}
 	off, n := false, 7
 	s, err := c.PatchSettings(ctx, thawapi.SettingsPatch{UFFD: &off, MaxConcurrentRestores: &n})

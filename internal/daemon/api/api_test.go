@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/thawvm/thaw/internal/daemon/config"
+	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/live"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
@@ -25,6 +26,7 @@ var t0 = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 
 type fixture struct {
 	srv      *Server
+	layout   layout.Layout
 	settings *live.Settings
 	client   *http.Client
 	sock     string
@@ -73,7 +75,14 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Options{Store: st, Settings: settings, Version: "test"})
+	lay, err := layout.New(filepath.Join(dir, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lay.Init(); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Options{Store: st, Layout: lay, Settings: settings, Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +94,7 @@ func newFixture(t *testing.T) *fixture {
 	hs := NewHTTPServer(srv)
 	go hs.Serve(l)
 	t.Cleanup(func() { hs.Close() })
-	return &fixture{srv: srv, settings: settings, sock: sock, client: unixClient(sock)}
+	return &fixture{srv: srv, layout: lay, settings: settings, sock: sock, client: unixClient(sock)}
 }
 
 func unixClient(sock string) *http.Client {
@@ -342,4 +351,46 @@ func Example_errorBody() {
 	body, _ := json.Marshal(thawapi.ErrorBody{Error: `sandbox "x" not found`, Kind: "not found"})
 	fmt.Println(string(body))
 	// Output: {"error":"sandbox \"x\" not found","kind":"not found"}
+}
+
+func TestDeleteTemplate(t *testing.T) {
+	f := newFixture(t)
+	// A second template with a published build on disk.
+	stage, err := f.layout.StageBuild("go", "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(stage, "mem"), []byte("m"), 0o600)
+	if err := f.layout.PublishBuild(stage, "go", "g1"); err != nil {
+		t.Fatal(err)
+	}
+	g1 := store.Build{ID: "g1", State: store.BuildReady, Dir: f.layout.BuildDir("go", "g1"), VCPUs: 1, MemoryMiB: 64, DiskMiB: 64,
+		Artifacts: store.Artifacts{Memory: "mem", VMState: "vmstate", Rootfs: "rootfs"}, CreatedAt: t0}
+	if err := f.srv.store.CreateTemplate(store.Template{Name: "go", Builds: []store.Build{g1}, Current: "g1", CreatedAt: t0}); err != nil {
+		t.Fatal(err)
+	}
+
+	status, body := f.do(t, "DELETE", "/v1/templates/py", "", nil)
+	if status != 412 || !strings.Contains(string(body), "sb1") {
+		t.Errorf("deleting a template in use: %d %s, want 412 naming the sandboxes", status, body)
+	}
+	if status, body := f.do(t, "DELETE", "/v1/templates/nope", "", nil); status != 404 {
+		t.Errorf("deleting an unknown template: %d %s, want 404", status, body)
+	}
+
+	req, _ := http.NewRequest("DELETE", "http://thawd/v1/templates/go", nil)
+	resp, err := f.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 204 {
+		t.Fatalf("DELETE go: status %d, want 204", resp.StatusCode)
+	}
+	if _, err := f.srv.store.Template("go"); !errdefs.IsNotFound(err) {
+		t.Errorf("record after delete: %v, want not found", err)
+	}
+	if _, err := os.Stat(f.layout.TemplateDir("go")); !os.IsNotExist(err) {
+		t.Errorf("template directory after delete: %v, want it gone", err)
+	}
 }

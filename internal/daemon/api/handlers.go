@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"net/http"
 
 	"github.com/thawvm/thaw/internal/daemon/store"
@@ -69,6 +70,27 @@ func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusOK, templateOut(t))
+	return nil
+}
+
+// deleteTemplate deletes a template's record, then its build directories.
+// It is refused while sandboxes use the template or a build runs.
+func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := store.ValidateID("template name", name); err != nil {
+		return err
+	}
+	t, err := s.store.DeleteTemplate(name)
+	if err != nil {
+		return err
+	}
+	for _, b := range t.Builds {
+		if err := s.layout.RemoveBuild(name, b.ID); err != nil {
+			return fmt.Errorf("template %q is deleted, but its files are not all gone: %w", name, err)
+		}
+	}
+	s.log.Info("template deleted", "template", name, "builds", len(t.Builds))
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

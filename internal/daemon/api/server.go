@@ -6,8 +6,8 @@
 // store and the run-time settings; they hold no state of their own.
 //
 // Served so far: version, run-time settings (the UFFD switch and the restore
-// slot limit), and listing and inspecting templates and sandboxes from the
-// store. Template builds and sandbox lifecycle routes come with the sandbox
+// slot limit), listing and inspecting templates and sandboxes, deleting a
+// template no sandbox uses, and metrics. Template builds and sandbox lifecycle routes come with the sandbox
 // manager.
 package api
 
@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/live"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
@@ -23,7 +24,9 @@ import (
 
 // Options are what a Server serves from.
 type Options struct {
-	Store    *store.Store
+	Store *store.Store
+	// Layout locates build directories, which deleting a template removes.
+	Layout   layout.Layout
 	Settings *live.Settings
 	// Logger receives one line per failed request (server errors at
 	// error level, client errors at debug). Nil discards.
@@ -38,6 +41,7 @@ type Options struct {
 // use.
 type Server struct {
 	store    *store.Store
+	layout   layout.Layout
 	settings *live.Settings
 	log      *slog.Logger
 	version  string
@@ -60,21 +64,22 @@ var routes = []route{
 	{"PATCH", "/v1/settings", (*Server).patchSettings},
 	{"GET", "/v1/templates", (*Server).listTemplates},
 	{"GET", "/v1/templates/{name}", (*Server).getTemplate},
+	{"DELETE", "/v1/templates/{name}", (*Server).deleteTemplate},
 	{"GET", "/v1/sandboxes", (*Server).listSandboxes},
 	{"GET", "/v1/sandboxes/{id}", (*Server).getSandbox},
 	{"GET", "/metrics", (*Server).getMetrics},
 }
 
-// New returns a server for opts. Store and Settings are required.
+// New returns a server for opts. Store, Layout and Settings are required.
 func New(opts Options) (*Server, error) {
-	if opts.Store == nil || opts.Settings == nil {
-		return nil, errdefs.InvalidArgument("api server: Store and Settings are required")
+	if opts.Store == nil || opts.Settings == nil || opts.Layout.Root() == "" {
+		return nil, errdefs.InvalidArgument("api server: Store, Layout and Settings are required")
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{store: opts.Store, settings: opts.Settings, log: log, version: opts.Version, metrics: opts.Metrics, mux: http.NewServeMux()}
+	s := &Server{store: opts.Store, layout: opts.Layout, settings: opts.Settings, log: log, version: opts.Version, metrics: opts.Metrics, mux: http.NewServeMux()}
 	for _, rt := range routes {
 		s.mux.HandleFunc(rt.method+" "+rt.path, func(w http.ResponseWriter, r *http.Request) {
 			if err := rt.handler(s, w, r); err != nil {

@@ -347,13 +347,18 @@ func buildsInUse(tx *bolt.Tx, name string) (map[string][]string, error) {
 }
 
 // DeleteTemplate deletes the template named name and all its builds'
-// records. It is refused while any sandbox uses one of its builds; forcing
-// is the caller's job (delete those sandboxes first).
-func (s *Store) DeleteTemplate(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		if _, err := getTemplate(tx, name); err != nil {
+// records, returning the record as it was (so the caller can remove its
+// build directories). It is refused while any sandbox uses one of its
+// builds (forcing is the caller's job: delete those sandboxes first) and
+// while a build is in progress.
+func (s *Store) DeleteTemplate(name string) (Template, error) {
+	var deleted Template
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		t, err := getTemplate(tx, name)
+		if err != nil {
 			return err
 		}
+		deleted = t
 		used, err := buildsInUse(tx, name)
 		if err != nil {
 			return err
@@ -366,8 +371,67 @@ func (s *Store) DeleteTemplate(name string) error {
 			slices.Sort(ids)
 			return errdefs.FailedPrecondition("template %q is used by sandboxes %q: delete them first", name, ids)
 		}
+		for _, b := range t.Builds {
+			if b.State == Building {
+				return errdefs.FailedPrecondition("template %q: build %q is in progress", name, b.ID)
+			}
+		}
 		return templatesBucket(tx).Delete([]byte(name))
 	})
+	if err != nil {
+		return Template{}, err
+	}
+	return deleted, nil
+}
+
+// FailInterruptedBuilds marks every build still "building" as failed with
+// reason and returns how many it marked. Builds run inside thawd, so at
+// start any such build was interrupted by the previous thawd's end; left
+// alone it would keep its template from ever being deleted.
+func (s *Store) FailInterruptedBuilds(reason string) (int, error) {
+	if reason == "" {
+		return 0, errdefs.InvalidArgument("a failed build needs a reason")
+	}
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		n = 0
+		tbk, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		var changed []Template
+		if err := tbk.ForEach(func(k, v []byte) error {
+			t, err := decodeTemplate(k, v)
+			if err != nil {
+				return err
+			}
+			hit := false
+			for i := range t.Builds {
+				if t.Builds[i].State == Building {
+					t.Builds[i].State, t.Builds[i].Reason = BuildFailed, reason
+					hit = true
+					n++
+				}
+			}
+			if hit {
+				changed = append(changed, t)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, t := range changed {
+			data, err := encode(&t)
+			if err != nil {
+				return err
+			}
+			if err := tbk.Put([]byte(t.Name), data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return n, err
 }
 
 // CreateSandbox stores a new sandbox record, which must be in state

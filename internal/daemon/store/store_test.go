@@ -316,7 +316,7 @@ func TestBuildInUseIsProtected(t *testing.T) {
 	if users, err := s.SandboxesUsing("py"); err != nil || len(users) != 1 || users[0].ID != "sb1" {
 		t.Errorf("SandboxesUsing(py) = %+v, %v; want [sb1]", users, err)
 	}
-	if err := s.DeleteTemplate("py"); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "sb1") {
+	if _, err := s.DeleteTemplate("py"); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "sb1") {
 		t.Errorf("DeleteTemplate while used: got %v, want a failed-precondition error naming sb1", err)
 	}
 	_, err := s.UpdateTemplate("py", func(tp *Template) error {
@@ -340,10 +340,10 @@ func TestBuildInUseIsProtected(t *testing.T) {
 	if err := s.DeleteSandbox("sb1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.DeleteTemplate("py"); err != nil {
-		t.Errorf("DeleteTemplate after its sandbox went: %v", err)
+	if deleted, err := s.DeleteTemplate("py"); err != nil || len(deleted.Builds) != 1 {
+		t.Errorf("DeleteTemplate after its sandbox went: %+v, %v; want the deleted record", deleted, err)
 	}
-	if err := s.DeleteTemplate("py"); !errdefs.IsNotFound(err) {
+	if _, err := s.DeleteTemplate("py"); !errdefs.IsNotFound(err) {
 		t.Errorf("second DeleteTemplate: got %v, want not found", err)
 	}
 }
@@ -734,5 +734,37 @@ func TestRefusalsInSharedCommits(t *testing.T) {
 		if p.Name == "refused" {
 			t.Fatal("a refused change landed")
 		}
+	}
+}
+
+func TestInterruptedBuilds(t *testing.T) {
+	s := openTest(t)
+	building := readyBuild("b2")
+	building.State, building.Artifacts = Building, Artifacts{}
+	if err := s.CreateTemplate(newTemplate("py", readyBuild("b1"), building)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateTemplate(newTemplate("go", readyBuild("g1"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeleteTemplate("py"); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "in progress") {
+		t.Errorf("deleting during a build: got %v, want failed precondition", err)
+	}
+	n, err := s.FailInterruptedBuilds("interrupted by a thawd restart")
+	if err != nil || n != 1 {
+		t.Fatalf("FailInterruptedBuilds = %d, %v; want 1, nil", n, err)
+	}
+	tp, _ := s.Template("py")
+	if b := tp.BuildByID("b2"); b.State != BuildFailed || b.Reason != "interrupted by a thawd restart" {
+		t.Errorf("build b2 = %s %q, want failed with the reason", b.State, b.Reason)
+	}
+	if b := tp.BuildByID("b1"); b.State != BuildReady {
+		t.Errorf("ready build b1 became %s", b.State)
+	}
+	if n, err := s.FailInterruptedBuilds("again"); err != nil || n != 0 {
+		t.Errorf("second call = %d, %v; want 0", n, err)
+	}
+	if _, err := s.DeleteTemplate("py"); err != nil {
+		t.Errorf("deleting after the interrupted build failed: %v", err)
 	}
 }
