@@ -91,7 +91,8 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := NewHTTPServer(srv)
+	// Every exchange in every test is checked against the OpenAPI document.
+	hs := NewHTTPServer(loadSpec(t).Handler(srv, func(err error) { t.Errorf("OpenAPI: %v", err) }))
 	go hs.Serve(l)
 	t.Cleanup(func() { hs.Close() })
 	return &fixture{srv: srv, layout: lay, settings: settings, sock: sock, client: unixClient(sock)}
@@ -174,7 +175,7 @@ func TestErrors(t *testing.T) {
 		{"no metrics configured", "GET", "/metrics", "", "", 404, "not found", "serves no metrics"},
 		{"ephemeral id", "GET", "/v1/sandboxes/build-1", "", "", 400, "invalid argument", "reserved for ephemeral build VMs"},
 		{"unknown template", "GET", "/v1/templates/go", "", "", 404, "not found", `template "go" not found`},
-		{"wrong method", "PUT", "/v1/settings", "", "", 400, "invalid argument", "allowed: GET, PATCH"},
+		{"wrong method", "PUT", "/v1/settings", "", "", 404, "not found", "allowed: GET, PATCH"},
 		{"no route", "GET", "/v1/nothing", "", "", 404, "not found", "no API route GET /v1/nothing"},
 		{"unknown field", "PATCH", "/v1/settings", "application/json", `{"uffd":true,"ufd":false}`, 400, "invalid argument", `unknown field "ufd"`},
 		{"wrong type", "PATCH", "/v1/settings", "application/json", `{"uffd":"on"}`, 400, "invalid argument", `field "uffd": want bool`},

@@ -87,7 +87,8 @@ func decodeJSON(data []byte, v any) error {
 	return nil
 }
 
-// notRouted explains a request no route matched.
+// notRouted explains a request no route matched. A known path with another
+// method is a 404 too (there is no 405 kind), naming the methods it takes.
 func notRouted(r *http.Request) error {
 	var allowed []string
 	for _, rt := range routes {
@@ -96,7 +97,7 @@ func notRouted(r *http.Request) error {
 		}
 	}
 	if len(allowed) > 0 {
-		return errdefs.InvalidArgument("method %s is not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", "))
+		return errdefs.NotFound("no API route %s %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", "))
 	}
 	return errdefs.NotFound("no API route %s %s (see api/thawd.openapi.json)", r.Method, r.URL.Path)
 }
