@@ -264,3 +264,54 @@ func TestClassify(t *testing.T) {
 		t.Errorf("classify(plain) = %v, want it unchanged", got)
 	}
 }
+
+// fill writes zeros into dir until its filesystem is full.
+func fill(t *testing.T, dir string) {
+	t.Helper()
+	f, err := os.Create(filepath.Join(dir, "fill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, unix.ENOSPC) {
+				t.Fatalf("filling %s: %v", dir, err)
+			}
+			break
+		}
+	}
+	// Small writes take what the big ones left.
+	for i := 0; ; i++ {
+		g, err := os.Create(filepath.Join(dir, fmt.Sprintf("fill%d", i)))
+		if err != nil {
+			break
+		}
+		_, werr := g.Write(buf[:4096])
+		g.Close()
+		if werr != nil {
+			break
+		}
+	}
+}
+
+// TestFullFilesystem: a full data filesystem is "resource exhausted" (a
+// full disk, not a bug), and leaves nothing behind.
+func TestFullFilesystem(t *testing.T) {
+	mnt := disktest.Mount(t, "xfs", 300)
+	src := filepath.Join(mnt, "rootfs.ext4")
+	writeImage(t, src, 8)
+	fill(t, mnt)
+	dst := filepath.Join(mnt, "sandbox.ext4")
+	err := Clone(src, dst)
+	if !errdefs.IsResourceExhausted(err) || !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("Clone on a full filesystem: got %v, want resource exhausted wrapping ENOSPC", err)
+	}
+	if _, serr := os.Stat(dst); !errors.Is(serr, os.ErrNotExist) {
+		t.Errorf("after a failed clone, %s: %v; want it gone", dst, serr)
+	}
+	if err := Probe(mnt); !errdefs.IsResourceExhausted(err) {
+		t.Errorf("Probe on a full filesystem: got %v, want resource exhausted", err)
+	}
+}

@@ -87,7 +87,7 @@ func (l Layout) StageBuild(name, build string) (string, error) {
 	}
 	dir, err := os.MkdirTemp(l.tmp(), "stage-"+name+"-"+build+"-")
 	if err != nil {
-		return "", fmt.Errorf("staging build %s/%s: %w", name, build, err)
+		return "", errdefs.Mark(fmt.Errorf("staging build %s/%s: %w", name, build, err), kindOf(err))
 	}
 	return dir, nil
 }

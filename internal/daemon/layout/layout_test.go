@@ -1,11 +1,13 @@
 package layout
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 
+	"github.com/thawvm/thaw/internal/daemon/disk/disktest"
 	"github.com/thawvm/thaw/internal/errdefs"
 )
 
@@ -184,5 +186,31 @@ func TestRefusesBadNames(t *testing.T) {
 	}
 	if got := ls(t, filepath.Dir(l.Root())); !slices.Equal(got, []string{"data"}) {
 		t.Errorf("outside the data dir: %q, want only data", got)
+	}
+}
+
+// TestFullFilesystem: on a full data filesystem, creating a sandbox
+// directory or staging a build is "resource exhausted", not a bug.
+func TestFullFilesystem(t *testing.T) {
+	mnt := disktest.Mount(t, "tmpfs", 1)
+	l, err := New(filepath.Join(mnt, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Init(); err != nil {
+		t.Fatal(err)
+	}
+	// Fill the 1 MiB tmpfs: data first, then inodes of empty files.
+	os.WriteFile(filepath.Join(mnt, "fill"), make([]byte, 2<<20), 0o600)
+	for i := 0; ; i++ {
+		if err := os.Mkdir(filepath.Join(mnt, fmt.Sprintf("d%d", i)), 0o700); err != nil {
+			break
+		}
+	}
+	if _, err := l.CreateSandboxDir("sb1"); !errdefs.IsResourceExhausted(err) {
+		t.Errorf("CreateSandboxDir on a full filesystem: got %v, want resource exhausted", err)
+	}
+	if _, err := l.StageBuild("py", "b1"); !errdefs.IsResourceExhausted(err) {
+		t.Errorf("StageBuild on a full filesystem: got %v, want resource exhausted", err)
 	}
 }

@@ -43,7 +43,9 @@ func Mount(t testing.TB, fstype string, sizeMiB int) string {
 		t.Fatal(err)
 	}
 	if fstype == "tmpfs" {
-		if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, fmt.Sprintf("size=%dm", sizeMiB)); err != nil {
+		// Inodes bounded like a small disk filesystem's (one per 4 KiB), so
+		// that a test can fill it.
+		if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, fmt.Sprintf("size=%dm,nr_inodes=%d", sizeMiB, sizeMiB*256)); err != nil {
 			t.Fatalf("mounting tmpfs: %v", err)
 		}
 	} else {
