@@ -343,7 +343,7 @@ func TestServeStatsStop(t *testing.T) {
 // load), and the VMM is killed.
 func TestHandshakeNeverArrives(t *testing.T) {
 	ctx := testCtx(t)
-	v := newVM(t, fakeSpec{Handshake: hsNone}, func(c *shim.Config) { c.HandshakeTimeout = 500 * time.Millisecond })
+	v := newVM(t, fakeSpec{Handshake: hsNone}, func(c *shim.Config) { c.HandshakeTimeout = 1500 * time.Millisecond })
 	h := v.start(ctx)
 	// Before the deadline the verdict is unknown: asking with a shorter
 	// context ends the wait, and says so, without a verdict.
@@ -363,8 +363,8 @@ func TestHandshakeNeverArrives(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if verdict.State != shim.VerdictFailed || !strings.Contains(verdict.Reason, "within 500ms") || verdict.Err() == nil {
-		t.Errorf("verdict: got %+v, want failed: no handshake within 500ms", verdict)
+	if verdict.State != shim.VerdictFailed || !strings.Contains(verdict.Reason, "within 1.5s") || verdict.Err() == nil {
+		t.Errorf("verdict: got %+v, want failed: no handshake within 1.5s", verdict)
 	}
 	st, err := h.Wait(ctx)
 	if err != nil {
@@ -658,6 +658,10 @@ func TestRecording(t *testing.T) {
 	if verdict, err := h.Handshake(ctx); err != nil || verdict.Err() != nil {
 		t.Fatalf("verdict: got %+v, %v; want ok", verdict, err)
 	}
+	eventually(t, "the guest touching its pages", func() (bool, error) {
+		rep, err := fakeReportOf(ctx, h.APISocket)
+		return rep.Done, err
+	})
 	settle, err := h.Settle(ctx, true)
 	if err != nil {
 		t.Fatal(err)
@@ -861,30 +865,36 @@ func TestSecondShimRefused(t *testing.T) {
 	v.finish(ctx, h)
 }
 
-// TestStartContextEnds: a Start whose context ends before the VMM is ready
-// kills the shim and its VMM and leaves nothing behind.
+// TestStartContextEnds: a Start whose context ends while the VMM is
+// starting (its API never answers) kills the shim and its VMM and leaves
+// nothing behind.
 func TestStartContextEnds(t *testing.T) {
 	ctx := testCtx(t)
 	v := newVM(t, fakeSpec{NoAPI: true}, nil)
-	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	_, err := shim.Start(short, shimBin, v.cfg)
+	startCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := shim.Start(startCtx, shimBin, v.cfg)
+		errc <- err
+	}()
+	// End the context once the VMM runs, as the status file shows.
+	var st shim.Status
+	eventually(t, "the VMM started", func() (bool, error) {
+		var err error
+		st, err = shim.ReadStatusFile(v.cfg.Dir)
+		return err == nil && st.VMMPID != 0, nil
+	})
+	killOnCleanup(t, st.ShimPID)
+	killOnCleanup(t, st.VMMPID)
 	cancel()
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Start: got %v, want the context's deadline", err)
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Start: got %v, want the context's cancellation", err)
 	}
-	// The shim wrote its pids before it was killed; the status file is
-	// gone, so find them in its log.
-	log := readFile(v.cfg.ShimLog())
-	var started struct{ PID int }
-	for _, line := range strings.Split(log, "\n") {
-		if strings.Contains(line, `"VMM started"`) {
-			json.Unmarshal([]byte(line), &started)
-		}
+	eventually(t, "the VMM dying with its shim", func() (bool, error) { return !alive(st.VMMPID), nil })
+	if alive(st.ShimPID) {
+		t.Errorf("shim %d alive after Start gave up", st.ShimPID)
 	}
-	if started.PID == 0 {
-		t.Fatalf("no VMM start in the shim log:\n%s", log)
-	}
-	eventually(t, "the VMM dying with its shim", func() (bool, error) { return !alive(started.PID), nil })
 	v.checkClean(shim.Status{})
 }
 
