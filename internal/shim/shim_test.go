@@ -382,8 +382,10 @@ func TestGarbageHandshake(t *testing.T) {
 	ctx := testCtx(t)
 	v := newVM(t, fakeSpec{Handshake: hsGarbage}, nil)
 	h := v.start(ctx)
+	// The shim kills the VMM as soon as it has read the garbage, perhaps
+	// before the VMM's answer to the load is out.
 	if err := v.load(ctx, h); err != nil {
-		t.Fatalf("snapshot load: %v", err)
+		t.Logf("snapshot load (the VMM may be gone already): %v", err)
 	}
 	verdict, err := h.Handshake(ctx)
 	if err != nil {
@@ -409,8 +411,10 @@ func TestPageServerFailureKillsVMM(t *testing.T) {
 	ctx := testCtx(t)
 	v := newVM(t, fakeSpec{Handshake: hsOmitRegion}, nil)
 	h := v.start(ctx)
+	// The guest faults outside the regions right after the handshake; the
+	// VMM may be killed before its answer to the load is out.
 	if err := v.load(ctx, h); err != nil {
-		t.Fatalf("snapshot load: %v", err)
+		t.Logf("snapshot load (the VMM may be gone already): %v", err)
 	}
 	if verdict, err := h.Handshake(ctx); err != nil || verdict.State != shim.VerdictOK || verdict.Regions != 1 {
 		t.Fatalf("verdict: got %+v, %v; want ok with 1 region", verdict, err)
