@@ -162,7 +162,7 @@ func lookPath(prog, pathEnv, dir string) (string, error) {
 		if err == nil {
 			return p, nil
 		}
-		if firstErr == nil && !errors.Is(err, os.ErrNotExist) {
+		if firstErr == nil && !errors.Is(err, agentapi.ErrNotFound) {
 			firstErr = err
 		}
 	}

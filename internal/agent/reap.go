@@ -89,6 +89,13 @@ func (r *reaper) start(fork forkFunc) (*child, error) {
 		unix.Wait4(pid, nil, 0, nil)
 		return nil, errors.New("the kernel returned no pidfd (CLONE_PIDFD needs Linux 5.3 or newer)")
 	}
+	// Non-blocking before os.NewFile, so the runtime poller watches it.
+	if err := unix.SetNonblock(pidfd, true); err != nil {
+		unix.Close(pidfd)
+		unix.Kill(pid, unix.SIGKILL)
+		unix.Wait4(pid, nil, 0, nil)
+		return nil, fmt.Errorf("making pidfd non-blocking: %w", err)
+	}
 	f := os.NewFile(uintptr(pidfd), fmt.Sprintf("pidfd:%d", pid))
 	r.pidfds[f] = struct{}{}
 	c := &child{pid: pid, done: make(chan struct{})}
