@@ -13,8 +13,18 @@
 # and built once: a second run prints the cached path and does nothing else.
 # Prints the tarball's path on stdout; everything else goes to stderr.
 #
-# Needs root (debootstrap creates device nodes and chowns files).
+#   debian.sh                 build if needed, print the path
+#   debian.sh --cached-path   print the path if it is built, else exit 1
+#
+# Needs root to build (debootstrap creates device nodes and chowns files).
 set -euo pipefail
+
+only_cached=0
+case ${1:-} in
+"") ;;
+--cached-path) only_cached=1 ;;
+*) echo "usage: $0 [--cached-path]" >&2; exit 2 ;;
+esac
 
 SUITE=bookworm
 ARCH=amd64
@@ -25,9 +35,6 @@ PACKAGES=(python3 ca-certificates iproute2)
 
 log() { echo "debian.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
-
-[[ $(id -u) == 0 ]] || die "needs root (debootstrap creates device nodes and sets ownership); run it as root"
-command -v debootstrap >/dev/null || die "debootstrap is missing: run scripts/setup (it installs scripts/apt-packages)"
 
 mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(IDENTIFIER)' 2>/dev/null |
 	awk -v s="$SUITE" '$2 == s && $3 == "Packages" { print $1; exit }')
@@ -43,6 +50,10 @@ if [[ -s $out ]]; then
 	echo "$out"
 	exit 0
 fi
+((only_cached)) && exit 1
+
+[[ $(id -u) == 0 ]] || die "needs root (debootstrap creates device nodes and sets ownership); run it as root"
+command -v debootstrap >/dev/null || die "debootstrap is missing: run scripts/setup (it installs scripts/apt-packages)"
 
 mkdir -p "$cache"
 work=$(mktemp -d "$cache/build.XXXXXX")
