@@ -87,7 +87,7 @@ func TestBuildFromTarball(t *testing.T) {
 				tarEntry{name: "./usr/bin/tool", typ: tar.TypeReg, body: "tool", mode: 0o2755, uid: 0, gid: 50},
 				tarEntry{name: "./usr/bin/tool-link", typ: tar.TypeLink, link: "./usr/bin/tool"},
 				tarEntry{name: "./usr/sbin/", typ: tar.TypeDir},
-				tarEntry{name: "./sbin", typ: tar.TypeSymlink, link: "/usr/sbin"}, // absolute, as some images have
+				tarEntry{name: "./sbin", typ: tar.TypeSymlink, link: "/usr/sbin"},                                 // absolute, as some images have
 				tarEntry{name: "./home/u/notes", typ: tar.TypeReg, body: "hi", mode: 0o600, uid: 1000, gid: 1000}, // parents implied
 				tarEntry{name: "./dev/null", typ: tar.TypeChar, mode: 0o666, major: 1, minor: 3},
 				tarEntry{name: "./etc/.wh.passwd", typ: tar.TypeReg, body: "not a whiteout in a plain tarball"},
