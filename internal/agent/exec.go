@@ -231,6 +231,8 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("taking over the connection: %w", err))
 		return
 	}
+	// The exec stream lives as long as the process: no deadlines.
+	conn.SetDeadline(time.Time{})
 	e.conn, e.br = conn, brw.Reader
 	e.fw = agentapi.NewFrameWriter(conn)
 	fmt.Fprintf(brw.Writer, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n%s: %s\r\n%s: %d\r\n\r\n",

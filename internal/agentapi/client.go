@@ -58,7 +58,9 @@ func VsockDialer(udsPath string, port uint32) Dialer {
 }
 
 // Close drops idle connections. Streams already handed out (Exec, Download)
-// stay open until their owners close them.
+// stay open until their owners close them. After a snapshot restore every
+// connection to the guest is dead (the VMM resets them); call Close, or use a
+// new Client, before talking to the restored agent.
 func (c *Client) Close() error {
 	c.tr.CloseIdleConnections()
 	return nil
