@@ -83,7 +83,15 @@ func SetupPID1(log *slog.Logger) error {
 			}
 		}
 	}
-	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF); err != nil {
+	err := unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
+	if errors.Is(err, unix.EINVAL) {
+		// Init of a PID namespace (a container, or the tests) has no
+		// Ctrl-Alt-Del to configure; reboot(2) there only ends the
+		// namespace, which Shutdown still does.
+		log.Info("not the machine's init: Ctrl-Alt-Del stays with the host")
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("turning Ctrl-Alt-Del into a signal: %w", err)
 	}
 	return nil
