@@ -83,17 +83,17 @@ func (c *Config) Validate() error {
 // Result describes a built image.
 type Result struct {
 	// Path is the ext4 image.
-	Path string
+	Path string `json:"path"`
 	// DiskSize is its size in bytes.
-	DiskSize int64
+	DiskSize int64 `json:"disk_size"`
 	// ContentBytes is the file content extracted from the source (the
 	// agent not included).
-	ContentBytes int64
+	ContentBytes int64 `json:"content_bytes"`
 	// Entries counts the files, directories and links the source wrote.
-	Entries int
+	Entries int `json:"entries"`
 	// Config is the OCI image's run configuration (zero for directories and
 	// tarballs): what thawd passes to the agent's init and exec.
-	Config RunConfig
+	Config RunConfig `json:"config"`
 }
 
 // RunConfig is the part of an OCI image configuration a sandbox uses.
