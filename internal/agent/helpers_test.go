@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -65,6 +66,7 @@ type harness struct {
 func start(t testing.TB, cfg agent.Config) *harness {
 	t.Helper()
 	h := &harness{dir: t.TempDir()}
+	baseline := runtime.NumGoroutine()
 	if cfg.System == nil {
 		h.sys = &recordingSystem{hostname: "before"}
 		cfg.System = h.sys
@@ -99,8 +101,24 @@ func start(t testing.TB, cfg agent.Config) *harness {
 			t.Errorf("Serve returned %v after Close, want nil", err)
 		}
 		os.RemoveAll(sockDir)
+		checkGoroutines(t, baseline)
 	})
 	return h
+}
+
+// checkGoroutines fails t if goroutines the server started outlive Close.
+// Detached processes still running keep nothing: Close abandons them.
+func checkGoroutines(t testing.TB, baseline int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > baseline {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Errorf("%d goroutines after Close, %d before start:\n%s", runtime.NumGoroutine(), baseline, buf[:runtime.Stack(buf, true)])
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func ctxT(t testing.TB) context.Context {

@@ -1,6 +1,7 @@
 package agentapi
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -95,4 +96,30 @@ func TestErrorKinds(t *testing.T) {
 	if got := KindOf(errors.New("plain")); got != KindInternal {
 		t.Errorf("KindOf(plain) = %s, want %s", got, KindInternal)
 	}
+}
+
+// FuzzRequests decodes arbitrary bytes as each request body the agent
+// accepts, the way its handlers do, and validates them: no input may panic,
+// and an accepted path must pass CheckPath.
+func FuzzRequests(f *testing.F) {
+	f.Add([]byte(`{"argv":["ls","-l"],"cwd":"/tmp","env":["A=1"],"timeout_ms":5}`))
+	f.Add([]byte(`{"hostname":"h","entropy":"AAAAAAAAAAAAAAAAAAAAAA==","time":"2030-01-01T00:00:00Z"}`))
+	f.Add([]byte(`{"shell":"echo \u0000"}`))
+	f.Add([]byte(`{"action":"reboot"}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var e ExecRequest
+		if json.Unmarshal(body, &e) == nil && e.Validate() == nil && e.Cwd != "" {
+			if err := CheckPath(e.Cwd); err != nil {
+				t.Fatalf("accepted cwd %q: %v", e.Cwd, err)
+			}
+		}
+		var i InitRequest
+		if json.Unmarshal(body, &i) == nil && i.Validate() == nil && len(i.Entropy) > MaxEntropy {
+			t.Fatalf("accepted %d bytes of entropy", len(i.Entropy))
+		}
+		var s ShutdownRequest
+		if json.Unmarshal(body, &s) == nil {
+			s.Validate()
+		}
+	})
 }

@@ -25,7 +25,7 @@ func TestBuildDebianBase(t *testing.T) {
 	}
 	img := filepath.Join(t.TempDir(), "debian.ext4")
 	start := time.Now()
-	res, err := Build(context.Background(), Config{DiskSize: 1 << 30, AgentPath: agentBin}, Tarball(tarPath), img)
+	res, err := Build(context.Background(), Config{DiskSize: 1 << 30, AgentPath: agentBin(t)}, Tarball(tarPath), img)
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}

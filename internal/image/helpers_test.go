@@ -10,30 +10,46 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
-// agentBin is a freshly built static thaw-agent, shared by the tests.
-var agentBin string
+var (
+	agentOnce sync.Once
+	agentPath string
+	agentErr  error
+)
 
-func TestMain(m *testing.M) {
-	os.Exit(func() int {
+// agentBin builds a static thaw-agent once per test binary (lazily, so
+// fuzzing workers do not pay for it) and returns its path.
+func agentBin(t testing.TB) string {
+	t.Helper()
+	agentOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "thaw-image-test")
 		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+			agentErr = err
+			return
 		}
-		defer os.RemoveAll(dir)
-		agentBin = filepath.Join(dir, "thaw-agent")
-		cmd := exec.Command("go", "build", "-o", agentBin, "../../cmd/thaw-agent")
+		agentPath = filepath.Join(dir, "thaw-agent")
+		cmd := exec.Command("go", "build", "-o", agentPath, "../../cmd/thaw-agent")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "building thaw-agent: %v\n%s", err, out)
-			return 1
+			agentErr = fmt.Errorf("building thaw-agent: %v\n%s", err, out)
 		}
-		return m.Run()
-	}())
+	})
+	if agentErr != nil {
+		t.Fatal(agentErr)
+	}
+	return agentPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if agentPath != "" {
+		os.RemoveAll(filepath.Dir(agentPath))
+	}
+	os.Exit(code)
 }
 
 // inode is what debugfs says about one path in an ext4 image.
@@ -169,14 +185,14 @@ func makeTar(t testing.TB, entries ...tarEntry) []byte {
 	return buf.Bytes()
 }
 
-func testConfig() Config {
-	return Config{DiskSize: 64 << 20, AgentPath: agentBin}
+func testConfig(t testing.TB) Config {
+	return Config{DiskSize: 64 << 20, AgentPath: agentBin(t)}
 }
 
 // checkAgentInjected verifies the agent binary and the init link.
 func checkAgentInjected(t *testing.T, img, sbin string) {
 	t.Helper()
-	want, err := os.ReadFile(agentBin)
+	want, err := os.ReadFile(agentBin(t))
 	if err != nil {
 		t.Fatal(err)
 	}

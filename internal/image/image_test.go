@@ -36,7 +36,7 @@ func TestBuildFromDir(t *testing.T) {
 	must(os.Chmod(filepath.Join(src, "tmp"), 0o777|os.ModeSticky))
 
 	img := filepath.Join(t.TempDir(), "root.ext4")
-	res, err := Build(context.Background(), testConfig(), Dir(src), img)
+	res, err := Build(context.Background(), testConfig(t), Dir(src), img)
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
@@ -96,7 +96,7 @@ func TestBuildFromTarball(t *testing.T) {
 				t.Fatal(err)
 			}
 			img := filepath.Join(t.TempDir(), "root.ext4")
-			if _, err := build(context.Background(), testConfig(), Tarball(tarPath), img, deferOwners); err != nil {
+			if _, err := build(context.Background(), testConfig(t), Tarball(tarPath), img, deferOwners); err != nil {
 				t.Fatalf("build: %v", err)
 			}
 			fsck(t, img)
@@ -152,7 +152,7 @@ func TestBuildRefusesEscapes(t *testing.T) {
 			tarPath := filepath.Join(t.TempDir(), "evil.tar")
 			os.WriteFile(tarPath, makeTar(t, tt.entries...), 0o644)
 			img := filepath.Join(t.TempDir(), "root.ext4")
-			_, err := Build(context.Background(), testConfig(), Tarball(tarPath), img)
+			_, err := Build(context.Background(), testConfig(t), Tarball(tarPath), img)
 			if !errors.Is(err, ErrUnsafePath) {
 				t.Errorf("got %v, want ErrUnsafePath", err)
 			}
@@ -181,7 +181,7 @@ func TestBuildErrors(t *testing.T) {
 	gzCorrupt := filepath.Join(dir, "corrupt.tar.gz")
 	os.WriteFile(gzCorrupt, []byte{0x1f, 0x8b, 8, 0, 0, 0}, 0o644)
 
-	cfg := testConfig
+	cfg := testConfig(t)
 	tests := []struct {
 		name string
 		cfg  Config
@@ -189,15 +189,15 @@ func TestBuildErrors(t *testing.T) {
 		is   error
 		want string
 	}{
-		{"too large for disk", Config{DiskSize: 32 << 20, AgentPath: agentBin}, Tarball(thirty), ErrTooLarge, "the disk is 32 MiB"},
-		{"content cap", Config{DiskSize: 64 << 20, MaxContentBytes: 1 << 20, AgentPath: agentBin}, Tarball(big), ErrTooLarge, "cap of 1 MiB"},
+		{"too large for disk", Config{DiskSize: 32 << 20, AgentPath: agentBin(t)}, Tarball(thirty), ErrTooLarge, "the disk is 32 MiB"},
+		{"content cap", Config{DiskSize: 64 << 20, MaxContentBytes: 1 << 20, AgentPath: agentBin(t)}, Tarball(big), ErrTooLarge, "cap of 1 MiB"},
 		{"missing agent", Config{DiskSize: 64 << 20, AgentPath: filepath.Join(dir, "nope")}, Tarball(small), ErrBadAgent, "does not exist"},
 		{"no agent", Config{DiskSize: 64 << 20}, Tarball(small), ErrBadAgent, "no agent path"},
 		{"script agent", Config{DiskSize: 64 << 20, AgentPath: notELF}, Tarball(small), ErrBadAgent, "not an ELF"},
 		{"dynamic agent", Config{DiskSize: 64 << 20, AgentPath: "/bin/true"}, Tarball(small), ErrBadAgent, "CGO_ENABLED=0"},
-		{"corrupt tar", cfg(), Tarball(corrupt), ErrBadLayer, "unexpected EOF"},
-		{"corrupt gzip", cfg(), Tarball(gzCorrupt), ErrBadLayer, "gzip"},
-		{"missing tarball", cfg(), Tarball(filepath.Join(dir, "nope.tar")), ErrBadLayer, "no such file"},
+		{"corrupt tar", cfg, Tarball(corrupt), ErrBadLayer, "unexpected EOF"},
+		{"corrupt gzip", cfg, Tarball(gzCorrupt), ErrBadLayer, "gzip"},
+		{"missing tarball", cfg, Tarball(filepath.Join(dir, "nope.tar")), ErrBadLayer, "no such file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -207,7 +207,7 @@ func TestBuildErrors(t *testing.T) {
 			}
 		})
 	}
-	for _, c := range []Config{{DiskSize: 1 << 20, AgentPath: agentBin}, {DiskSize: 64<<20 + 1, AgentPath: agentBin}} {
+	for _, c := range []Config{{DiskSize: 1 << 20, AgentPath: agentBin(t)}, {DiskSize: 64<<20 + 1, AgentPath: agentBin(t)}} {
 		if err := c.Validate(); err == nil {
 			t.Errorf("Validate(%+v) = nil, want an error", c)
 		}

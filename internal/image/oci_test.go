@@ -126,7 +126,7 @@ func TestBuildFromOCILayout(t *testing.T) {
 	testenv.RequireRoot(t)
 	dir := writeLayout(t, layeredImage(t, "amd64"))
 	img := filepath.Join(t.TempDir(), "root.ext4")
-	res, err := Build(context.Background(), testConfig(), OCILayout{Path: dir}, img)
+	res, err := Build(context.Background(), testConfig(t), OCILayout{Path: dir}, img)
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
@@ -144,7 +144,7 @@ func TestBuildFromDockerArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 	img := filepath.Join(t.TempDir(), "root.ext4")
-	res, err := Build(context.Background(), testConfig(), DockerArchive{Path: archive}, img)
+	res, err := Build(context.Background(), testConfig(t), DockerArchive{Path: archive}, img)
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
@@ -161,7 +161,7 @@ func TestBuildFromDockerArchive(t *testing.T) {
 	if err := tarball.WriteToFile(archive, tag, rnd); err != nil {
 		t.Fatal(err)
 	}
-	res, err = Build(context.Background(), testConfig(), DockerArchive{Path: archive, Tag: tag.String()}, img)
+	res, err = Build(context.Background(), testConfig(t), DockerArchive{Path: archive, Tag: tag.String()}, img)
 	if err != nil || res.ContentBytes != 5*4096 {
 		t.Errorf("random image: got %+v, %v; want 5 layers of 4096 bytes", res, err)
 	}
@@ -207,7 +207,7 @@ func TestBuildImageErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Build(context.Background(), testConfig(), tt.src, filepath.Join(t.TempDir(), "out.ext4"))
+			_, err := Build(context.Background(), testConfig(t), tt.src, filepath.Join(t.TempDir(), "out.ext4"))
 			if err == nil || (tt.is != nil && !errors.Is(err, tt.is)) || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("got %v, want %v containing %q", err, tt.is, tt.want)
 			}
