@@ -240,16 +240,19 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	if err := brw.Writer.Flush(); err != nil {
 		e.disconnect()
 	}
+	// Register under mu, which Close takes before it waits: a session is
+	// either seen (and its connection closed) by Close, or refused here.
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		e.disconnect()
 		conn.Close()
-	} else {
-		s.execs[e] = struct{}{}
-		s.mu.Unlock()
+		e.closeParentEnds()
+		return
 	}
+	s.execs[e] = struct{}{}
 	s.wg.Add(1)
+	s.mu.Unlock()
 	go e.run(req)
 }
 
@@ -331,6 +334,11 @@ func (e *execSession) closeParentEnds() {
 // killed; wait for it in the background so it gets reaped and recorded.
 func (e *execSession) abandon() {
 	e.closeParentEnds()
+	e.s.mu.Lock()
+	defer e.s.mu.Unlock()
+	if e.s.closed {
+		return
+	}
 	e.s.wg.Add(1)
 	go func() {
 		defer e.s.wg.Done()
@@ -378,7 +386,8 @@ func (e *execSession) run(req agentapi.ExecRequest) {
 			<-inputDone
 			return
 		}
-		<-e.p.child.done // Close dropped the connection, which killed it
+		e.disconnect() // kills it; its input loop may be stuck on stdin
+		<-e.p.child.done
 	}
 	st := exitStatus(e.p.child.status)
 	st.TimedOut = e.timedOut.Load() && st.Signal == int(unix.SIGKILL)
@@ -445,8 +454,11 @@ func (e *execSession) input(done chan<- struct{}) {
 			if e.stdin == nil {
 				continue // stdin was not asked for; drop
 			}
-			if _, err := e.stdin.Write(p); err != nil {
+			if err := e.writeStdin(p); err != nil {
 				e.closeStdin() // the process closed its stdin; drop the rest
+			}
+			if e.disconnected.Load() {
+				return
 			}
 		case agentapi.FrameStdinClose:
 			e.closeStdin()
@@ -465,6 +477,54 @@ func (e *execSession) input(done chan<- struct{}) {
 			return
 		}
 	}
+}
+
+// stdinPoll is how often a stdin write that the process does not take checks
+// whether the client is still there.
+const stdinPoll = 100 * time.Millisecond
+
+// writeStdin writes p to the process's stdin. While the process does not
+// read, no further frames are read either (that is the backpressure), so a
+// client hanging up would go unnoticed: the write wakes up every stdinPoll
+// to look for the hang-up and treats it as a disconnect.
+func (e *execSession) writeStdin(p []byte) error {
+	for len(p) > 0 {
+		e.stdin.SetWriteDeadline(time.Now().Add(stdinPoll))
+		n, err := e.stdin.Write(p)
+		p = p[n:]
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if peerGone(e.conn) {
+				e.disconnect()
+				return nil
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// peerGone reports whether the other end of conn has hung up, without
+// reading from it.
+func peerGone(conn net.Conn) bool {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	gone := false
+	err = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
+			gone = fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return gone || err != nil
 }
 
 // disconnect marks the client gone. A process not started detached is

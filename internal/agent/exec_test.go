@@ -389,3 +389,28 @@ func TestExecOutputGrace(t *testing.T) {
 		t.Errorf("got %q, %+v, %v; want %q and exit 0", out.String(), st, err, "hi\n")
 	}
 }
+
+// TestExecDisconnectWhileStdinBlocked: a process that does not read its
+// stdin stalls the agent's frame reading (backpressure); a client hanging up
+// then must still kill it.
+func TestExecDisconnectWhileStdinBlocked(t *testing.T) {
+	h := start(t, agent.Config{})
+	e, err := h.client.Start(ctxT(t), agentapi.ExecRequest{Argv: []string{"sleep", "100"}, Stdin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := make(chan struct{})
+	go func() {
+		defer close(written)
+		chunk := make([]byte, 1<<20)
+		for range 64 { // far beyond pipe and socket buffers
+			if _, err := e.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // let the buffers fill
+	e.Close()
+	<-written
+	waitGone(t, e.PID())
+}
