@@ -40,6 +40,11 @@ type stager struct {
 	deferOwners bool
 	owners      map[string]owner // "/path" → owner, when deferOwners
 	devices     map[string]device
+	// modes holds full st_mode values (type bits included) that the
+	// builder could not stage as they are, when deferOwners: files and
+	// directories are staged with the owner's read/write(/search) bits
+	// added, so that later layers and mkfs can get at them.
+	modes map[string]uint32
 
 	layer map[string]bool // paths written by the current layer
 }
@@ -69,6 +74,7 @@ func newStager(dir string, maxContent int64, deferOwners bool) (*stager, error) 
 		deferOwners: deferOwners,
 		owners:      make(map[string]owner),
 		devices:     make(map[string]device),
+		modes:       make(map[string]uint32),
 	}, nil
 }
 
@@ -292,7 +298,23 @@ func (st *stager) setMeta(rel string, hdr *tar.Header) error {
 	if hdr.Typeflag == tar.TypeSymlink {
 		return nil // Linux ignores symlink modes; chmod would follow it
 	}
-	if err := st.root.Chmod(rel, tarMode(hdr.Mode)); err != nil {
+	mode := tarMode(hdr.Mode)
+	if st.deferOwners {
+		need, kind := os.FileMode(0o600), uint32(0o100000) // S_IFREG
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			need, kind = 0o700, 0o040000 // S_IFDIR
+		case tar.TypeFifo:
+			need, kind = 0, 0o010000 // S_IFIFO
+		}
+		if mode&need != need {
+			st.modes["/"+rel] = kind | uint32(hdr.Mode&0o7777)
+			mode |= need
+		} else {
+			delete(st.modes, "/"+rel)
+		}
+	}
+	if err := st.root.Chmod(rel, mode); err != nil {
 		return rootErr("setting mode of", rel, err)
 	}
 	if !hdr.ModTime.IsZero() {
@@ -335,6 +357,11 @@ func (st *stager) remove(rel string) error {
 	for k := range st.devices {
 		if k == p || strings.HasPrefix(k, p+"/") {
 			delete(st.devices, k)
+		}
+	}
+	for k := range st.modes {
+		if k == p || strings.HasPrefix(k, p+"/") {
+			delete(st.modes, k)
 		}
 	}
 	return nil

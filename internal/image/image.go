@@ -9,8 +9,11 @@
 //
 // Ownership and modes are preserved. Run as root, the staging tree carries
 // them and mkfs copies them. Run as another user, files are staged as that
-// user and the recorded owners, and device nodes, are written into the
-// finished image with debugfs, so the result is the same.
+// user (with the owner's read and write bits added where the image lacks
+// them, so later layers and mkfs can get at them) and the recorded owners,
+// modes and device nodes are written into the finished image with debugfs,
+// so the result is the same; only extended attributes (file capabilities)
+// are lost.
 package image
 
 import (

@@ -108,13 +108,17 @@ func debugfsScript(st *stager) ([]byte, error) {
 		if !ok {
 			o = owner{0, 0}
 		}
-		if o.uid == uid && o.gid == gid {
+		mode, fixMode := st.modes[p]
+		if o.uid == uid && o.gid == gid && !fixMode {
 			return nil
 		}
 		if err := debugfsSafe(p); err != nil {
 			return err
 		}
 		fmt.Fprintf(&b, "sif \"%s\" uid %d\nsif \"%s\" gid %d\n", p, o.uid, p, o.gid)
+		if fixMode {
+			fmt.Fprintf(&b, "sif \"%s\" mode 0%o\n", p, mode)
+		}
 		return nil
 	})
 	if err != nil {
