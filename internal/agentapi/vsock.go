@@ -2,8 +2,10 @@ package agentapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -48,6 +50,9 @@ func vsockHandshake(ctx context.Context, conn net.Conn, port uint32) error {
 	defer stop()
 
 	if _, err := fmt.Fprintf(conn, "CONNECT %d\n", port); err != nil {
+		if err := timeoutErr(ctx, err); err != nil {
+			return err
+		}
 		return Errorf(KindUnavailable, "writing CONNECT: %v", err)
 	}
 	// Read byte by byte: whatever follows the newline belongs to the stream.
@@ -55,8 +60,8 @@ func vsockHandshake(ctx context.Context, conn net.Conn, port uint32) error {
 	var b [1]byte
 	for {
 		if _, err := conn.Read(b[:]); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+			if err := timeoutErr(ctx, err); err != nil {
+				return err
 			}
 			if len(line) == 0 {
 				return Errorf(KindUnavailable, "the VMM closed the connection without a reply (%v): is the agent listening on guest port %d?", err, port)
@@ -76,6 +81,23 @@ func vsockHandshake(ctx context.Context, conn net.Conn, port uint32) error {
 	}
 	stop()
 	return conn.SetDeadline(time.Time{})
+}
+
+// timeoutErr explains an I/O error caused by the handshake's deadline: the
+// context's own error when the context ended (its deadline can pass a moment
+// before ctx.Err reports it), else VsockHandshakeTimeout. Other errors give
+// nil.
+func timeoutErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return Errorf(KindUnavailable, "no reply within %v", VsockHandshakeTimeout)
 }
 
 // parseVsockOK accepts "OK <port>" with a decimal port.
