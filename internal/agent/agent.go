@@ -210,6 +210,7 @@ func (s *Server) health() agentapi.Health {
 	s.mu.Unlock()
 	h, _ := s.cfg.System.Hostname()
 	return agentapi.Health{
+		Protocol:    agentapi.ProtocolVersion,
 		Version:     s.cfg.Version,
 		Initialized: n > 0,
 		InitCount:   n,

@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -22,7 +23,7 @@ func TestHealthAndInit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hl.Version != "v-test" || hl.Initialized || hl.PID != os.Getpid() || hl.Hostname != "before" {
+	if hl.Protocol != agentapi.ProtocolVersion || hl.Version != "v-test" || hl.Initialized || hl.PID != os.Getpid() || hl.Hostname != "before" {
 		t.Errorf("Health before init: got %+v", hl)
 	}
 	now := time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC)
@@ -172,5 +173,48 @@ func TestAcceptSurvivesErrors(t *testing.T) {
 	s.Close()
 	if err := <-served; err != nil {
 		t.Errorf("Serve after Close: got %v, want nil", err)
+	}
+}
+
+// TestWaitReady polls an agent that starts listening only later, as after a
+// boot or restore.
+func TestWaitReady(t *testing.T) {
+	dir, err := os.MkdirTemp("", "agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := dir + "/late.sock"
+	c := agentapi.NewClient(agentapi.UnixDialer(sock))
+	defer c.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	_, err = c.WaitReady(ctx, 5*time.Millisecond)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "last error") {
+		t.Errorf("WaitReady with no agent: got %v, want a deadline error with the last failure", err)
+	}
+
+	s, err := agent.New(agent.Config{System: &recordingSystem{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			served <- err
+			return
+		}
+		served <- s.Serve(ln)
+	}()
+	h, err := c.WaitReady(ctxT(t), 5*time.Millisecond)
+	if err != nil || h.Protocol != agentapi.ProtocolVersion {
+		t.Errorf("WaitReady: got %+v, %v", h, err)
+	}
+	s.Close()
+	if err := <-served; err != nil {
+		t.Errorf("Serve: %v", err)
 	}
 }

@@ -47,8 +47,16 @@ const (
 	HeaderExecPID = "Thaw-Exec-Pid"
 )
 
+// ProtocolVersion is the version of this protocol the agent speaks. It
+// grows when a request gains a field: the agent refuses fields it does not
+// know (a typo must not be ignored), and agents live on inside old template
+// snapshots, so thawd checks Health.Protocol before sending newer fields.
+const ProtocolVersion = 1
+
 // Health is the agent's answer to GET /health and POST /init.
 type Health struct {
+	// Protocol is the agent's ProtocolVersion.
+	Protocol int `json:"protocol"`
 	// Version is the agent's build version.
 	Version string `json:"version"`
 	// Initialized reports whether POST /init has succeeded since start.

@@ -75,6 +75,26 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 	return h, c.do(ctx, http.MethodGet, "/health", nil, nil, &h)
 }
 
+// WaitReady polls Health until the agent answers or ctx ends, dropping idle
+// connections first (after a restore they are dead). Use it after booting or
+// restoring a VM, before Init.
+func (c *Client) WaitReady(ctx context.Context, interval time.Duration) (Health, error) {
+	c.tr.CloseIdleConnections()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		h, err := c.Health(ctx)
+		if err == nil {
+			return h, nil
+		}
+		select {
+		case <-ctx.Done():
+			return Health{}, fmt.Errorf("waiting for the agent: %w (last error: %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}
+
 // Init sends the post-restore initialisation.
 func (c *Client) Init(ctx context.Context, req InitRequest) (Health, error) {
 	var h Health
