@@ -91,10 +91,9 @@ type Server struct {
 	http   *http.Server
 
 	mu       sync.Mutex
-	defaults initState // guarded by mu
-	initN    uint64    // guarded by mu
-	closed   bool      // guarded by mu
-	lns      []net.Listener
+	defaults initState                 // guarded by mu
+	initN    uint64                    // guarded by mu
+	closed   bool                      // guarded by mu
 	execs    map[*execSession]struct{} // guarded by mu
 
 	closing chan struct{}  // closed when Close starts
@@ -160,7 +159,6 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		return errors.New("serving: server is closed")
 	}
-	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
 	err := s.http.Serve(&retryListener{Listener: ln, log: s.log})
 	if errors.Is(err, http.ErrServerClosed) {

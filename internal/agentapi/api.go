@@ -22,6 +22,9 @@
 // Errors are JSON Error bodies with a Kind that maps to one HTTP status
 // (StatusForKind), so callers can branch on errors.Is(err, ErrNotFound).
 //
+// File operations run with the agent's privileges (root in a guest); a
+// request's user only decides who owns what it creates.
+//
 // Exec upgrades the connection (Upgrade: thaw-exec) so that stdin, stdout,
 // stderr, signals and the exit status can flow both ways at once as frames;
 // the request is validated and the process started before the 101, so a bad
