@@ -203,6 +203,16 @@ func (st *stager) applyEntry(hdr *tar.Header, r io.Reader, whiteouts bool) error
 		if err := st.root.Link(target, rel); err != nil {
 			return rootErr(fmt.Sprintf("hard-linking to /%s as", target), rel, err)
 		}
+		if st.deferOwners {
+			// Same inode: debugfs must give the link's path the
+			// target's owner and mode, not the builder's defaults.
+			if o, ok := st.owners["/"+target]; ok {
+				st.owners["/"+rel] = o
+			}
+			if m, ok := st.modes["/"+target]; ok {
+				st.modes["/"+rel] = m
+			}
+		}
 		st.layer[rel] = true
 		st.entries++
 		return nil // shares the target's inode and metadata

@@ -66,6 +66,8 @@ func TestBuildAsNonRoot(t *testing.T) {
 		tarEntry{name: "root/.profile", typ: tar.TypeReg, body: "p", mode: 0o600},
 		tarEntry{name: "usr/bin/su", typ: tar.TypeReg, body: "su", mode: 0o4755},
 		tarEntry{name: "home/u/", typ: tar.TypeDir, mode: 0o750, uid: 1000, gid: 1000},
+		tarEntry{name: "home/u/a", typ: tar.TypeReg, body: "shared", mode: 0o400, uid: 1000, gid: 1000},
+		tarEntry{name: "home/u/b", typ: tar.TypeLink, link: "home/u/a"}, // same inode: same owner and mode
 		tarEntry{name: "dev/null", typ: tar.TypeChar, mode: 0o666, major: 1, minor: 3},
 		tarEntry{name: "dev/sda", typ: tar.TypeBlock, mode: 0o660, gid: 6, major: 8, minor: 0},
 	), 0o644))
@@ -89,6 +91,8 @@ func TestBuildAsNonRoot(t *testing.T) {
 		{"/root/.profile", inode{typ: "regular", mode: 0o600, size: 1, links: 1}},
 		{"/usr/bin/su", inode{typ: "regular", mode: 0o4755, size: 2, links: 1}},
 		{"/home/u", inode{typ: "directory", mode: 0o750, uid: 1000, gid: 1000}},
+		{"/home/u/a", inode{typ: "regular", mode: 0o400, uid: 1000, gid: 1000, size: 6, links: 2}},
+		{"/home/u/b", inode{typ: "regular", mode: 0o400, uid: 1000, gid: 1000, size: 6, links: 2}},
 		{"/dev/null", inode{typ: "character special", mode: 0o666, links: 1, major: 1, minor: 3}},
 		{"/dev/sda", inode{typ: "block special", mode: 0o660, gid: 6, links: 1, major: 8, minor: 0}},
 		{"/", inode{typ: "directory", mode: 0o755}},
