@@ -471,30 +471,41 @@ func TestVMMAPINeverAnswers(t *testing.T) {
 // TestVMMCrashIsKept: a VMM that dies on its own is recorded with its
 // signal, in the status and the status file, until collected.
 func TestVMMCrashIsKept(t *testing.T) {
-	ctx := testCtx(t)
-	v := newVM(t, fakeSpec{}, func(c *shim.Config) { c.Pages, c.MemFile, c.Prefetch = shim.PagesNone, "", false })
-	h := v.start(ctx)
-	if err := crashFake(ctx, h.APISocket); err != nil {
-		t.Fatal(err)
+	for _, tt := range []struct {
+		how  string
+		want shim.ExitStatus
+	}{
+		{"crash", shim.ExitStatus{Signal: int(syscall.SIGKILL), SignalName: "SIGKILL"}},
+		{"exit/5", shim.ExitStatus{Code: 5}},
+		{"exit/0", shim.ExitStatus{Code: 0}},
+	} {
+		t.Run(tt.how, func(t *testing.T) {
+			ctx := testCtx(t)
+			v := newVM(t, fakeSpec{}, func(c *shim.Config) { c.Pages, c.MemFile, c.Prefetch = shim.PagesNone, "", false })
+			h := v.start(ctx)
+			if err := endFake(ctx, h.APISocket, tt.how); err != nil {
+				t.Fatal(err)
+			}
+			st, err := h.Wait(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.State != shim.StateVMMExited || st.Stopped || st.Exit == nil || *st.Exit != tt.want {
+				t.Errorf("status: got %s, stopped %t, exit %+v; want vmm-exited with %+v, not stopped", st.State, st.Stopped, st.Exit, tt.want)
+			}
+			// Still there for a thawd that asks later, by socket or by file.
+			time.Sleep(100 * time.Millisecond)
+			again, err := h.Status(ctx)
+			if err != nil || again.Exit == nil || *again.Exit != tt.want {
+				t.Errorf("status later: got %+v, %v; want the exit kept", again, err)
+			}
+			file, err := shim.ReadStatusFile(v.cfg.Dir)
+			if err != nil || !file.Done || file.Exit == nil || *file.Exit != tt.want {
+				t.Errorf("status file: got %+v, %v; want done with the exit", file, err)
+			}
+			v.finish(ctx, h)
+		})
 	}
-	st, err := h.Wait(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.State != shim.StateVMMExited || st.Stopped || st.Exit == nil || st.Exit.SignalName != "SIGKILL" {
-		t.Errorf("status: got %s, stopped %t, exit %v; want vmm-exited by SIGKILL, not stopped", st.State, st.Stopped, st.Exit)
-	}
-	// Still there for a thawd that asks later, by socket or by file.
-	time.Sleep(100 * time.Millisecond)
-	again, err := h.Status(ctx)
-	if err != nil || again.Exit == nil || again.Exit.SignalName != "SIGKILL" {
-		t.Errorf("status later: got %+v, %v; want the exit kept", again, err)
-	}
-	file, err := shim.ReadStatusFile(v.cfg.Dir)
-	if err != nil || !file.Done || file.Exit == nil || file.Exit.SignalName != "SIGKILL" {
-		t.Errorf("status file: got %+v, %v; want done with the exit", file, err)
-	}
-	v.finish(ctx, h)
 }
 
 // TestStopVMMIgnoringSIGTERM: stop waits the grace period, then kills.
