@@ -106,6 +106,13 @@ func (d *Driver) Alloc(n, align uint64) uint64 {
 	return a
 }
 
+// Mark returns the allocator's position, for Release.
+func (d *Driver) Mark() uint64 { return d.next }
+
+// Release frees everything allocated since Mark returned m. Only buffers
+// the device no longer holds may be released.
+func (d *Driver) Release(m uint64) { d.next = m }
+
 // Bytes returns guest RAM at gpa, failing the test if it is outside RAM.
 func (d *Driver) Bytes(gpa, n uint64) []byte {
 	d.T.Helper()
