@@ -102,7 +102,7 @@ const ramBase = 0x10000
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	r := &rig{dev: &echoDev{}, mem: virtiotest.NewMem(ramBase, 1<<20), irq: virtiotest.NewIRQ()}
+	r := &rig{dev: &echoDev{}, mem: virtiotest.NewMem(t, ramBase, 1<<20), irq: virtiotest.NewIRQ()}
 	r.mmio = NewMMIO(r.dev, r.mem, r.irq, discard())
 	r.drv = virtiotest.NewDriver(t, r.mmio, r.mem, r.irq)
 	t.Cleanup(func() {

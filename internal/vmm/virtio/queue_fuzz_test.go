@@ -29,7 +29,7 @@ func FuzzChainWalk(f *testing.F) {
 	le.PutUint16(loop[28:], abi.DescFNext)
 	f.Add(loop, false)
 	f.Fuzz(func(t *testing.T, ram []byte, indirect bool) {
-		mem := virtiotest.NewMem(ramBase, 4096)
+		mem := virtiotest.NewMem(t, ramBase, 4096)
 		copy(mem.Bytes, ram)
 		q := &Queue{mem: mem, size: size, desc: ramBase, avail: ramBase + 0x80, used: ramBase + 0xc0,
 			indirect: indirect, signal: func(*Queue) {}}

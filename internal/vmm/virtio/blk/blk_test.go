@@ -52,7 +52,7 @@ func newRig(t testing.TB, cfg Config, features uint64) *rig {
 		t.Fatal(err)
 	}
 	r.dev = dev
-	mem := virtiotest.NewMem(0x100000, 4<<20)
+	mem := virtiotest.NewMem(t, 0x100000, 4<<20)
 	irq := virtiotest.NewIRQ()
 	r.mmio = virtio.NewMMIO(dev, mem, irq, discard())
 	t.Cleanup(func() {
@@ -136,7 +136,7 @@ func TestReadWriteFlushID(t *testing.T) {
 	if got := r.file(t)[10*512 : 12*512]; !bytes.Equal(got, data) {
 		t.Error("write did not reach the file")
 	}
-	if got := r.file(t)[12*512:]; !bytes.Equal(got, pattern(sectors*512)[12*512:]) {
+	if got := r.file(t)[12*512:]; !bytes.Equal(got, pattern(sectors * 512)[12*512:]) {
 		t.Error("write touched bytes past its sectors")
 	}
 
