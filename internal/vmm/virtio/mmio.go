@@ -38,6 +38,7 @@ type MMIO struct {
 	devFeats  uint64
 	isr       atomic.Uint32
 	needReset atomic.Bool
+	configGen atomic.Uint32
 
 	mu sync.Mutex
 	// guarded by mu
@@ -48,7 +49,6 @@ type MMIO struct {
 	queueSel   uint32
 	queues     []queueConfig
 	live       []*Queue // non-nil while activated
-	configGen  uint32
 	closed     bool
 }
 
@@ -115,7 +115,7 @@ func (m *MMIO) readReg(offset uint64) uint32 {
 		}
 		return s
 	case abi.MMIOConfigGeneration:
-		return m.configGen
+		return m.configGen.Load()
 	case abi.MMIOSHMLenLow, abi.MMIOSHMLenHigh, abi.MMIOSHMBaseLow, abi.MMIOSHMBaseHigh:
 		return ^uint32(0) // no shared memory regions (spec 4.2.2)
 	case abi.MMIOQueueReset:
@@ -259,7 +259,7 @@ func (m *MMIO) writeStatusLocked(v uint32) {
 		}
 		m.status = v
 		if err := m.activateLocked(nil); err != nil {
-			m.failLocked(fmt.Errorf("activating: %w", err))
+			m.fail(fmt.Errorf("activating: %w", err))
 		}
 		return
 	}
@@ -349,22 +349,17 @@ func (m *MMIO) resetLocked() {
 	m.needReset.Store(false)
 }
 
-// fail is the device's NeedsReset callback.
+// fail is the device's NeedsReset callback: DEVICE_NEEDS_RESET plus a
+// configuration change notification (spec 2.1.2). It is only called once
+// DRIVER_OK is set, and takes no lock, because devices call it from
+// goroutines that Reset (called with mu held) waits for.
 func (m *MMIO) fail(err error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.failLocked(err)
-}
-
-func (m *MMIO) failLocked(err error) {
 	m.log.Warn("virtio-mmio: device needs reset", "device", m.dev.DeviceID(), "err", err)
 	if m.needReset.Swap(true) {
 		return
 	}
-	if m.status&abi.StatusDriverOK != 0 {
-		m.configGen++
-		m.raise(abi.InterruptConfigChange)
-	}
+	m.configGen.Add(1)
+	m.raise(abi.InterruptConfigChange)
 }
 
 func (m *MMIO) usedBuffer(*Queue) { m.raise(abi.InterruptUsedBuffer) }

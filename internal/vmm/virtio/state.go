@@ -47,7 +47,7 @@ func (m *MMIO) State() State {
 		DriverFeatures:    m.drvFeats,
 		QueueSel:          m.queueSel,
 		InterruptStatus:   m.isr.Load(),
-		ConfigGeneration:  m.configGen,
+		ConfigGeneration:  m.configGen.Load(),
 		Queues:            make([]QueueState, len(m.queues)),
 	}
 	for i, c := range m.queues {
@@ -83,7 +83,8 @@ func RestoreMMIO(dev Device, mem Memory, irq Interrupt, log *slog.Logger, st Sta
 	defer m.mu.Unlock()
 	m.status = st.Status
 	m.devFeatSel, m.drvFeatSel, m.drvFeats = st.DeviceFeaturesSel, st.DriverFeaturesSel, st.DriverFeatures
-	m.queueSel, m.configGen = st.QueueSel, st.ConfigGeneration
+	m.queueSel = st.QueueSel
+	m.configGen.Store(st.ConfigGeneration)
 	m.isr.Store(st.InterruptStatus)
 	m.needReset.Store(st.NeedsReset)
 	for i, q := range st.Queues {

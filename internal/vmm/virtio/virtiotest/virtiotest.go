@@ -326,6 +326,12 @@ func (q *Queue) AddIndirect(bufs ...Buf) (uint16, bool) {
 	return id, true
 }
 
+// Outstanding reports whether chain head was added and not yet used.
+func (q *Queue) Outstanding(head uint16) bool {
+	_, ok := q.chains[head]
+	return ok
+}
+
 // Kick notifies the device that the queue has new buffers.
 func (q *Queue) Kick() { q.d.Write32(abi.MMIOQueueNotify, uint32(q.Index)) }
 
