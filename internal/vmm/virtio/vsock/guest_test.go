@@ -400,10 +400,14 @@ func (g *guest) Dial(port uint32) (*gconn, error) {
 	}
 }
 
-// Write queues p for sending.
+// Write queues p for sending, blocking while a send buffer's worth is
+// already queued, as a socket does.
 func (c *gconn) Write(p []byte) (int, error) {
 	g := c.g
 	g.mu.Lock()
+	for len(c.wbuf) >= 256<<10 && c.state == gEstablished && !c.rst {
+		g.cond.Wait()
+	}
 	if c.state != gEstablished || c.shutFlags != 0 {
 		g.mu.Unlock()
 		return 0, errors.New("write on a closed connection")

@@ -378,14 +378,15 @@ func (w *worker) queueRST(h header) {
 }
 
 // maybeCreditUpdate tells the guest about freed buffer space when it asked,
-// or when the space it knows of has dropped below one full packet.
+// or when the space it knows of has dropped below half the buffer: early
+// enough that a sending guest never runs dry while the update travels.
 func (w *worker) maybeCreditUpdate(c *conn, asked bool) {
 	fwd := c.fwdCnt.Load()
 	if c.updateQueued || c.closed {
 		return
 	}
 	knownFree := bufAlloc - (c.rxCnt - c.advertisedFwd)
-	if asked || (fwd != c.advertisedFwd && knownFree < maxPayload) {
+	if asked || (fwd != c.advertisedFwd && knownFree < bufAlloc/2) {
 		c.updateQueued = true
 		w.queueCtrl(c, abi.VsockOpCreditUpdate, 0)
 	}
