@@ -19,8 +19,10 @@
 //   - The VMM calls MMIO.Close once, after its vCPUs have stopped; Close stops
 //     every goroutine the device started and releases its host resources
 //     (files, sockets). Nothing must call Read or Write after Close.
-//   - Snapshots: MMIO.State after the vCPUs are paused; RestoreMMIO rebuilds a
-//     transport (and re-activates its device) from that State.
+//   - Snapshots: pause the vCPUs, call MMIO.Pause (devices with their own
+//     goroutines stop touching guest memory), save MMIO.State and the
+//     device's State, then MMIO.Resume if the VM carries on. RestoreMMIO
+//     rebuilds a transport (and re-activates its device) from a State.
 //
 // Guest memory is only reached through Memory.Slice and read or written with
 // encoding/binary at the spec's offsets (abi/virtio); no Go struct is ever
@@ -74,6 +76,15 @@ type Device interface {
 	Reset()
 	// Close releases the device's host resources and stops its goroutines.
 	Close() error
+}
+
+// Pauser is implemented by devices that touch guest memory outside vCPU
+// threads (vsock's event loop). MMIO.Pause and MMIO.Resume call it.
+type Pauser interface {
+	// Pause stops all device activity on guest memory and the queues.
+	Pause()
+	// Resume undoes Pause.
+	Resume()
 }
 
 // Activation is what a device gets when the driver finishes initialisation.

@@ -49,6 +49,7 @@ type MMIO struct {
 	queueSel   uint32
 	queues     []queueConfig
 	live       []*Queue // non-nil while activated
+	paused     bool     // Pause called, Resume not yet
 	closed     bool
 }
 
@@ -343,6 +344,7 @@ func (m *MMIO) resetLocked() {
 		m.dev.Reset()
 		m.live = nil
 	}
+	m.paused = false
 	m.status, m.devFeatSel, m.drvFeatSel, m.drvFeats, m.queueSel = 0, 0, 0, 0, 0
 	clear(m.queues)
 	m.isr.Store(0)
@@ -385,6 +387,28 @@ func (m *MMIO) notify(v uint32) {
 		m.guestError("notification for a queue that is not enabled", "queue", v)
 	default:
 		m.dev.Notify(int(v))
+	}
+}
+
+// Pause stops the device's own activity on guest memory (see Pauser) so
+// that State and the guest memory it describes hold still. Devices that
+// work only on vCPU threads need nothing: the paused vCPUs stop them.
+func (m *MMIO) Pause() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p, ok := m.dev.(Pauser); ok && m.live != nil && !m.paused {
+		p.Pause()
+		m.paused = true
+	}
+}
+
+// Resume undoes Pause.
+func (m *MMIO) Resume() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p, ok := m.dev.(Pauser); ok && m.paused {
+		m.paused = false
+		p.Resume()
 	}
 }
 

@@ -36,13 +36,17 @@ type Device struct {
 
 	mu sync.Mutex
 	// guarded by mu
-	w            *worker // running event loop, nil when not activated
-	resetPending bool    // send TRANSPORT_RESET at the next activation
+	w            *worker            // running event loop, nil when not activated
+	paused       *virtio.Activation // the activation to resume, while paused
+	resetPending bool               // send TRANSPORT_RESET at the next activation
 	handshakes   map[*net.UnixConn]struct{}
 	closed       bool
 }
 
-var _ virtio.Device = (*Device)(nil)
+var (
+	_ virtio.Device = (*Device)(nil)
+	_ virtio.Pauser = (*Device)(nil)
+)
 
 // New binds cfg.UDSPath and returns the device. The socket file must not
 // exist yet.
@@ -103,14 +107,49 @@ func (d *Device) Activate(a virtio.Activation) error {
 	if d.closed {
 		return errors.New("virtio-vsock: device closed")
 	}
-	if d.w != nil {
+	if d.w != nil || d.paused != nil {
 		return errors.New("virtio-vsock: already active")
 	}
+	d.startLocked(a)
+	return nil
+}
+
+func (d *Device) startLocked(a virtio.Activation) {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.w = newWorker(d, a, d.resetPending, cancel)
 	d.resetPending = false
 	go d.w.run(ctx)
-	return nil
+}
+
+// Pause implements virtio.Pauser. It stops the event loop so that guest
+// memory and the queues hold still for a snapshot. Live connections are
+// reset (as Firecracker does when it saves a vsock device): their state
+// lives in host sockets a snapshot cannot hold. Resume restarts the loop
+// and tells the guest with a TRANSPORT_RESET event.
+func (d *Device) Pause() {
+	d.mu.Lock()
+	w := d.w
+	d.w = nil
+	if w != nil {
+		d.paused = &w.act
+		d.resetPending = true
+	}
+	d.mu.Unlock()
+	if w != nil {
+		w.stop()
+	}
+}
+
+// Resume implements virtio.Pauser.
+func (d *Device) Resume() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.paused == nil || d.closed {
+		return
+	}
+	a := *d.paused
+	d.paused = nil
+	d.startLocked(a)
 }
 
 // Notify implements virtio.Device: it wakes the event loop.
@@ -129,6 +168,8 @@ func (d *Device) Reset() {
 	d.mu.Lock()
 	w := d.w
 	d.w = nil
+	d.paused = nil
+	d.resetPending = false
 	d.mu.Unlock()
 	if w != nil {
 		w.stop()

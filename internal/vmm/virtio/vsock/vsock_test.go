@@ -570,8 +570,10 @@ func TestRestoreSendsTransportReset(t *testing.T) {
 	if b, _ := r.ReadByte(); b != 'x' {
 		t.Fatalf("echo before snapshot: %q", b)
 	}
-	// Snapshot: pause the guest, save both states, tear the VMM down.
+	// Snapshot: pause the guest and the device, save both states, tear
+	// the VMM down.
 	g.shutdown()
+	m.Pause()
 	mst, dst := m.State(), dev.State()
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
@@ -647,6 +649,55 @@ func TestRestoreSendsTransportReset(t *testing.T) {
 		t.Fatalf("handshake after restore %q", line)
 	}
 	roundTrip(t, c2, r2, payload(9, 100<<10))
+}
+
+// TestPauseResume pauses the device as a snapshot does and resumes the
+// same VM: live connections are reset, the guest hears TRANSPORT_RESET,
+// and new connections work.
+func TestPauseResume(t *testing.T) {
+	dev, path := newDevice(t)
+	mem := virtiotest.NewMem(t, 0x100000, 16<<20)
+	irq := virtiotest.NewIRQ()
+	m := virtio.NewMMIO(dev, mem, irq, discard())
+	defer m.Close()
+	g := startGuest(t, m, mem, irq, defaultGuestBuf, smallRxBuf, true)
+	defer g.shutdown()
+	accepted := g.Listen(52)
+	go func() {
+		for c := range accepted {
+			go echoErr(c)
+		}
+	}()
+	c, r, line := hostConnect(t, path, 52)
+	if !strings.HasPrefix(line, "OK ") {
+		t.Fatalf("handshake %q", line)
+	}
+	m.Pause()
+	waitEOF := func() error {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := r.ReadByte()
+		return err
+	}
+	if err := waitEOF(); err == nil || os.IsTimeout(err) {
+		t.Errorf("host connection after Pause: read error %v, want it closed", err)
+	}
+	before := m.State()
+	m.Resume()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(g.Events()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ev := g.Events(); len(ev) != 1 || ev[0] != abi.VsockEventTransportReset {
+		t.Fatalf("events after resume: %v, want one TRANSPORT_RESET", ev)
+	}
+	if got := m.State(); got.Queues[abi.VsockQueueEvent].NextUsed != before.Queues[abi.VsockQueueEvent].NextUsed+1 {
+		t.Errorf("event queue used index %d, want %d", got.Queues[abi.VsockQueueEvent].NextUsed, before.Queues[abi.VsockQueueEvent].NextUsed+1)
+	}
+	c2, r2, line := hostConnect(t, path, 52)
+	if !strings.HasPrefix(line, "OK ") {
+		t.Fatalf("handshake after resume %q", line)
+	}
+	roundTrip(t, c2, r2, payload(11, 300<<10))
 }
 
 func TestConfig(t *testing.T) {

@@ -56,6 +56,7 @@ type ctrlPkt struct {
 // "owned by run" is touched only by the run goroutine.
 type worker struct {
 	d          *Device
+	act        virtio.Activation
 	log        *slog.Logger
 	guestCID   uint64
 	rx, tx, ev *virtio.Queue
@@ -83,7 +84,7 @@ type worker struct {
 
 func newWorker(d *Device, a virtio.Activation, resetEvent bool, cancel context.CancelFunc) *worker {
 	return &worker{
-		d: d, log: d.log, guestCID: d.cfg.GuestCID,
+		d: d, act: a, log: d.log, guestCID: d.cfg.GuestCID,
 		rx: a.Queues[abi.VsockQueueRX], tx: a.Queues[abi.VsockQueueTX], ev: a.Queues[abi.VsockQueueEvent],
 		needsReset: a.NeedsReset, cancel: cancel,
 		done: make(chan struct{}), wake: make(chan struct{}, 1),
