@@ -53,10 +53,10 @@ type MMIO struct {
 	closed     bool
 }
 
-// NewMMIO wraps dev in a virtio-mmio transport. log receives one line per
-// guest misprogramming the transport notices.
+// NewMMIO wraps dev in a virtio-mmio transport. log receives a line for
+// each guest misprogramming the transport notices, rate-limited (LimitLogs).
 func NewMMIO(dev Device, mem Memory, irq Interrupt, log *slog.Logger) *MMIO {
-	m := &MMIO{dev: dev, mem: mem, irq: irq, log: log, maxSizes: dev.QueueMaxSizes()}
+	m := &MMIO{dev: dev, mem: mem, irq: irq, log: LimitLogs(log), maxSizes: dev.QueueMaxSizes()}
 	m.devFeats = (dev.Features() | 1<<abi.FVersion1) & offerable
 	m.queues = make([]queueConfig, len(m.maxSizes))
 	return m

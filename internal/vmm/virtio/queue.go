@@ -142,15 +142,6 @@ func (q *Queue) read16(gpa uint64) (uint16, error) {
 	return le.Uint16(b), nil
 }
 
-// Pending reports whether the driver has made chains available that the
-// device has not popped yet.
-func (q *Queue) Pending() (bool, error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	n, err := q.availableLocked()
-	return n > 0, err
-}
-
 func (q *Queue) availableLocked() (uint16, error) {
 	idx, err := q.read16(q.avail + abi.AvailOffIdx)
 	if err != nil {

@@ -59,7 +59,7 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("drive %q: %s is not a regular file; only plain file drives are supported", cfg.ID, cfg.Path)
 	}
-	d := &Device{cfg: cfg, log: log.With("drive", cfg.ID), file: f, sectors: uint64(fi.Size()) / abi.BlkSectorSize}
+	d := &Device{cfg: cfg, log: virtio.LimitLogs(log.With("drive", cfg.ID)), file: f, sectors: uint64(fi.Size()) / abi.BlkSectorSize}
 	if rem := fi.Size() % abi.BlkSectorSize; rem != 0 {
 		d.log.Warn("virtio-blk: drive size is not a multiple of 512; the last partial sector is not visible to the guest",
 			"path", cfg.Path, "size", fi.Size())

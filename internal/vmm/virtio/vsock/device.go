@@ -61,7 +61,7 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening on vsock uds_path: %w", err)
 	}
-	d := &Device{cfg: cfg, log: log.With("guest_cid", cfg.GuestCID), ln: ln, handshakes: map[*net.UnixConn]struct{}{}}
+	d := &Device{cfg: cfg, log: virtio.LimitLogs(log.With("guest_cid", cfg.GuestCID)), ln: ln, handshakes: map[*net.UnixConn]struct{}{}}
 	d.wg.Add(1)
 	go d.accept()
 	return d, nil

@@ -80,6 +80,4 @@ func checkTX(h header, guestCID uint64, avail uint64) error {
 	return nil
 }
 
-func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
-
 func itoa(v uint32) string { return strconv.FormatUint(uint64(v), 10) }

@@ -1,6 +1,8 @@
 package vsock
 
 import (
+	"fmt"
+
 	abi "github.com/thawvm/thaw/internal/abi/virtio"
 	"github.com/thawvm/thaw/internal/vmm/virtio"
 )
@@ -155,7 +157,7 @@ func (w *worker) fillRX() {
 			break
 		}
 		if ch.Readable() != 0 || ch.Writable() < abi.VsockHdrSize {
-			w.fail(errorf("receive buffer %d has %d readable and %d writable bytes; want only writable, at least %d",
+			w.fail(fmt.Errorf("receive buffer %d has %d readable and %d writable bytes; want only writable, at least %d",
 				ch.Head, ch.Readable(), ch.Writable(), abi.VsockHdrSize))
 			break
 		}
@@ -242,7 +244,7 @@ func (w *worker) sendResetEvent() {
 		return
 	}
 	if ch.Writable() < abi.VsockEventSize {
-		w.fail(errorf("event buffer %d has %d writable bytes, want %d", ch.Head, ch.Writable(), abi.VsockEventSize))
+		w.fail(fmt.Errorf("event buffer %d has %d writable bytes, want %d", ch.Head, ch.Writable(), abi.VsockEventSize))
 		return
 	}
 	var e [abi.VsockEventSize]byte
