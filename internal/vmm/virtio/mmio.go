@@ -207,9 +207,9 @@ func (m *MMIO) writeQueueLocked(offset uint64, v uint32) {
 	setHigh := func(p *uint64) { *p = *p&0xffffffff | uint64(v)<<32 }
 	switch offset {
 	case abi.MMIOQueueNum:
-		c.size = uint16(min(v, 0xffff))
-		if v > 0xffff {
-			c.size = 0 // rejected at DRIVER_OK
+		c.size = 0 // a size beyond 16 bits is stored as 0, rejected at DRIVER_OK
+		if v <= 0xffff {
+			c.size = uint16(v)
 		}
 	case abi.MMIOQueueReady:
 		c.ready = v&1 != 0

@@ -19,9 +19,10 @@ const (
 	// connectTimeout is how long the guest has to accept a host-initiated
 	// connection (Firecracker's value).
 	connectTimeout = 2 * time.Second
-	// maxConns bounds live connections, so a guest opening connections in a
-	// loop cannot exhaust the host.
-	maxConns = 4096
+	// maxConns bounds live connections (Firecracker's limit), so a guest
+	// opening connections in a loop cannot exhaust the host: with bufAlloc
+	// each, guest data waiting for host readers stays under 256 MiB.
+	maxConns = 1023
 )
 
 // connKey names a connection by its two ports; the CIDs are fixed.

@@ -296,6 +296,9 @@ func (w *worker) establish(c *conn) {
 	if c.timer != nil {
 		c.timer.Stop()
 	}
+	if c.guestShutSend { // the guest shut down while we were dialing
+		c.wq.shutdown()
+	}
 	w.wg.Add(2)
 	go w.readLoop(c)
 	go w.writeLoop(c)
