@@ -233,16 +233,20 @@ func (m *MMIO) writeStatusLocked(v uint32) {
 		m.resetLocked()
 		return
 	}
+	// Linux updates status by read-modify-write, so DEVICE_NEEDS_RESET may
+	// come back to us; it is the device's bit and is ignored.
+	v &^= abi.StatusDeviceNeedsReset
+	const settable = abi.StatusAcknowledge | abi.StatusDriver | abi.StatusFeaturesOK | abi.StatusDriverOK | abi.StatusFailed
+	if v&^settable != 0 {
+		m.guestError("driver wrote undefined status bits (spec 2.1)", "status", v)
+		return
+	}
 	old := m.status
 	if v&old != old {
 		m.guestError("driver cleared status bits without a reset (spec 2.1.2)", "old", old, "new", v)
 		return
 	}
 	added := v &^ old
-	if added&abi.StatusDeviceNeedsReset != 0 {
-		m.guestError("driver set DEVICE_NEEDS_RESET, which only the device sets", "status", v)
-		return
-	}
 	if added&abi.StatusFailed != 0 {
 		m.log.Info("virtio-mmio: driver gave up on the device (status FAILED)", "device", m.dev.DeviceID())
 	}

@@ -576,3 +576,23 @@ func TestResetAndClose(t *testing.T) {
 		t.Errorf("Close of an active device: resets %d, want 2", r.dev.resets)
 	}
 }
+
+func TestStatusBits(t *testing.T) {
+	r := newRig(t)
+	d := r.drv
+	d.Write32(abi.MMIOStatus, abi.StatusAcknowledge)
+	d.Write32(abi.MMIOStatus, abi.StatusAcknowledge|0x10) // bit 4 is undefined
+	if s := r.status(); s != abi.StatusAcknowledge {
+		t.Errorf("status after writing an undefined bit: 0x%x, want 0x%x", s, abi.StatusAcknowledge)
+	}
+	// A read-modify-write that carries DEVICE_NEEDS_RESET back is accepted
+	// without it.
+	d.Write32(abi.MMIOStatus, abi.StatusAcknowledge|abi.StatusDriver|abi.StatusDeviceNeedsReset)
+	if s := r.status(); s != abi.StatusAcknowledge|abi.StatusDriver {
+		t.Errorf("status after writing NEEDS_RESET back: 0x%x, want 0x%x", s, abi.StatusAcknowledge|abi.StatusDriver)
+	}
+	d.Write32(abi.MMIOStatus, abi.StatusAcknowledge|abi.StatusDriver|abi.StatusFailed)
+	if s := r.status(); s&abi.StatusFailed == 0 {
+		t.Errorf("status 0x%x: FAILED not recorded", s)
+	}
+}
