@@ -766,3 +766,82 @@ func TestNoGoroutineLeak(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestReplyBacklogStopsTX: a guest that sends packets needing replies but
+// posts no receive buffers must be throttled (its TX queue stops being
+// consumed) instead of growing the device's reply queue without bound.
+func TestReplyBacklogStopsTX(t *testing.T) {
+	dev, _ := newDevice(t)
+	mem := virtiotest.NewMem(t, 0x100000, 4<<20)
+	irq := virtiotest.NewIRQ()
+	m := virtio.NewMMIO(dev, mem, irq, discard())
+	defer m.Close()
+	d := virtiotest.NewDriver(t, m, mem, irq)
+	d.Init(v1, 64, 64, 4)
+	rx, tx := d.Queues[0], d.Queues[1]
+	pkt := make([]byte, abi.VsockHdrSize)
+	header{srcCID: guestCID, dstCID: abi.VsockCIDHost, srcPort: 1, dstPort: 2, typ: abi.VsockTypeStream,
+		op: abi.VsockOpCreditRequest}.encode(pkt) // no such connection: each needs an RST reply
+	buf := d.Readable(pkt)
+	sent, consumed := 0, 0
+	for stalled := 0; stalled < 20; {
+		for tx.Free() > 0 {
+			tx.Add(buf)
+			sent++
+		}
+		tx.Kick()
+		time.Sleep(2 * time.Millisecond)
+		n := 0
+		for {
+			if _, _, ok := tx.Used(); !ok {
+				break
+			}
+			n++
+		}
+		consumed += n
+		if n == 0 {
+			stalled++
+		} else {
+			stalled = 0
+		}
+		if consumed > 4*maxCtrl {
+			t.Fatalf("device consumed %d packets with no receive buffers; want it to stop near %d", consumed, maxCtrl)
+		}
+	}
+	if consumed < maxCtrl || consumed > maxCtrl+64 {
+		t.Errorf("device consumed %d packets before stopping, want about %d", consumed, maxCtrl)
+	}
+	// Receive buffers drain the backlog (RSTs) and TX moves again.
+	rsts := 0
+	deadline := time.Now().Add(10 * time.Second)
+	for consumed < sent && time.Now().Before(deadline) {
+		for rx.Free() > 0 {
+			rx.Add(d.Writable(abi.VsockHdrSize))
+		}
+		rx.Kick()
+		time.Sleep(time.Millisecond)
+		for {
+			_, n, ok := rx.Used()
+			if !ok {
+				break
+			}
+			if n != abi.VsockHdrSize {
+				t.Fatalf("reply of %d bytes, want a bare header", n)
+			}
+			rsts++
+		}
+		for {
+			if _, _, ok := tx.Used(); !ok {
+				break
+			}
+			consumed++
+		}
+		tx.Kick()
+	}
+	if consumed != sent {
+		t.Errorf("after posting receive buffers: %d of %d packets consumed", consumed, sent)
+	}
+	if rsts == 0 {
+		t.Error("no RST replies arrived")
+	}
+}
