@@ -113,8 +113,8 @@ func (d *Driver) Write32(off uint64, v uint32) {
 	d.Dev.Write(off, b[:])
 }
 
-// Alloc reserves n bytes of guest RAM aligned to align and returns their
-// guest-physical address; it fails the test when RAM runs out.
+// Alloc reserves n zeroed bytes of guest RAM aligned to align and returns
+// their guest-physical address; it fails the test when RAM runs out.
 func (d *Driver) Alloc(n, align uint64) uint64 {
 	d.T.Helper()
 	a := (d.next + align - 1) &^ (align - 1)
@@ -122,6 +122,7 @@ func (d *Driver) Alloc(n, align uint64) uint64 {
 		d.T.Fatalf("test guest RAM exhausted allocating %d bytes", n)
 	}
 	d.next = a + n
+	clear(d.Bytes(a, n)) // like a guest allocator: rings and buffers start zeroed
 	return a
 }
 

@@ -845,3 +845,39 @@ func TestReplyBacklogStopsTX(t *testing.T) {
 		t.Error("no RST replies arrived")
 	}
 }
+
+// TestDriverResetMidStream resets the device from the driver side while a
+// stream is moving data: the host connection is closed, and the driver can
+// bring the device up again on fresh queues.
+func TestDriverResetMidStream(t *testing.T) {
+	dev, path := newDevice(t)
+	mem := virtiotest.NewMem(t, 0x100000, 32<<20)
+	irq := virtiotest.NewIRQ()
+	m := virtio.NewMMIO(dev, mem, irq, discard())
+	defer m.Close()
+	g := startGuest(t, m, mem, irq, 64<<10, smallRxBuf, true)
+	accepted := g.Listen(52)
+	c, _, line := hostConnect(t, path, 52)
+	if !strings.HasPrefix(line, "OK ") {
+		t.Fatalf("handshake %q", line)
+	}
+	<-accepted
+	go c.Write(payload(3, 4<<20)) // more than the guest will ever read
+	time.Sleep(50 * time.Millisecond)
+	g.shutdown()
+	g.drv.Write32(abi.MMIOStatus, 0)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+		t.Errorf("host read after driver reset: %v, want the connection closed", err)
+	}
+	// Bring the device up again with new queues.
+	g2 := startGuest(t, m, mem, irq, defaultGuestBuf, smallRxBuf, true)
+	defer g2.shutdown()
+	accepted2 := g2.Listen(52)
+	go func() { echo(t, <-accepted2) }()
+	c2, r2, line := hostConnect(t, path, 52)
+	if !strings.HasPrefix(line, "OK ") {
+		t.Fatalf("handshake after reset %q", line)
+	}
+	roundTrip(t, c2, r2, payload(4, 200<<10))
+}
