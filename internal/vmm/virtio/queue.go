@@ -261,6 +261,9 @@ func (q *Queue) walk(head uint16) (*Chain, error) {
 func (q *Queue) Push(head uint16, written uint32) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.nextAvail == q.nextUsed {
+		return fmt.Errorf("returning chain %d: the device holds no popped chain (device bug)", head)
+	}
 	elem := q.used + abi.UsedOffRing + uint64(q.nextUsed%q.size)*abi.UsedElemSize
 	b, err := q.mem.Slice(elem, abi.UsedElemSize)
 	if err != nil {

@@ -142,6 +142,11 @@ func (w *worker) run(ctx context.Context) {
 			w.fillRX()
 			w.sendResetEvent()
 		}
+		if checkInvariants {
+			if err := w.check(); err != nil {
+				panic(fmt.Sprintf("virtio-vsock: invariant broken: %v", err))
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
