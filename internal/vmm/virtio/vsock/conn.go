@@ -19,6 +19,9 @@ const (
 	// connectTimeout is how long the guest has to accept a host-initiated
 	// connection (Firecracker's value).
 	connectTimeout = 2 * time.Second
+	// lingerTimeout bounds how long a connection the guest reset keeps
+	// writing what the guest sent before the RST to a slow host reader.
+	lingerTimeout = 2 * time.Second
 	// maxConns bounds live connections (Firecracker's limit), so a guest
 	// opening connections in a loop cannot exhaust the host: with bufAlloc
 	// each, guest data waiting for host readers stays under 256 MiB.
@@ -65,6 +68,7 @@ type conn struct {
 	updateQueued  bool
 	guestShutRcv  bool
 	guestShutSend bool
+	guestReset    bool // the guest sent RST; flushing to the host before closing
 	closed        bool
 }
 

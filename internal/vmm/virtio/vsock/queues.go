@@ -50,6 +50,15 @@ func (w *worker) handleTX(ctx context.Context, ch *virtio.Chain) {
 	}
 	key := connKey{hostPort: h.dstPort, guestPort: h.srcPort}
 	c := w.conns[key]
+	if c != nil && c.guestReset {
+		// The guest is done with this connection; only its data still
+		// drains to the host. A new REQUEST may reuse the ports.
+		if h.op != abi.VsockOpRequest {
+			return
+		}
+		w.teardown(c)
+		c = nil
+	}
 	if c == nil {
 		switch h.op {
 		case abi.VsockOpRequest:
@@ -71,7 +80,7 @@ func (w *worker) handleTX(ctx context.Context, ch *virtio.Chain) {
 	}
 	switch h.op {
 	case abi.VsockOpRST:
-		w.teardown(c)
+		w.guestReset(c)
 	case abi.VsockOpResponse:
 		if c.state != stConnecting {
 			w.reset(c)

@@ -881,3 +881,32 @@ func TestDriverResetMidStream(t *testing.T) {
 	}
 	roundTrip(t, c2, r2, payload(4, 200<<10))
 }
+
+// TestGuestResetFlushes: a guest that sends data and then RST at once (the
+// probe guest answers SHUTDOWN that way) must not lose the data to a host
+// that reads slowly; the host then sees EOF.
+func TestGuestResetFlushes(t *testing.T) {
+	dev, path := newDevice(t)
+	g := newGuest(t, dev, defaultGuestBuf, smallRxBuf)
+	accepted := g.Listen(52)
+	c, r, line := hostConnect(t, path, 52)
+	if !strings.HasPrefix(line, "OK ") {
+		t.Fatalf("handshake %q", line)
+	}
+	gc := <-accepted
+	data := payload(12, bufAlloc-6<<10) // within credit: no update needed
+	gc.Write(data)
+	g.mu.Lock()
+	for len(gc.wbuf) > 0 {
+		g.cond.Wait()
+	}
+	g.mu.Unlock()
+	gc.Abort()
+	time.Sleep(300 * time.Millisecond) // let the RST overtake the host reader
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("host read %d of %d bytes (err %v) from a connection the guest reset", len(got), len(data), err)
+	}
+	waitConns(t, dev, 0)
+}

@@ -192,7 +192,11 @@ func (w *worker) handle(ev event) {
 	case evHostConnect:
 		w.hostConnect(ev.uc, ev.port)
 	case evTimeout:
-		if c.state == stConnecting {
+		switch {
+		case c.guestReset:
+			w.log.Info("virtio-vsock: host did not take the data of a connection the guest reset", "port", c.key.hostPort)
+			w.teardown(c)
+		case c.state == stConnecting:
 			w.log.Warn("virtio-vsock: guest did not answer a host connection", "port", c.key.guestPort)
 			w.reset(c)
 		}
@@ -338,9 +342,29 @@ func (w *worker) maybeFinish(c *conn) {
 	if c.closed || c.state != stEstablished || !c.guestShutSend || !c.wq.drainedAndShut() {
 		return
 	}
-	if c.hostClosed || c.guestShutRcv {
+	switch {
+	case c.guestReset:
+		w.teardown(c) // the guest already considers it closed: no RST back
+	case c.hostClosed || c.guestShutRcv:
 		w.reset(c)
 	}
+}
+
+// guestReset handles the guest's RST. An established connection first
+// writes what the guest sent before the RST to the host (for at most
+// lingerTimeout), then closes; the guest reads nothing more.
+func (w *worker) guestReset(c *conn) {
+	if c.state != stEstablished {
+		w.teardown(c)
+		return
+	}
+	c.guestReset, c.guestShutRcv, c.guestShutSend = true, true, true
+	if len(c.inbuf) > 0 {
+		w.consumed(c, len(c.inbuf))
+	}
+	c.wq.shutdown()
+	c.timer = time.AfterFunc(lingerTimeout, func() { w.post(event{kind: evTimeout, c: c}) })
+	w.maybeFinish(c)
 }
 
 // consumed records that n bytes of c.inbuf were delivered (or discarded)
