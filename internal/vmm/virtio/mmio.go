@@ -16,9 +16,9 @@ const VendorID = 0x54484157
 
 // offerable are the feature bits a transport passes on to the driver: the
 // device-type bits (0–23 and 50–63, spec 6) and the reserved bits the queue
-// code implements. Others (EVENT_IDX, RING_PACKED, ...) stay hidden even if
+// code implements. Others (RING_PACKED, IN_ORDER, ...) stay hidden even if
 // a device offers them.
-const offerable = (1<<24 - 1) | ^uint64(1<<50-1) | 1<<abi.FIndirectDesc | 1<<abi.FVersion1
+const offerable = (1<<24 - 1) | ^uint64(1<<50-1) | 1<<abi.FIndirectDesc | 1<<abi.FEventIdx | 1<<abi.FVersion1
 
 // queueConfig is what the driver programmed for one queue.
 type queueConfig struct {
@@ -297,6 +297,7 @@ func (m *MMIO) activateLocked(positions []QueueState) error {
 		}
 		if positions != nil {
 			q.nextAvail, q.nextUsed = positions[i].NextAvail, positions[i].NextUsed
+			q.signalled = q.nextUsed
 		}
 		live[i] = q
 	}
@@ -337,6 +338,7 @@ func (m *MMIO) buildQueue(i int, c queueConfig) (*Queue, error) {
 	return &Queue{
 		mem: m.mem, size: c.size, desc: c.desc, avail: c.driver, used: c.device,
 		indirect: m.drvFeats&(1<<abi.FIndirectDesc) != 0,
+		eventIdx: m.drvFeats&(1<<abi.FEventIdx) != 0,
 		signal:   m.usedBuffer,
 	}, nil
 }

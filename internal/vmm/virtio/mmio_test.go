@@ -142,8 +142,8 @@ func TestIdentification(t *testing.T) {
 func TestFeatureNegotiation(t *testing.T) {
 	r := newRig(t)
 	offered := r.drv.DeviceFeatures()
-	if want := uint64(echoFeature | 1<<abi.FIndirectDesc | v1); offered != want {
-		t.Errorf("offered features 0x%x, want 0x%x (VERSION_1 added, EVENT_IDX and RING_PACKED hidden)", offered, want)
+	if want := uint64(echoFeature | 1<<abi.FIndirectDesc | 1<<abi.FEventIdx | v1); offered != want {
+		t.Errorf("offered features 0x%x, want 0x%x (VERSION_1 added, RING_PACKED hidden)", offered, want)
 	}
 	for _, tt := range []struct {
 		name     string
@@ -153,7 +153,7 @@ func TestFeatureNegotiation(t *testing.T) {
 		{"version 1 only", v1, true},
 		{"all offered", offered, true},
 		{"legacy driver without VERSION_1", echoFeature, false},
-		{"unoffered EVENT_IDX", v1 | 1<<abi.FEventIdx, false},
+		{"unoffered RING_PACKED", v1 | 1<<abi.FRingPacked, false},
 		{"unoffered bit 63", v1 | 1<<63, false},
 	} {
 		if got := r.drv.Negotiate(tt.features); got != tt.ok {
@@ -551,7 +551,7 @@ func TestStateRoundTrip(t *testing.T) {
 		t.Error("restoring with the wrong number of queues: got nil error")
 	}
 	bad = back
-	bad.DriverFeatures |= 1 << abi.FEventIdx
+	bad.DriverFeatures |= 1 << abi.FRingPacked
 	if _, err := RestoreMMIO(&echoDev{}, r.mem, r.irq, discard(), bad); err == nil {
 		t.Error("restoring unoffered features: got nil error")
 	}
@@ -594,5 +594,34 @@ func TestStatusBits(t *testing.T) {
 	d.Write32(abi.MMIOStatus, abi.StatusAcknowledge|abi.StatusDriver|abi.StatusFailed)
 	if s := r.status(); s&abi.StatusFailed == 0 {
 		t.Errorf("status 0x%x: FAILED not recorded", s)
+	}
+}
+
+// TestEventIdx checks VIRTIO_F_EVENT_IDX (spec 2.7.10): interrupts only
+// when the used index passes the driver's used_event, and avail_event
+// written when the device finds the queue empty.
+func TestEventIdx(t *testing.T) {
+	r := newRig(t)
+	r.drv.Init(v1|1<<abi.FEventIdx, 16, 8)
+	q := r.drv.Queues[0]
+	q.AutoUsedEvent = false
+	q.SetUsedEvent(2)                      // interrupt once used idx passes 2
+	q.SetAvailFlags(abi.AvailFNoInterrupt) // ignored with event idx
+	for i := range 4 {
+		q.Add(r.drv.Readable([]byte("x")), r.drv.Writable(1))
+		q.Kick()
+		if _, _, ok := q.Used(); !ok {
+			t.Fatalf("chain %d not used", i)
+		}
+		want := uint64(0)
+		if i >= 2 { // used idx went 2 -> 3 on the third chain
+			want = 1
+		}
+		if got := r.irq.Count(); got != want {
+			t.Fatalf("after chain %d: %d interrupts, want %d", i, got, want)
+		}
+		if got := q.AvailEvent(); got != uint16(i+1) {
+			t.Errorf("after chain %d: avail_event %d, want %d (the next entry)", i, got, i+1)
+		}
 	}
 }

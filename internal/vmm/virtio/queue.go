@@ -115,6 +115,7 @@ type Queue struct {
 	avail    uint64
 	used     uint64
 	indirect bool
+	eventIdx bool // VIRTIO_F_EVENT_IDX negotiated
 	signal   func(*Queue)
 
 	fenceWord atomic.Uint32
@@ -123,6 +124,7 @@ type Queue struct {
 	// guarded by mu
 	nextAvail uint16
 	nextUsed  uint16
+	signalled uint16 // used idx at the last interrupt decision (event idx)
 }
 
 // Size returns the queue size the driver chose.
@@ -162,8 +164,25 @@ func (q *Queue) Pop() (*Chain, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	n, err := q.availableLocked()
-	if err != nil || n == 0 {
+	if err != nil {
 		return nil, err
+	}
+	if n == 0 {
+		if !q.eventIdx {
+			return nil, nil
+		}
+		// Ask to be notified when the driver publishes entry nextAvail
+		// (avail_event, spec 2.7.10), then look again: the driver may
+		// have published it before it could see the request.
+		b, err := q.mem.Slice(q.used+abi.UsedOffRing+uint64(q.size)*abi.UsedElemSize, 2)
+		if err != nil {
+			return nil, fmt.Errorf("writing avail_event: %w", err)
+		}
+		le.PutUint16(b, q.nextAvail)
+		q.fence()
+		if n, err = q.availableLocked(); err != nil || n == 0 {
+			return nil, err
+		}
 	}
 	// The ring entry and the descriptors must be read after the index that
 	// published them (spec 2.7.13.2's read barrier on the device side).
@@ -284,11 +303,25 @@ func (q *Queue) Push(head uint16, written uint32) error {
 }
 
 // Interrupt sends a used buffer notification unless the driver suppressed
-// it with VIRTQ_AVAIL_F_NO_INTERRUPT (spec 2.7.10).
+// it: with VIRTIO_F_EVENT_IDX, unless the used index did not pass the
+// driver's used_event since the last decision; otherwise, when the driver
+// set VIRTQ_AVAIL_F_NO_INTERRUPT (spec 2.7.10).
 func (q *Queue) Interrupt() {
-	// The used idx store must be ordered before the flags load (spec
-	// 2.7.10's full barrier), or the driver may miss the update.
+	// The used idx store must be ordered before the flags or used_event
+	// load (spec 2.7.10's full barrier), or the driver may miss the update.
 	q.fence()
+	if q.eventIdx {
+		q.mu.Lock()
+		old, next := q.signalled, q.nextUsed
+		q.signalled = next
+		q.mu.Unlock()
+		ev, err := q.read16(q.avail + abi.AvailOffRing + uint64(q.size)*abi.AvailElemSize)
+		// vring_need_event: did the used index cross used_event?
+		if err == nil && next-ev-1 < next-old {
+			q.signal(q)
+		}
+		return
+	}
 	flags, err := q.read16(q.avail + abi.AvailOffFlags)
 	if err == nil && flags&abi.AvailFNoInterrupt != 0 {
 		return

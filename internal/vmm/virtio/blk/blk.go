@@ -78,7 +78,7 @@ func (d *Device) DeviceID() uint32 { return abi.IDBlock }
 
 // Features implements virtio.Device.
 func (d *Device) Features() uint64 {
-	f := uint64(1<<abi.BlkFFlush | 1<<abi.BlkFSegMax | 1<<abi.FIndirectDesc)
+	f := uint64(1<<abi.BlkFFlush | 1<<abi.BlkFSegMax | 1<<abi.FIndirectDesc | 1<<abi.FEventIdx)
 	if d.cfg.ReadOnly {
 		f |= 1 << abi.BlkFRO
 	}

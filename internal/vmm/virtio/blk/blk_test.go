@@ -162,8 +162,10 @@ func TestReadWriteFlushID(t *testing.T) {
 	}
 }
 
+// TestIndirectRequest also runs with VIRTIO_F_EVENT_IDX, as Linux would
+// negotiate it.
 func TestIndirectRequest(t *testing.T) {
-	r := newRig(t, Config{ID: "d"}, v1|1<<abi.FIndirectDesc)
+	r := newRig(t, Config{ID: "d"}, v1|1<<abi.FIndirectDesc|1<<abi.FEventIdx)
 	d := r.drv
 	out := d.Writable(512)
 	st := d.Writable(1)

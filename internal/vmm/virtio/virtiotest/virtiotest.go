@@ -91,6 +91,7 @@ type Driver struct {
 	IRQ    *IRQ
 	Queues []*Queue
 	next   uint64 // bump allocator, guest-physical
+	feats  uint64 // features the driver accepted
 }
 
 // NewDriver returns a driver for dev whose allocations start at the
@@ -155,6 +156,7 @@ func (d *Driver) DeviceFeatures() uint64 {
 // Negotiate runs spec 3.1.1 steps 1–6 accepting features and reports
 // whether the device kept FEATURES_OK set.
 func (d *Driver) Negotiate(features uint64) bool {
+	d.feats = features
 	d.Write32(abi.MMIOStatus, 0)
 	d.Write32(abi.MMIOStatus, abi.StatusAcknowledge)
 	d.Write32(abi.MMIOStatus, abi.StatusAcknowledge|abi.StatusDriver)
@@ -190,7 +192,8 @@ func (d *Driver) Init(features uint64, sizes ...uint16) {
 // ready (spec 4.2.3.2).
 func (d *Driver) SetupQueue(i int, n uint16) *Queue {
 	d.T.Helper()
-	q := &Queue{d: d, Index: i, Size: n, chains: map[uint16][]uint16{}}
+	ev := d.feats&(1<<abi.FEventIdx) != 0
+	q := &Queue{d: d, Index: i, Size: n, chains: map[uint16][]uint16{}, AutoUsedEvent: ev, SuppressKicks: ev}
 	q.Desc = d.Alloc(uint64(n)*abi.DescSize, abi.DescAlign)
 	q.Avail = d.Alloc(abi.AvailOffRing+uint64(n)*abi.AvailElemSize+2, abi.AvailAlign)
 	q.UsedRing = d.Alloc(abi.UsedOffRing+uint64(n)*abi.UsedElemSize+2, abi.UsedAlign)
@@ -241,6 +244,28 @@ type Queue struct {
 	chains                map[uint16][]uint16
 	availIdx              uint16
 	usedSeen              uint16
+	// AutoUsedEvent makes Used ask for an interrupt on the next used
+	// buffer (used_event = what was consumed), as Linux does with
+	// VIRTIO_F_EVENT_IDX; SetupQueue sets it when that feature was accepted.
+	AutoUsedEvent bool
+	// SuppressKicks makes Kick notify only when the device asked for it
+	// through avail_event (VIRTIO_F_EVENT_IDX), as Linux does; set with
+	// AutoUsedEvent. Tests of a device's avail_event rely on it.
+	SuppressKicks bool
+	kicked        uint16 // avail idx at the last Kick decision
+	fenceWord     atomic.Uint32
+}
+
+// SetUsedEvent writes used_event, the used index after which the driver
+// wants an interrupt (VIRTIO_F_EVENT_IDX, spec 2.7.10).
+func (q *Queue) SetUsedEvent(v uint16) {
+	le.PutUint16(q.d.Bytes(q.Avail+abi.AvailOffRing+uint64(q.Size)*abi.AvailElemSize, 2), v)
+}
+
+// AvailEvent reads avail_event, the available index after which the
+// device wants a notification (VIRTIO_F_EVENT_IDX).
+func (q *Queue) AvailEvent() uint16 {
+	return le.Uint16(q.d.Bytes(q.UsedRing+abi.UsedOffRing+uint64(q.Size)*abi.UsedElemSize, 2))
 }
 
 // SetDesc writes descriptor i verbatim (tests use it for malformed chains).
@@ -333,8 +358,22 @@ func (q *Queue) Outstanding(head uint16) bool {
 	return ok
 }
 
-// Kick notifies the device that the queue has new buffers.
-func (q *Queue) Kick() { q.d.Write32(abi.MMIOQueueNotify, uint32(q.Index)) }
+// Kick notifies the device that the queue has new buffers, unless
+// SuppressKicks is set and the device's avail_event says it is not waiting
+// for any of the entries published since the last Kick.
+func (q *Queue) Kick() {
+	if q.SuppressKicks {
+		// The avail idx store must be visible before avail_event is read
+		// (spec 2.7.13.4's full barrier), pairing with the device's.
+		q.fenceWord.Add(1)
+		old, next := q.kicked, q.availIdx
+		q.kicked = next
+		if ev := q.AvailEvent(); next-ev-1 >= next-old { // !vring_need_event
+			return
+		}
+	}
+	q.d.Write32(abi.MMIOQueueNotify, uint32(q.Index))
+}
 
 // UsedIdx reads the device's used index.
 func (q *Queue) UsedIdx() uint16 { return le.Uint16(q.d.Bytes(q.UsedRing+abi.UsedOffIdx, 2)) }
@@ -347,6 +386,9 @@ func (q *Queue) Used() (head uint16, n uint32, ok bool) {
 	}
 	e := q.d.Bytes(q.UsedRing+abi.UsedOffRing+uint64(q.usedSeen%q.Size)*abi.UsedElemSize, abi.UsedElemSize)
 	q.usedSeen++
+	if q.AutoUsedEvent {
+		q.SetUsedEvent(q.usedSeen)
+	}
 	id, n := le.Uint32(e[abi.UsedElemOffID:]), le.Uint32(e[abi.UsedElemOffLen:])
 	if ids, found := q.chains[uint16(id)]; found {
 		q.free = append(q.free, ids...)

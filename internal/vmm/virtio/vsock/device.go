@@ -76,7 +76,7 @@ func (d *Device) DeviceID() uint32 { return abi.IDVsock }
 // Features implements virtio.Device. Stream sockets need no feature bit
 // (spec 5.10.3: without VIRTIO_VSOCK_F_STREAM or SEQPACKET, streams are
 // implied).
-func (d *Device) Features() uint64 { return 1 << abi.FIndirectDesc }
+func (d *Device) Features() uint64 { return 1<<abi.FIndirectDesc | 1<<abi.FEventIdx }
 
 // QueueMaxSizes implements virtio.Device: rx, tx, event.
 func (d *Device) QueueMaxSizes() []uint16 { return []uint16{QueueSize, QueueSize, QueueSize} }

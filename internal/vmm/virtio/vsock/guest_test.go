@@ -127,7 +127,9 @@ func startGuest(t testing.TB, m *virtio.MMIO, mem *virtiotest.Mem, irq *virtiote
 	g.cond = sync.NewCond(&g.mu)
 	g.drv = virtiotest.NewDriver(t, m, mem, irq)
 	if init {
-		g.drv.Init(v1, QueueSize, QueueSize, QueueSize)
+		// Negotiate what Linux does: event idx, so the device's
+		// notification and interrupt suppression is exercised too.
+		g.drv.Init(v1|1<<abi.FEventIdx, QueueSize, QueueSize, QueueSize)
 	}
 	g.rx, g.tx, g.evq = g.drv.Queues[0], g.drv.Queues[1], g.drv.Queues[2]
 	for range guestRxBufs {
