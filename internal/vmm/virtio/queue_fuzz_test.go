@@ -23,16 +23,16 @@ func FuzzChainWalk(f *testing.F) {
 	le.PutUint32(seed[24:], 16)
 	le.PutUint16(seed[28:], abi.DescFWrite)
 	le.PutUint16(seed[0x80+2:], 1)
-	f.Add(seed, true)
+	f.Add(seed, true, false)
 	loop := append([]byte(nil), seed...)
 	le.PutUint16(loop[14:], 0)
 	le.PutUint16(loop[28:], abi.DescFNext)
-	f.Add(loop, false)
-	f.Fuzz(func(t *testing.T, ram []byte, indirect bool) {
+	f.Add(loop, false, true)
+	f.Fuzz(func(t *testing.T, ram []byte, indirect, eventIdx bool) {
 		mem := virtiotest.NewMem(t, ramBase, 4096)
 		copy(mem.Bytes, ram)
 		q := &Queue{mem: mem, size: size, desc: ramBase, avail: ramBase + 0x80, used: ramBase + 0xc0,
-			indirect: indirect, signal: func(*Queue) {}}
+			indirect: indirect, eventIdx: eventIdx, signal: func(*Queue) {}}
 		for range 2 * size {
 			c, err := q.Pop()
 			if err != nil || c == nil {
@@ -61,6 +61,7 @@ func FuzzChainWalk(f *testing.F) {
 			if err := q.Push(c.Head, uint32(c.Writable())); err != nil {
 				t.Fatalf("push: %v", err)
 			}
+			q.Interrupt()
 		}
 	})
 }
