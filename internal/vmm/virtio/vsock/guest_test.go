@@ -133,9 +133,7 @@ func startGuest(t testing.TB, m *virtio.MMIO, mem *virtiotest.Mem, irq *virtiote
 	}
 	g.rx, g.tx, g.evq = g.drv.Queues[0], g.drv.Queues[1], g.drv.Queues[2]
 	for range guestRxBufs {
-		a := g.drv.Alloc(uint64(rxSize), 8)
-		h, _ := g.rx.Add(virtiotest.Buf{Addr: a, Len: rxSize, Write: true})
-		g.rxAddr[h] = a
+		g.postRx(g.drv.Alloc(uint64(rxSize), 8))
 	}
 	for range eventBufs {
 		a := g.drv.Alloc(abi.VsockEventSize, 8)
@@ -214,8 +212,7 @@ func (g *guest) step() {
 		a := g.rxAddr[h]
 		delete(g.rxAddr, h)
 		g.receive(g.drv.Bytes(a, uint64(n)))
-		nh, _ := g.rx.Add(virtiotest.Buf{Addr: a, Len: g.rxSize, Write: true})
-		g.rxAddr[nh] = a
+		g.postRx(a)
 		reposted = true
 	}
 	if reposted {
@@ -261,6 +258,20 @@ func (g *guest) step() {
 		g.tx.Kick()
 	}
 	g.cond.Broadcast()
+}
+
+// postRx posts the receive buffer at a as two descriptors, header then
+// data, the way Linux 6.1 and the probe guest lay them out; the device must
+// spread each packet over both.
+func (g *guest) postRx(a uint64) {
+	h, ok := g.rx.Add(
+		virtiotest.Buf{Addr: a, Len: abi.VsockHdrSize, Write: true},
+		virtiotest.Buf{Addr: a + abi.VsockHdrSize, Len: g.rxSize - abi.VsockHdrSize, Write: true})
+	if !ok {
+		g.t.Errorf("guest rx queue full")
+		return
+	}
+	g.rxAddr[h] = a
 }
 
 // txOutstanding reports whether tx chain h is still held by the device.
