@@ -80,6 +80,9 @@ type guest struct {
 	bufAlloc       uint32
 	rxSize         uint32
 	ignoreRequests bool
+	// onlyAskedCredit models the probe guest: it counts bytes as forwarded
+	// when they arrive and sends CREDIT_UPDATE only when the host asks.
+	onlyAskedCredit bool
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -361,6 +364,10 @@ func (g *guest) receive(b []byte) {
 	case abi.VsockOpRW:
 		c.rbuf.Write(b[abi.VsockHdrSize:])
 		c.rxCnt += h.len
+		if g.onlyAskedCredit {
+			c.fwdCnt += h.len
+			break
+		}
 		if c.rbuf.Len() > int(g.bufAlloc) {
 			g.t.Errorf("host overran guest credit: %d bytes buffered, %d advertised", c.rbuf.Len(), g.bufAlloc)
 		}
@@ -447,9 +454,11 @@ func (c *gconn) Read(p []byte) (int, error) {
 		g.cond.Wait()
 	}
 	n, _ := c.rbuf.Read(p)
-	c.fwdCnt += uint32(n)
+	if !g.onlyAskedCredit {
+		c.fwdCnt += uint32(n)
+	}
 	// Like Linux: tell the host once the space it knows of runs low.
-	if g.bufAlloc-(c.rxCnt-c.lastAdvFwd) < g.bufAlloc/2 {
+	if !g.onlyAskedCredit && g.bufAlloc-(c.rxCnt-c.lastAdvFwd) < g.bufAlloc/2 {
 		c.wantUpdate = true
 		g.kick()
 	}

@@ -181,6 +181,9 @@ func (w *worker) fillRX() {
 			n := min(uint64(len(c.inbuf)), uint64(c.peerFree()), ch.Writable()-abi.VsockHdrSize, maxPayload)
 			data = c.inbuf[:n]
 			h.len = uint32(n)
+			if n == 0 { // a header-only buffer: say something useful instead
+				h.op = abi.VsockOpCreditUpdate
+			}
 		}
 		if c != nil {
 			h.bufAlloc = bufAlloc
@@ -200,10 +203,13 @@ func (w *worker) fillRX() {
 			}
 			c.txCnt += h.len
 			w.consumed(c, len(data))
-			if w.deliverable(c) {
-				c.queued = true
-				w.sendable = append(w.sendable, c)
-			}
+		}
+		if !isCtrl && len(c.inbuf) > 0 && !c.queued {
+			// More to send: back in line. If the guest's credit ran out,
+			// nextSendable asks it for an update, since a guest may grant
+			// credit only when asked.
+			c.queued = true
+			w.sendable = append(w.sendable, c)
 		}
 		if err := w.rx.Push(ch.Head, abi.VsockHdrSize+h.len); err != nil {
 			w.fail(err)

@@ -345,3 +345,29 @@ func (s *slowReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// TestCreditOnlyWhenAsked: a guest that grants credit only in answer to
+// CREDIT_REQUEST (the probe guest does) must still receive a stream larger
+// than its buffer; the device has to ask each time it runs out.
+func TestCreditOnlyWhenAsked(t *testing.T) {
+	dev, path := newDevice(t)
+	g := newGuest(t, dev, 16<<10, smallRxBuf)
+	g.mu.Lock()
+	g.onlyAskedCredit = true
+	g.mu.Unlock()
+	accepted := g.Listen(5)
+	c, _, line := hostConnect(t, path, 5)
+	if !strings.HasPrefix(line, "OK ") {
+		t.Fatalf("handshake %q", line)
+	}
+	gc := <-accepted
+	data := payload(13, 1<<20)
+	go func() {
+		c.Write(data)
+		c.CloseWrite()
+	}()
+	got, err := io.ReadAll(gc)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("guest read %d of %d bytes (err %v)", len(got), len(data), err)
+	}
+}
