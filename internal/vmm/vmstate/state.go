@@ -61,17 +61,17 @@ type VM struct {
 
 // VCPU is one vCPU's kernel state, in the order snapshot restores it.
 type VCPU struct {
-	ID        int                     `json:"id"`
-	CPUID     []CPUIDEntry            `json:"cpuid"`
-	MPState   uint32                  `json:"mp_state"`
-	Regs      Kernel[abi.Regs]        `json:"regs"`
-	Sregs     Kernel[abi.Sregs]       `json:"sregs"`
-	XSave     []byte                  `json:"xsave"`
-	XCRs      Kernel[abi.XCRs]        `json:"xcrs"`
-	DebugRegs Kernel[abi.DebugRegs]   `json:"debugregs"`
-	LAPIC     Kernel[abi.LAPICState]  `json:"lapic"`
-	MSRs      []MSR                   `json:"msrs"`
-	Events    Kernel[abi.VCPUEvents]  `json:"vcpu_events"`
+	ID        int                    `json:"id"`
+	CPUID     []CPUIDEntry           `json:"cpuid"`
+	MPState   uint32                 `json:"mp_state"`
+	Regs      Kernel[abi.Regs]       `json:"regs"`
+	Sregs     Kernel[abi.Sregs]      `json:"sregs"`
+	XSave     []byte                 `json:"xsave"`
+	XCRs      Kernel[abi.XCRs]       `json:"xcrs"`
+	DebugRegs Kernel[abi.DebugRegs]  `json:"debugregs"`
+	LAPIC     Kernel[abi.LAPICState] `json:"lapic"`
+	MSRs      []MSR                  `json:"msrs"`
+	Events    Kernel[abi.VCPUEvents] `json:"vcpu_events"`
 	// TSCKHz is the vCPU's TSC frequency, 0 when unknown.
 	TSCKHz uint32 `json:"tsc_khz,omitempty"`
 }
