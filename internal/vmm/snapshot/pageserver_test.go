@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(pageServerEnv); spec != "" {
 		os.Exit(pageServerMain(spec))
 	}
+	if spec := os.Getenv(vmmEnv); spec != "" {
+		os.Exit(vmmMain(spec))
+	}
 	os.Exit(m.Run())
 }
 
