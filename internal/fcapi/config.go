@@ -19,8 +19,11 @@ type VMConfig struct {
 	NetworkInterfaces []NetworkInterface `json:"network-interfaces,omitempty"`
 }
 
-func (VMConfig) notImplemented() []string {
-	return []string{"balloon", "cpu-config", "logger", "metrics", "mmds-config", "entropy", "pmem", "memory-hotplug"}
+func (VMConfig) notImplemented() map[string][]string {
+	return map[string][]string{
+		"balloon": nil, "cpu-config": nil, "logger": nil, "metrics": nil, "mmds-config": nil,
+		"entropy": nil, "pmem": nil, "memory-hotplug": nil,
+	}
 }
 
 // Validate checks every section, then what only the whole can show:

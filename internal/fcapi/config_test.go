@@ -6,7 +6,8 @@ import (
 	"testing"
 )
 
-// A config file in the shape Firecracker's docs and tests use.
+// A config file in the shape firecracker exports (GET /vm/config) and its
+// tests use: every section spelled out, unused ones null or empty.
 const firecrackerConfig = `{
   "boot-source": {
     "kernel_image_path": "vmlinux.bin",
@@ -20,7 +21,10 @@ const firecrackerConfig = `{
       "is_root_device": true,
       "cache_type": "Unsafe",
       "is_read_only": false,
-      "path_on_host": "bionic.rootfs.ext4"
+      "path_on_host": "bionic.rootfs.ext4",
+      "io_engine": "Sync",
+      "rate_limiter": null,
+      "socket": null
     },
     {
       "drive_id": "scratch",
@@ -37,7 +41,15 @@ const firecrackerConfig = `{
     "huge_pages": "None"
   },
   "vsock": {"guest_cid": 3, "uds_path": "./v.sock"},
-  "network-interfaces": []
+  "network-interfaces": [],
+  "cpu-config": null,
+  "balloon": null,
+  "logger": null,
+  "metrics": null,
+  "mmds-config": null,
+  "entropy": null,
+  "pmem": [],
+  "memory-hotplug": null
 }`
 
 func TestParseConfigFile(t *testing.T) {
@@ -70,6 +82,8 @@ func TestParseConfigFileErrors(t *testing.T) {
 		{"no boot source", `{"drives":[]}`, "missing field `boot-source`"},
 		{"snake case section", `{"boot_source":{"kernel_image_path":"/k"},"drives":[]}`, "unknown field `boot_source`"},
 		{"logger section", `{` + boot + `,"drives":[],"logger":{"level":"Info"}}`, "`logger` is part of Firecracker's API but not implemented by Thaw"},
+		{"pmem device", `{` + boot + `,"drives":[],"pmem":[{"id":"p","path_on_host":"/p"}]}`, "`pmem` is part of Firecracker's API"},
+		{"empty sections", `{` + boot + `,"drives":[],"pmem":[],"balloon":null,"logger":null}`, ""},
 		{"balloon section", `{` + boot + `,"drives":[],"balloon":{"amount_mib":1,"deflate_on_oom":true}}`, "`balloon` is part of Firecracker's API"},
 		{"bad drive field", `{` + boot + `,"drives":[{"drive_id":"a","is_root_device":false,"path_on_host":"/a","io_engine":"Async"}]}`,
 			"`drives[0].io_engine` is part of Firecracker's API"},

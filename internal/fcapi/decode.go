@@ -24,9 +24,12 @@ type Validator interface {
 //   - field names match exactly (encoding/json alone would match any case);
 //   - unknown and duplicate fields are errors (serde's deny_unknown_fields);
 //   - fields tagged `fc:"required"` must be present and not null;
-//   - nothing may follow the document.
+//   - fields of Firecracker's API that Thaw does not implement are accepted
+//     only with a value that asks for nothing (see notImplementer);
+//   - nothing may follow the document, and it must be UTF-8.
 //
-// Errors name the offending field and say what is allowed.
+// v should point to a zero value: fields absent from data are left as they
+// are. Errors name the offending field and say what is allowed.
 func Decode(data []byte, v any) error {
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
@@ -85,10 +88,29 @@ func jsonKind(t reflect.Type) string {
 }
 
 // notImplementer is implemented by body types whose Firecracker counterpart
-// has fields Thaw does not implement, so an error can say so rather than
-// call them unknown.
+// has fields Thaw does not implement. It maps each such field to the JSON
+// values (compact) that ask for nothing beyond the default; null, [] and {}
+// always do. A field with such a value is accepted and ignored, so configs
+// exported by firecracker (which spell out "io_engine": "Sync",
+// "balloon": null, ...) load; any other value is refused by name rather
+// than called unknown.
 type notImplementer interface {
-	notImplemented() []string
+	notImplemented() map[string][]string
+}
+
+// NotImplemented returns the JSON names of the fields of v's Firecracker
+// counterpart that Thaw does not implement (see Decode), sorted.
+func NotImplemented(v any) []string {
+	ni, ok := v.(notImplementer)
+	if !ok {
+		return nil
+	}
+	var names []string
+	for name := range ni.notImplemented() {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
 }
 
 type fieldInfo struct {
@@ -100,7 +122,7 @@ type structInfo struct {
 	fields         map[string]fieldInfo
 	names          []string // in declaration order, for messages
 	required       []string
-	notImplemented []string
+	notImplemented map[string][]string
 }
 
 var structInfos sync.Map // reflect.Type → *structInfo
@@ -154,17 +176,36 @@ func where(path string) string {
 // checkValue reads one JSON value from dec and checks it against t: object
 // keys of structs (exact names, no unknown, duplicate or missing required
 // fields), recursively through pointers, slices and nested structs. Scalars
-// are only read; json.Unmarshal checks their types afterwards.
+// are only read; json.Unmarshal checks their types afterwards. null is
+// allowed here (it leaves an optional field unset).
 func checkValue(dec *json.Decoder, t reflect.Type, path string) error {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
 	tok, err := dec.Token()
 	if err != nil {
 		return syntaxError(err)
 	}
-	if tok == nil { // null: the caller decides whether it is allowed
+	if tok == nil {
 		return nil
+	}
+	return checkStarted(dec, tok, t, path)
+}
+
+// checkNotNull is checkValue for positions where null is not allowed: the
+// whole document, required fields and array elements.
+func checkNotNull(dec *json.Decoder, t reflect.Type, path string) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return syntaxError(err)
+	}
+	if tok == nil {
+		return fmt.Errorf("%s is null: want %s", where(path), jsonKind(t))
+	}
+	return checkStarted(dec, tok, t, path)
+}
+
+// checkStarted checks the value whose first token, tok, was just read.
+func checkStarted(dec *json.Decoder, tok json.Token, t reflect.Type, path string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
 	}
 	switch t.Kind() {
 	case reflect.Struct:
@@ -180,8 +221,7 @@ func checkValue(dec *json.Decoder, t reflect.Type, path string) error {
 			return fmt.Errorf("%s: got JSON %s, want an array", where(path), describeToken(tok))
 		}
 		for i := 0; dec.More(); i++ {
-			p := fmt.Sprintf("%s[%d]", path, i)
-			if err := checkNotNull(dec, t.Elem(), p); err != nil {
+			if err := checkNotNull(dec, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
 				return err
 			}
 		}
@@ -189,21 +229,6 @@ func checkValue(dec *json.Decoder, t reflect.Type, path string) error {
 		return syntaxError(err)
 	}
 	return skipRest(dec, tok)
-}
-
-// checkNotNull is checkValue for positions where null is not allowed: the
-// whole document, required fields and array elements.
-func checkNotNull(dec *json.Decoder, t reflect.Type, path string) error {
-	var raw json.RawMessage
-	if err := dec.Decode(&raw); err != nil {
-		return syntaxError(err)
-	}
-	if bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
-		return fmt.Errorf("%s is null: want %s", where(path), jsonKind(t))
-	}
-	sub := json.NewDecoder(bytes.NewReader(raw))
-	sub.UseNumber()
-	return checkValue(sub, t, path)
 }
 
 func checkObject(dec *json.Decoder, t reflect.Type, path string) error {
@@ -215,17 +240,21 @@ func checkObject(dec *json.Decoder, t reflect.Type, path string) error {
 			return syntaxError(err)
 		}
 		key := tok.(string) // object keys are always strings
-		fi, ok := si.fields[key]
-		if !ok {
-			if slices.Contains(si.notImplemented, key) {
-				return fmt.Errorf("%s is part of Firecracker's API but not implemented by Thaw: remove it", where(join(path, key)))
-			}
-			return fmt.Errorf("%s: unknown field `%s`, want one of %s", where(path), key, quoteAll(si.names))
-		}
 		if seen[key] {
 			return fmt.Errorf("%s: duplicate field `%s`", where(path), key)
 		}
 		seen[key] = true
+		fi, ok := si.fields[key]
+		if !ok {
+			inert, known := si.notImplemented[key]
+			if !known {
+				return fmt.Errorf("%s: unknown field `%s`, want one of %s", where(path), key, quoteAll(si.names))
+			}
+			if err := checkInert(dec, join(path, key), inert); err != nil {
+				return err
+			}
+			continue
+		}
 		if fi.required {
 			err = checkNotNull(dec, fi.typ, join(path, key))
 		} else {
@@ -244,6 +273,28 @@ func checkObject(dec *json.Decoder, t reflect.Type, path string) error {
 		}
 	}
 	return nil
+}
+
+// checkInert reads the value of a field Thaw does not implement and refuses
+// it unless it is null, [], {} or one of inert.
+func checkInert(dec *json.Decoder, path string, inert []string) error {
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		return syntaxError(err)
+	}
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		return syntaxError(err)
+	}
+	v := b.String()
+	if v == "null" || v == "[]" || v == "{}" || slices.Contains(inert, v) {
+		return nil
+	}
+	allowed := "null"
+	if len(inert) > 0 {
+		allowed += " or " + strings.Join(inert, " or ")
+	}
+	return fmt.Errorf("%s is part of Firecracker's API but not implemented by Thaw: want it absent or %s, got %.64s", where(path), allowed, v)
 }
 
 // skipRest consumes the rest of a value whose first token was tok.

@@ -83,8 +83,56 @@ func TestDecode(t *testing.T) {
 		{
 			name:    "not implemented field named as such",
 			into:    func() any { return new(Drive) },
-			body:    `{"drive_id":"root","path_on_host":"/d","is_root_device":true,"rate_limiter":{}}`,
-			wantErr: "`rate_limiter` is part of Firecracker's API but not implemented by Thaw",
+			body:    `{"drive_id":"root","path_on_host":"/d","is_root_device":true,"rate_limiter":{"bandwidth":{"size":1,"refill_time":100}}}`,
+			wantErr: "`rate_limiter` is part of Firecracker's API but not implemented by Thaw: want it absent or null",
+		},
+		{
+			name:    "not implemented field with a value that asks for something",
+			into:    func() any { return new(Drive) },
+			body:    `{"drive_id":"root","path_on_host":"/d","is_root_device":true,"io_engine":"Async"}`,
+			wantErr: "`io_engine` is part of Firecracker's API but not implemented by Thaw: want it absent or null or \"Sync\", got \"Async\"",
+		},
+		{
+			name: "not implemented fields with default values are ignored",
+			into: func() any { return new(Drive) },
+			body: `{"drive_id":"root","path_on_host":"/d","is_root_device":true,"io_engine":"Sync","rate_limiter":null,"socket":null}`,
+			want: &Drive{DriveID: "root", PathOnHost: "/d", IsRootDevice: true},
+		},
+		{
+			name: "inert values are compared compactly",
+			into: func() any { return new(Drive) },
+			body: `{"drive_id":"root","path_on_host":"/d","is_root_device":true,"rate_limiter":{ }}`,
+			want: &Drive{DriveID: "root", PathOnHost: "/d", IsRootDevice: true},
+		},
+		{
+			name:    "not implemented field twice",
+			into:    func() any { return new(Drive) },
+			body:    `{"drive_id":"root","path_on_host":"/d","is_root_device":true,"socket":null,"socket":null}`,
+			wantErr: "duplicate field `socket`",
+		},
+		{
+			name: "load with default clock and huge pages",
+			into: func() any { return new(SnapshotLoadParams) },
+			body: `{"snapshot_path":"/s","mem_file_path":"/m","clock_realtime":false,"huge_pages":"Snapshot"}`,
+			want: &SnapshotLoadParams{SnapshotPath: "/s", MemFilePath: "/m"},
+		},
+		{
+			name:    "load with realtime clock",
+			into:    func() any { return new(SnapshotLoadParams) },
+			body:    `{"snapshot_path":"/s","mem_file_path":"/m","clock_realtime":true}`,
+			wantErr: "`clock_realtime` is part of Firecracker's API but not implemented by Thaw: want it absent or null or false, got true",
+		},
+		{
+			name: "cpu template None",
+			into: func() any { return new(MachineConfig) },
+			body: `{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"None"}`,
+			want: &MachineConfig{VcpuCount: 1, MemSizeMib: 128},
+		},
+		{
+			name:    "cpu template T2",
+			into:    func() any { return new(MachineConfig) },
+			body:    `{"vcpu_count":1,"mem_size_mib":128,"cpu_template":"T2"}`,
+			wantErr: "`cpu_template` is part of Firecracker's API but not implemented by Thaw",
 		},
 		{
 			name:    "validation runs",

@@ -102,7 +102,11 @@ type SnapshotLoadParams struct {
 	VsockOverride       *VsockOverride    `json:"vsock_override,omitempty"`
 }
 
-func (SnapshotLoadParams) notImplemented() []string { return []string{"clock_realtime", "huge_pages"} }
+func (SnapshotLoadParams) notImplemented() map[string][]string {
+	// huge_pages "Snapshot" keeps the snapshot's own setting, which is
+	// what thaw-vmm does anyway.
+	return map[string][]string{"clock_realtime": {"false"}, "huge_pages": {`"Snapshot"`}}
+}
 
 // Validate reports what is wrong with p.
 func (p SnapshotLoadParams) Validate() error {

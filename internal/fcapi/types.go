@@ -71,7 +71,9 @@ type MachineConfig struct {
 	HugePages       HugePages `json:"huge_pages,omitempty"`
 }
 
-func (MachineConfig) notImplemented() []string { return []string{"cpu_template", "gdb_socket_path"} }
+func (MachineConfig) notImplemented() map[string][]string {
+	return map[string][]string{"cpu_template": {`"None"`}, "gdb_socket_path": nil}
+}
 
 // DefaultMachineConfig is the configuration a fresh Firecracker process
 // reports: one vCPU, 128 MiB, no SMT, no dirty tracking, no huge pages.
@@ -123,7 +125,9 @@ type Drive struct {
 	CacheType    CacheType `json:"cache_type,omitempty"`
 }
 
-func (Drive) notImplemented() []string { return []string{"rate_limiter", "io_engine", "socket"} }
+func (Drive) notImplemented() map[string][]string {
+	return map[string][]string{"rate_limiter": nil, "io_engine": {`"Sync"`}, "socket": nil}
+}
 
 // Validate reports what is wrong with d.
 func (d Drive) Validate() error {
@@ -171,8 +175,8 @@ type NetworkInterface struct {
 	GuestMAC    string `json:"guest_mac,omitempty"`
 }
 
-func (NetworkInterface) notImplemented() []string {
-	return []string{"mtu", "rx_rate_limiter", "tx_rate_limiter"}
+func (NetworkInterface) notImplemented() map[string][]string {
+	return map[string][]string{"mtu": nil, "rx_rate_limiter": nil, "tx_rate_limiter": nil}
 }
 
 // Validate reports what is wrong with n.

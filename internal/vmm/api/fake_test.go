@@ -40,7 +40,7 @@ type fakeMachine struct {
 	ctxErr error
 }
 
-func newFakeMachine(t *testing.T) *fakeMachine {
+func newFakeMachine(t testing.TB) *fakeMachine {
 	m := &fakeMachine{
 		state:  fcapi.StateNotStarted,
 		mc:     fcapi.MachineConfig{VcpuCount: 1, MemSizeMib: 128},
@@ -52,7 +52,7 @@ func newFakeMachine(t *testing.T) *fakeMachine {
 }
 
 // check reports every contract violation seen.
-func (m *fakeMachine) check(t *testing.T) {
+func (m *fakeMachine) check(t testing.TB) {
 	t.Helper()
 	m.mu.Lock()
 	defer m.mu.Unlock()

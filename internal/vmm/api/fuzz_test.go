@@ -67,5 +67,7 @@ func FuzzHandler(f *testing.F) {
 // for fuzzing and are covered by the table tests.
 func newHarnessQuiet(t *testing.T) *harness {
 	m := newFakeMachine(t)
-	return &harness{t: t, s: NewServer(m, testInfo, testLogger(t)), m: m}
+	h := &harness{t: t, s: NewServer(m, testInfo, testLogger(t)), m: m}
+	t.Cleanup(func() { checkServer(t, h.s, m) })
+	return h
 }

@@ -26,6 +26,11 @@ import (
 // A Machine rejects values it cannot honour (more vCPUs or memory than it
 // supports, a Diff snapshot, huge pages, ...) with an error saying so; the
 // server returns that error's text to the client as a 400.
+//
+// To fail where Firecracker fails, a Machine checks host resources when they
+// are configured, not at Start: SetBootSource opens the kernel and initrd,
+// SetDrive opens the backing file (read-only when IsReadOnly), SetVsock
+// binds the unix socket uds_path (an existing path is an error).
 type Machine interface {
 	SetBootSource(fcapi.BootSource) error
 	SetMachineConfig(fcapi.MachineConfig) error
@@ -33,6 +38,7 @@ type Machine interface {
 	// one before any SetMachineConfig, the snapshot's after LoadSnapshot).
 	MachineConfig() fcapi.MachineConfig
 	// SetDrive adds the drive, or replaces the one with the same DriveID.
+	// The server keeps Firecracker's rule of at most one root drive.
 	SetDrive(fcapi.Drive) error
 	SetVsock(fcapi.Vsock) error
 	// Start boots the configured VM (InstanceStart); when it returns nil the

@@ -131,8 +131,17 @@ func (s *Server) setDriveLocked(d fcapi.Drive) error {
 	if err := s.preBootLocked(); err != nil {
 		return err
 	}
+	if d.IsRootDevice && s.rootDrive != "" && s.rootDrive != d.DriveID {
+		return badRequest("Drive config error: A root block device already exists: drive %q; configure it with is_root_device false first, or make %q not a root device.", s.rootDrive, d.DriveID)
+	}
 	if err := s.m.SetDrive(d); err != nil {
 		return machineError("Drive config error", err)
+	}
+	switch {
+	case d.IsRootDevice:
+		s.rootDrive = d.DriveID
+	case s.rootDrive == d.DriveID: // the root drive was replaced by a non-root one
+		s.rootDrive = ""
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -47,6 +48,9 @@ type Server struct {
 	// configured is set by the first pre-boot configuration request that
 	// parsed (Firecracker's boot_path): /snapshot/load is refused after it.
 	configured bool
+	// rootDrive is the ID of the drive configured as the root device, if
+	// any: Firecracker allows one.
+	rootDrive string
 	// failed is the error of a failed snapshot load; every later request
 	// is refused with it while the process exits.
 	failed error
@@ -55,8 +59,11 @@ type Server struct {
 // NewServer returns a server for m. info supplies app_name, id and
 // vmm_version for GET / (an empty id becomes Firecracker's default,
 // "anonymous-instance"; an empty app_name "thaw-vmm"); its state is ignored:
-// a new server is always "Not started".
+// a new server is always "Not started". A nil log discards.
 func NewServer(m Machine, info fcapi.InstanceInfo, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	info.State = fcapi.StateNotStarted
 	if info.ID == "" {
 		info.ID = "anonymous-instance"
@@ -100,7 +107,15 @@ func unknownRoute(r *http.Request) error {
 }
 
 // ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// ServeMux would answer a path with "//", "." or ".." segments with a
+	// redirect to the cleaned path; Firecracker has no such paths.
+	if p := r.URL.Path; p != "/" && strings.TrimSuffix(p, "/") != path.Clean(p) {
+		s.writeError(w, r, unknownRoute(r))
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
 
 // Serve answers API requests on l until ctx ends (it then returns nil) or a
 // snapshot load fails (it returns that error once the 400 answer is sent,
@@ -132,6 +147,25 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	<-served // http.ErrServerClosed
 	return result
+}
+
+// check reports a broken invariant of the server's state; tests run it in
+// cleanup.
+func (s *Server) check() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.info.State {
+	case fcapi.StateNotStarted, fcapi.StateRunning, fcapi.StatePaused:
+	default:
+		return fmt.Errorf("state is %q, not one of Firecracker's", s.info.State)
+	}
+	if s.rootDrive != "" && !s.configured {
+		return fmt.Errorf("root drive %q recorded but nothing configured", s.rootDrive)
+	}
+	if s.failed != nil && s.info.State == fcapi.StateRunning {
+		return fmt.Errorf("running after a failed load: %v", s.failed)
+	}
+	return nil
 }
 
 func (s *Server) stop() { s.stoppingOnce.Do(func() { close(s.stopping) }) }

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -16,7 +17,7 @@ import (
 
 var testInfo = fcapi.InstanceInfo{AppName: "thaw-vmm", ID: "vm1", VMMVersion: "0.1.0-test"}
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
@@ -30,7 +31,25 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	m := newFakeMachine(t)
-	return &harness{t: t, s: NewServer(m, testInfo, testLogger(t)), m: m}
+	h := &harness{t: t, s: NewServer(m, testInfo, testLogger(t)), m: m}
+	t.Cleanup(func() { checkServer(t, h.s, m) })
+	return h
+}
+
+// checkServer runs the server's invariant check and checks that the
+// server's idea of the instance state matches the Machine's.
+func checkServer(t testing.TB, s *Server, m *fakeMachine) {
+	t.Helper()
+	if err := s.check(); err != nil {
+		t.Errorf("server invariant: %v", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s.info.State != m.state {
+		t.Errorf("server says %q, Machine is %q", s.info.State, m.state)
+	}
 }
 
 // do sends one request and returns the status and body.
@@ -115,13 +134,14 @@ func TestBootLifecycle(t *testing.T) {
 	if got, want := h.ok("GET", "/machine-config", "", 200), `{"vcpu_count":1,"mem_size_mib":128,"smt":false,"track_dirty_pages":false,"huge_pages":"None"}`; got != want {
 		t.Errorf("GET /machine-config before PUT = %s, want %s", got, want)
 	}
-	h.ok("PUT", "/machine-config", mcBody, 204)
+	h.ok("PUT", "/machine-config", `{"vcpu_count":2,"mem_size_mib":256,"cpu_template":"None","gdb_socket_path":null}`, 204)
 	if got, want := h.ok("GET", "/machine-config", "", 200), `{"vcpu_count":2,"mem_size_mib":256,"smt":false,"track_dirty_pages":false,"huge_pages":"None"}`; got != want {
 		t.Errorf("GET /machine-config after PUT = %s, want %s", got, want)
 	}
 	h.ok("PUT", "/boot-source", bootBody, 204)
 	h.ok("PUT", "/drives/rootfs", driveBody, 204)
-	h.ok("PUT", "/drives/scratch", `{"drive_id":"scratch","path_on_host":"/s.img","is_root_device":false,"is_read_only":true,"cache_type":"Writeback"}`, 204)
+	h.ok("PUT", "/drives/scratch", `{"drive_id":"scratch","path_on_host":"/s.img","is_root_device":false,"is_read_only":true,"cache_type":"Writeback",
+		"io_engine":"Sync","rate_limiter":null,"socket":null}`, 204)
 	h.ok("PUT", "/vsock", vsockBody, 204)
 	h.ok("PUT", "/actions", startBody, 204)
 	if s := h.state(); s != fcapi.StateRunning {
@@ -180,7 +200,7 @@ func TestSnapshotLoad(t *testing.T) {
 			fcapi.SnapshotLoadParams{SnapshotPath: "/s/vmstate", MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendFile, BackendPath: "/s/mem"},
 				ResumeVM: true, VsockOverride: &fcapi.VsockOverride{UDSPath: "/new.sock"}},
 			[]string{"LoadSnapshot", "Resume"}},
-		{"deprecated fields normalized", `{"snapshot_path":"/s/vmstate","mem_file_path":"/s/mem","enable_diff_snapshots":true}`, fcapi.StatePaused,
+		{"deprecated fields normalized", `{"snapshot_path":"/s/vmstate","mem_file_path":"/s/mem","enable_diff_snapshots":true,"clock_realtime":false,"huge_pages":"Snapshot"}`, fcapi.StatePaused,
 			fcapi.SnapshotLoadParams{SnapshotPath: "/s/vmstate", MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendFile, BackendPath: "/s/mem"}, TrackDirtyPages: true},
 			[]string{"LoadSnapshot"}},
 	}
@@ -311,6 +331,10 @@ func TestBadRequests(t *testing.T) {
 		{"snapshot without op", "PUT", "/snapshot", loadBody, "Missing snapshot operation type"},
 		{"nested drive path", "PUT", "/drives/a/b", driveBody, "Invalid request method and/or path: PUT /drives/a/b."},
 		{"trailing slash", "GET", "/machine-config/", "", "Invalid request method and/or path"},
+		{"double slash", "PUT", "//drives/rootfs", driveBody, "Invalid request method and/or path: PUT //drives/rootfs."},
+		{"dot dot", "PUT", "/drives/../vsock", vsockBody, "Invalid request method and/or path: PUT /drives/../vsock."},
+		{"dot", "GET", "/./machine-config", "", "Invalid request method and/or path"},
+		{"escaped slash in id", "PUT", "/drives/a%2Fb", `{"drive_id":"a/b","path_on_host":"/r","is_root_device":true}`, `the ID "a/b" has '/'`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -320,6 +344,25 @@ func TestBadRequests(t *testing.T) {
 				t.Errorf("a refused request reached the Machine: calls %v", calls)
 			}
 		})
+	}
+}
+
+// TestOneRootDrive checks Firecracker's rule of at most one root drive,
+// which a drive can hand over by being replaced.
+func TestOneRootDrive(t *testing.T) {
+	h := newHarness(t)
+	root := func(id string, isRoot bool) string {
+		return fmt.Sprintf(`{"drive_id":%q,"path_on_host":"/%s","is_root_device":%t}`, id, id, isRoot)
+	}
+	h.ok("PUT", "/drives/a", root("a", true), 204)
+	h.ok("PUT", "/drives/a", root("a", true), 204) // replacing the root drive keeps it root
+	h.fault("PUT", "/drives/b", root("b", true), `A root block device already exists: drive "a"`)
+	h.ok("PUT", "/drives/b", root("b", false), 204)
+	h.ok("PUT", "/drives/a", root("a", false), 204) // a hands the role over
+	h.ok("PUT", "/drives/b", root("b", true), 204)
+	h.fault("PUT", "/drives/a", root("a", true), `A root block device already exists: drive "b"`)
+	if !h.m.drives["b"].IsRootDevice || h.m.drives["a"].IsRootDevice {
+		t.Errorf("Machine drives = %+v, want b root and a not", h.m.drives)
 	}
 }
 
@@ -388,7 +431,13 @@ func TestFailedLoadRefusesEverything(t *testing.T) {
 }
 
 func TestNewServerDefaults(t *testing.T) {
-	s := NewServer(newFakeMachine(t), fcapi.InstanceInfo{VMMVersion: "v", State: fcapi.StateRunning}, testLogger(t))
+	s := NewServer(newFakeMachine(t), fcapi.InstanceInfo{VMMVersion: "v", State: fcapi.StateRunning}, nil)
+	req := httptest.NewRequest("GET", "/nowhere", nil)
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, req) // logs the refusal: must not need a logger
+	if w.Code != 400 {
+		t.Errorf("GET /nowhere: %d, want 400", w.Code)
+	}
 	want := fcapi.InstanceInfo{AppName: "thaw-vmm", ID: "anonymous-instance", State: fcapi.StateNotStarted, VMMVersion: "v"}
 	if s.info != want {
 		t.Errorf("NewServer info = %+v, want %+v", s.info, want)
