@@ -257,7 +257,6 @@ func BenchmarkRestoreToOutput(b *testing.B) {
 	}
 }
 
-
 // BenchmarkIdleClonePSS restores 4 clones of one template in this process
 // with File and with Uffd (on demand), lets each read its 1 MiB pattern
 // once (one tick), pauses them and reports the proportional set size of
