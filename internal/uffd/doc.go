@@ -32,6 +32,8 @@
 // one run (contiguous missing pages, one multi-page UFFDIO_COPY with
 // DONTWAKE, then one UFFDIO_WAKE); with nothing to do it sleeps in poll(2)
 // on the uffd and a pidfd of the VMM for at most Config.PollInterval.
+// All-zero 4 KiB pages are installed with UFFDIO_ZEROPAGE (read faults and
+// prefetch; write faults copy), so they cost the VM no memory until written.
 //
 // Kernel answers (Documentation/admin-guide/mm/userfaultfd.rst):
 //   - EEXIST: the page is already there (another copy won); UFFDIO_WAKE the

@@ -120,8 +120,13 @@ func SendHandshake(conn *net.UnixConn, regions []Region, uffd *os.File) error {
 	if err := rc.Control(func(fd uintptr) {
 		var n, oobn int
 		n, oobn, werr = conn.WriteMsgUnix(msg, unix.UnixRights(int(fd)), nil)
-		if werr == nil && (n != len(msg) || oobn == 0) {
-			werr = fmt.Errorf("short write: %d of %d bytes, %d control bytes", n, len(msg), oobn)
+		if werr == nil && oobn == 0 {
+			werr = fmt.Errorf("the userfaultfd was not sent (%d bytes written)", n)
+		}
+		if werr == nil && n < len(msg) {
+			// A message larger than the socket buffer goes out in pieces;
+			// the receiver reads until the JSON is complete.
+			_, werr = conn.Write(msg[n:])
 		}
 	}); err != nil {
 		return fmt.Errorf("sending handshake: %w", err)
@@ -214,8 +219,8 @@ func (l *Listener) Accept(ctx context.Context) (*Handshake, error) {
 		return err
 	})
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("waiting for the VMM to connect to %s: %w", l.path, ctx.Err())
+		if cerr := ctxErr(ctx, err); cerr != nil {
+			return nil, fmt.Errorf("waiting for the VMM to connect to %s: %w", l.path, cerr)
 		}
 		return nil, fmt.Errorf("accepting on %s: %w", l.path, err)
 	}
@@ -227,12 +232,25 @@ func (l *Listener) Accept(ctx context.Context) (*Handshake, error) {
 		return err
 	})
 	if err != nil {
-		if ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-			err = ctx.Err()
+		if cerr := ctxErr(ctx, err); cerr != nil {
+			err = cerr
 		}
 		return nil, fmt.Errorf("reading the UFFD handshake on %s: %w", l.path, err)
 	}
 	return h, nil
+}
+
+// ctxErr returns ctx's error when err came from ctx ending: cancelled, or
+// its deadline (copied onto the socket) passed, possibly a moment before
+// ctx's own timer noticed.
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if dl, ok := ctx.Deadline(); ok && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
 
 type deadliner interface{ SetDeadline(time.Time) error }

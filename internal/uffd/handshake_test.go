@@ -218,7 +218,7 @@ func TestAcceptManyRegions(t *testing.T) {
 	noLeaks(t)
 	f, _ := anonUffd(t, 4096)
 	var regions []uffd.Region
-	for i := range uint64(700) { // about 80 KiB of JSON
+	for i := range uint64(uffd.MaxRegions) { // about 120 KiB of JSON
 		regions = append(regions, uffd.Region{BaseHostVirtAddr: (1 << 40) + i*(1<<21), Size: 1 << 20, Offset: i << 20, PageSize: 4096})
 	}
 	sock := filepath.Join(t.TempDir(), "s")
@@ -299,5 +299,18 @@ func TestListenRejectsBusyPath(t *testing.T) {
 		t.Fatal("second Listen on the same path succeeded")
 	} else if !strings.Contains(err.Error(), "stale socket") {
 		t.Errorf("got %v, want a hint about the stale socket", err)
+	}
+}
+
+func TestValidateRegionsCapsCount(t *testing.T) {
+	regions := make([]uffd.Region, uffd.MaxRegions+1)
+	for i := range regions {
+		regions[i] = uffd.Region{BaseHostVirtAddr: uint64(i+1) << 20, Size: 4096, Offset: uint64(i) << 12, PageSize: 4096}
+	}
+	if err := uffd.ValidateRegions(regions[:uffd.MaxRegions]); err != nil {
+		t.Fatalf("%d regions: %v", uffd.MaxRegions, err)
+	}
+	if err := uffd.ValidateRegions(regions); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Errorf("%d regions: got %v, want a too-many-regions error", len(regions), err)
 	}
 }

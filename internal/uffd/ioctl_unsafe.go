@@ -47,6 +47,12 @@ func ioctlCopy(fd uintptr, c *abi.UffdioCopy) error {
 	return ioctl(fd, abi.UFFDIO_COPY, unsafe.Pointer(c))
 }
 
+// ioctlZeropage issues UFFDIO_ZEROPAGE. The kernel writes z.Zeropage like
+// UffdioCopy.Copy.
+func ioctlZeropage(fd uintptr, z *abi.UffdioZeropage) error {
+	return ioctl(fd, abi.UFFDIO_ZEROPAGE, unsafe.Pointer(z))
+}
+
 // newUffdIoctl creates a userfaultfd through /dev/userfaultfd's
 // USERFAULTFD_IOC_NEW; the argument is a plain integer (the flags).
 func newUffdIoctl(devfd uintptr, flags int) (int, error) {

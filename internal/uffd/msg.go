@@ -10,6 +10,7 @@ import (
 // writes it in native byte order; Thaw supports little-endian hosts only
 // (x86-64, arm64).
 
+func faultFlags(m *abi.UffdMsg) uint64   { return binary.LittleEndian.Uint64(m.Arg[0:8]) }
 func faultAddress(m *abi.UffdMsg) uint64 { return binary.LittleEndian.Uint64(m.Arg[8:16]) }
 func rangeStart(m *abi.UffdMsg) uint64   { return binary.LittleEndian.Uint64(m.Arg[0:8]) }
 func rangeEnd(m *abi.UffdMsg) uint64     { return binary.LittleEndian.Uint64(m.Arg[8:16]) }

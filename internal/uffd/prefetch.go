@@ -2,10 +2,9 @@ package uffd
 
 import (
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
-
-	abi "github.com/thawvm/thaw/internal/abi/uffd"
 )
 
 // prefetcher walks the prefetch order: the access log's offsets, or, with
@@ -28,11 +27,27 @@ type cursor struct {
 
 func newPrefetcher(t *regionTable, log *AccessLog) *prefetcher {
 	p := &prefetcher{t: t}
-	if log != nil {
-		p.order = log.Offsets
-		if p.order == nil {
-			p.order = []uint64{}
+	if log == nil {
+		return p
+	}
+	p.order = log.Offsets
+	if p.order == nil {
+		p.order = []uint64{}
+	}
+	// A log recorded with larger pages than some region uses (2 MiB records
+	// replayed over 4 KiB pages) names every small page of each record.
+	small := uint64(PageSize2M)
+	for _, r := range t.regions {
+		small = min(small, r.PageSize)
+	}
+	if log.PageSize > small {
+		expanded := make([]uint64, 0, len(log.Offsets)*int(log.PageSize/small))
+		for _, off := range log.Offsets {
+			for sub := uint64(0); sub < log.PageSize; sub += small {
+				expanded = append(expanded, off+sub)
+			}
 		}
+		p.order = expanded
 	}
 	return p
 }
@@ -71,6 +86,13 @@ func (p *prefetcher) advance() {
 	}
 }
 
+// pageBytes returns the source bytes of page p of region r, or nil when
+// the source cannot provide them (fill reports that error).
+func (s *Server) pageBytes(r Region, p uint64) []byte {
+	b, _ := s.src.Bytes(r.Offset+p*r.PageSize, r.PageSize)
+	return b
+}
+
 // prefetchRun copies the next run of missing, contiguous pages (up to
 // Config.PrefetchRunBytes) with one UFFDIO_COPY in DONTWAKE mode, then
 // issues one wake for the run for any vCPU that faulted on it meanwhile.
@@ -82,6 +104,7 @@ func (s *Server) prefetchRun(fd uintptr) error {
 		r, page, ok := pf.peek()
 		if !ok {
 			pf.done = true
+			s.st.prefTime.Store(int64(time.Since(s.started)))
 			s.st.prefDone.Store(true)
 			st := s.st.snapshot()
 			s.log.Info("prefetch complete", "pages", st.PrefetchedPages, "runs", st.PrefetchRuns, "logged", pf.order != nil)
@@ -95,37 +118,35 @@ func (s *Server) prefetchRun(fd uintptr) error {
 	}
 	start := pf.cur
 	reg := s.regions.regions[ri]
+	off := reg.Offset + first*reg.PageSize
+	zero := s.zeroable(reg, s.pageBytes(reg, first))
 	n := uint64(1)
 	pf.advance()
+	// Extend the run over contiguous missing pages that are all zero, or
+	// all not zero, like the first.
 	for (n+1)*reg.PageSize <= s.cfg.PrefetchRunBytes {
 		r, page, ok := pf.peek()
-		if !ok || r != ri || page != first+n || s.pages[ri][page] != pageMissing {
+		if !ok || r != ri || page != first+n || s.pages[ri][page] != pageMissing || s.zeroable(reg, s.pageBytes(reg, page)) != zero {
 			break
 		}
 		n++
 		pf.advance()
 	}
 	dst := reg.BaseHostVirtAddr + first*reg.PageSize
-	off := reg.Offset + first*reg.PageSize
 	length := n * reg.PageSize
 	src, err := s.src.Bytes(off, length)
 	if err != nil {
 		return fmt.Errorf("prefetch: reading file offset %#x: %w", off, err)
 	}
-	c := abi.UffdioCopy{Dst: dst, Src: addrOf(src), Len: length, Mode: abi.UFFDIO_COPY_MODE_DONTWAKE}
-	cerr := ioctlCopy(fd, &c)
-	copied := uint64(0)
-	switch {
-	case cerr == nil:
-		copied = length
-	case c.Copy > 0:
-		copied = uint64(c.Copy) // partial; the next page's error shows next time
-	}
+	copied, cerr := fill(fd, dst, src, zero, true)
 	pages := copied / reg.PageSize
 	for i := uint64(0); i < pages; i++ {
 		s.installed(ri, first+i, off+i*reg.PageSize)
 	}
 	if pages > 0 {
+		if zero {
+			s.st.zeroPages.Add(pages)
+		}
 		s.st.prefPages.Add(pages)
 		s.st.prefBytes.Add(copied)
 		s.st.prefRuns.Add(1)

@@ -21,7 +21,7 @@ func TestMain(m *testing.M) {
 }
 
 // memFile writes a deterministic memory file and maps it.
-func memFile(t *testing.T, size int64, seed uint64) (string, *uffd.FileSource) {
+func memFile(t testing.TB, size int64, seed uint64) (string, *uffd.FileSource) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "mem")
 	if err := uffdtest.WriteMemoryFile(path, size, seed); err != nil {
@@ -37,7 +37,7 @@ func memFile(t *testing.T, size int64, seed uint64) (string, *uffd.FileSource) {
 
 // noLeaks fails t if goroutines or file descriptors started during the test
 // outlive it.
-func noLeaks(t *testing.T) {
+func noLeaks(t testing.TB) {
 	t.Helper()
 	g0, fd0 := runtime.NumGoroutine(), openFDs(t)
 	t.Cleanup(func() {
@@ -58,7 +58,7 @@ func noLeaks(t *testing.T) {
 	})
 }
 
-func openFDs(t *testing.T) int {
+func openFDs(t testing.TB) int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +68,7 @@ func openFDs(t *testing.T) int {
 
 // session is one page server serving one fake VMM.
 type session struct {
-	t      *testing.T
+	t      testing.TB
 	l      *uffd.Listener
 	proc   *uffdtest.Proc
 	srv    *uffd.Server
@@ -79,7 +79,7 @@ type session struct {
 // startSession listens, starts a fake VMM following spec, accepts its
 // handshake and starts serving it with params (Handshake and Source filled
 // in here when unset).
-func startSession(t *testing.T, spec uffdtest.Spec, src uffd.Source, params uffd.ServerParams) *session {
+func startSession(t testing.TB, spec uffdtest.Spec, src uffd.Source, params uffd.ServerParams) *session {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "uffd.sock")
 	l, err := uffd.Listen(sock)
@@ -383,5 +383,66 @@ func TestNewServerChecksRegionsAgainstFile(t *testing.T) {
 				t.Errorf("NewServer: got %v, want an error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestFaultOutsideHandshakeRegionsFails: the VMM registers two regions but
+// its handshake names only one; the first fault in the other must end
+// Serve with an error naming the address, not hang.
+func TestFaultOutsideHandshakeRegionsFails(t *testing.T) {
+	testenv.RequireUFFD(t)
+	noLeaks(t)
+	const size = 4 << 20
+	path, src := memFile(t, size, 8)
+	s := startSession(t, uffdtest.Spec{MemFile: path, Regions: []uffdtest.Layout{{Offset: 0, Size: 2 << 20}, {Offset: 2 << 20, Size: 2 << 20}},
+		Threads: 2, Pattern: uffdtest.Disjoint, OmitLastRegion: true, Hang: true},
+		src, uffd.ServerParams{Config: uffd.Config{DisablePrefetch: true}})
+	err := s.serveResult(10 * time.Second)
+	if err == nil || !strings.Contains(err.Error(), "outside every registered region") {
+		t.Fatalf("Serve: got %v, want a fault-outside-regions error", err)
+	}
+}
+
+// TestRemoveRacesFaults discards memory while other threads fault and the
+// prefetcher copies: copies during a pending REMOVE get EAGAIN and must be
+// retried after the event is drained, and the discarded ranges must read
+// back as zeros.
+func TestRemoveRacesFaults(t *testing.T) {
+	testenv.RequireUFFD(t)
+	noLeaks(t)
+	const size = 16 << 20
+	path, src := memFile(t, size, 13)
+	s := startSession(t, uffdtest.Spec{MemFile: path, Regions: oneRegion(size), Threads: 8, Pattern: uffdtest.Random, Writes: true, RemoveDuring: 64, Seed: 13},
+		src, uffd.ServerParams{Config: uffd.Config{PrefetchRunBytes: 16 << 10}})
+	res, st := s.finish()
+	if res.Removed != 4<<20 {
+		t.Errorf("fake VMM removed %d bytes, want %d", res.Removed, 4<<20)
+	}
+	if st.RemoveEvents != 64 {
+		t.Errorf("got %d REMOVE events, want one per discarded chunk (64)", st.RemoveEvents)
+	}
+	t.Logf("%v", st)
+}
+
+// TestFakeVMMDetectsWrongPages proves the fake VMM's check can fail: served
+// from another memory file of the same size, it must report mismatches.
+func TestFakeVMMDetectsWrongPages(t *testing.T) {
+	testenv.RequireUFFD(t)
+	noLeaks(t)
+	const size = 2 << 20
+	path, _ := memFile(t, size, 15)
+	_, other := memFile(t, size, 16)
+	s := startSession(t, uffdtest.Spec{MemFile: path, Regions: oneRegion(size), Threads: 2, Pattern: uffdtest.Disjoint},
+		other, uffd.ServerParams{})
+	res, err := s.proc.Wait()
+	if err == nil || !strings.Contains(err.Error(), "differing from the memory file") {
+		t.Fatalf("fake VMM served the wrong file: got %v, want a mismatch error", err)
+	}
+	// Zero blocks are the same in both files; every other page differs.
+	if want := uint64(size/4096) * 7 / 8; res == nil || res.Mismatches != want {
+		t.Errorf("got %+v, want %d mismatching pages", res, want)
+	}
+	if err := s.serveResult(10 * time.Second); err != nil {
+		t.Errorf("Serve: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package uffd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +29,10 @@ type Config struct {
 	PrefetchRunBytes uint64
 	// DisablePrefetch turns the prefetcher off (recording runs do this).
 	DisablePrefetch bool
+	// DisableZeroPages copies all-zero pages like any other instead of
+	// mapping the shared zero page (which saves the VM the memory until it
+	// writes the page; 4 KiB regions only, read faults and prefetch).
+	DisableZeroPages bool
 }
 
 func (c Config) withDefaults() Config {
@@ -96,7 +101,9 @@ type Server struct {
 	pf      *prefetcher // nil when prefetch is disabled
 	st      counters
 	serving atomic.Bool
+	started time.Time // when Serve began
 
+	closed    atomic.Bool // set before the fds are closed
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -162,6 +169,7 @@ func (s *Server) Regions() []Region { return append([]Region(nil), s.regions.reg
 // its faults stay pending, so whoever owns the VMM must stop it.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
+		s.closed.Store(true)
 		var errs []error
 		errs = append(errs, s.uffd.Close())
 		if s.peer != nil {
@@ -186,6 +194,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if !s.serving.CompareAndSwap(false, true) {
 		return errors.New("page server: Serve called twice")
 	}
+	s.started = time.Now()
 	if s.pf == nil {
 		s.st.prefDone.Store(true)
 	}
@@ -196,11 +205,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	switch {
 	case err == nil:
 		return nil
+	case s.closed.Load():
+		// Control on a closed file fails with an unexported error; the
+		// flag says why.
+		s.log.Info("page server stopping: closed")
+		return nil
 	case errors.Is(err, errGone):
 		s.log.Info("page server stopping: VMM went away", "pid", s.peerPID)
-		return nil
-	case errors.Is(err, os.ErrClosed):
-		s.log.Info("page server stopping: closed")
 		return nil
 	}
 	s.log.Error("page server failed", "pid", s.peerPID, "err", err)
@@ -209,7 +220,13 @@ func (s *Server) Serve(ctx context.Context) error {
 
 func (s *Server) serve(ctx context.Context) error {
 	msgs := make([]abi.UffdMsg, s.cfg.BatchSize)
-	var deferred []uint64
+	// Faults EAGAIN deferred, with the time they were read (their latency
+	// counts from then).
+	type fault struct {
+		addr, flags uint64
+		readAt      time.Time
+	}
+	var deferred []fault
 	for {
 		if ctx.Err() != nil {
 			s.log.Info("page server stopping: context done", "err", ctx.Err())
@@ -227,12 +244,12 @@ func (s *Server) serve(ctx context.Context) error {
 			}
 			now := time.Now()
 			for i := range n {
-				d, err := s.handleMsg(fd, &msgs[i], now)
+				again, err := s.handleMsg(fd, &msgs[i], now)
 				if err != nil {
 					return err
 				}
-				if d != 0 {
-					deferred = append(deferred, d)
+				if again {
+					deferred = append(deferred, fault{faultAddress(&msgs[i]), faultFlags(&msgs[i]), now})
 				}
 			}
 			return nil
@@ -249,14 +266,13 @@ func (s *Server) serve(ctx context.Context) error {
 			retry := deferred
 			deferred = nil
 			err := control(s.uffd, func(fd uintptr) error {
-				now := time.Now()
-				for _, addr := range retry {
-					again, err := s.serveFault(fd, addr, now)
+				for _, f := range retry {
+					again, err := s.serveFault(fd, f.addr, f.flags, f.readAt)
 					if err != nil {
 						return err
 					}
 					if again {
-						deferred = append(deferred, addr)
+						deferred = append(deferred, f)
 					}
 				}
 				return nil
@@ -322,21 +338,19 @@ func (s *Server) wait(timeout time.Duration) error {
 	return nil
 }
 
-// handleMsg handles one message. For a fault that must be retried after
-// the pending events are drained it returns the fault address.
-func (s *Server) handleMsg(fd uintptr, m *abi.UffdMsg, readAt time.Time) (uint64, error) {
+// handleMsg handles one message. It reports again=true for a fault that
+// must be retried once the pending events are drained.
+func (s *Server) handleMsg(fd uintptr, m *abi.UffdMsg, readAt time.Time) (again bool, err error) {
 	switch m.Event {
 	case abi.UFFD_EVENT_PAGEFAULT:
 		s.st.faults.Add(1)
-		addr := faultAddress(m)
-		again, err := s.serveFault(fd, addr, readAt)
-		if err != nil || !again {
-			return 0, err
+		again, err := s.serveFault(fd, faultAddress(m), faultFlags(m), readAt)
+		if again {
+			s.st.eagain.Add(1)
 		}
-		s.st.eagain.Add(1)
-		return addr, nil
+		return again, err
 	case abi.UFFD_EVENT_REMOVE, abi.UFFD_EVENT_UNMAP:
-		return 0, s.remove(fd, m.Event, rangeStart(m), rangeEnd(m))
+		return false, s.remove(fd, m.Event, rangeStart(m), rangeEnd(m))
 	case abi.UFFD_EVENT_FORK:
 		// Reading a fork event installed a new userfaultfd in our process;
 		// we serve only the VMM we were given, so release it.
@@ -344,17 +358,17 @@ func (s *Server) handleMsg(fd uintptr, m *abi.UffdMsg, readAt time.Time) (uint64
 			unix.Close(ufd)
 		}
 		s.log.Warn("ignoring userfaultfd fork event: the VMM forked with UFFD_FEATURE_EVENT_FORK; the child is not served")
-		return 0, nil
+		return false, nil
 	case abi.UFFD_EVENT_REMAP:
-		return 0, fmt.Errorf("VMM moved registered memory (mremap from %#x to %#x): the page server cannot follow", rangeStart(m), rangeEnd(m))
+		return false, fmt.Errorf("VMM moved registered memory (mremap from %#x to %#x): the page server cannot follow", rangeStart(m), rangeEnd(m))
 	}
-	return 0, fmt.Errorf("unknown userfaultfd event %#x", m.Event)
+	return false, fmt.Errorf("unknown userfaultfd event %#x", m.Event)
 }
 
-// serveFault installs the page holding addr. It reports again=true when the
-// kernel answered EAGAIN (the address space is changing: drain events and
-// retry).
-func (s *Server) serveFault(fd uintptr, addr uint64, readAt time.Time) (again bool, err error) {
+// serveFault installs the page holding addr (flags are the fault's). It
+// reports again=true when the kernel answered EAGAIN (the address space is
+// changing: drain events and retry).
+func (s *Server) serveFault(fd uintptr, addr, flags uint64, readAt time.Time) (again bool, err error) {
 	ri := s.regions.byAddr(addr)
 	if ri < 0 {
 		return false, fmt.Errorf("page fault at %#x outside every registered region %v: the VMM and the handshake disagree about guest memory", addr, s.regions.regions)
@@ -377,12 +391,18 @@ func (s *Server) serveFault(fd uintptr, addr uint64, readAt time.Time) (again bo
 	if err != nil {
 		return false, fmt.Errorf("reading page at file offset %#x for fault at %#x: %w", off, addr, err)
 	}
-	c := abi.UffdioCopy{Dst: dst, Src: addrOf(src), Len: r.PageSize}
-	switch cerr := ioctlCopy(fd, &c); cerr {
+	// A write would at once replace a zero page with a fresh copy, so only
+	// read faults get one.
+	zero := flags&abi.UFFD_PAGEFAULT_FLAG_WRITE == 0 && s.zeroable(r, src)
+	_, cerr := fill(fd, dst, src, zero, false)
+	switch cerr {
 	case nil:
 		s.installed(ri, page, off)
 		s.st.faultPages.Add(1)
 		s.st.faultBytes.Add(r.PageSize)
+		if zero {
+			s.st.zeroPages.Add(1)
+		}
 		return false, nil
 	case unix.EEXIST:
 		// Another copy (the prefetcher's, or an earlier fault's) won: the
@@ -407,6 +427,45 @@ func (s *Server) serveFault(fd uintptr, addr uint64, readAt time.Time) (again bo
 	default:
 		return false, fmt.Errorf("copying page at file offset %#x to %#x for fault at %#x: %w", off, dst, addr, cerr)
 	}
+}
+
+// zeroPage is compared against to find all-zero source pages.
+var zeroPage [PageSize4K]byte
+
+// zeroable reports whether src, a page of region r, may be installed as the
+// zero page: zero pages are on, the region has 4 KiB pages (hugetlbfs has no
+// UFFDIO_ZEROPAGE) and every byte is zero.
+func (s *Server) zeroable(r Region, src []byte) bool {
+	return !s.cfg.DisableZeroPages && r.PageSize == PageSize4K && bytes.Equal(src, zeroPage[:])
+}
+
+// fill installs len(src) bytes at dst, as zero pages when zero and as a copy
+// of src otherwise. It returns the bytes installed and the kernel's answer;
+// a partial fill is EAGAIN with a non-zero count.
+func fill(fd uintptr, dst uint64, src []byte, zero, dontwake bool) (uint64, error) {
+	n := uint64(len(src))
+	var err error
+	var ret int64
+	if zero {
+		z := abi.UffdioZeropage{Range: abi.UffdioRange{Start: dst, Len: n}}
+		if dontwake {
+			z.Mode = abi.UFFDIO_ZEROPAGE_MODE_DONTWAKE
+		}
+		err, ret = ioctlZeropage(fd, &z), z.Zeropage
+	} else {
+		c := abi.UffdioCopy{Dst: dst, Src: addrOf(src), Len: n}
+		if dontwake {
+			c.Mode = abi.UFFDIO_COPY_MODE_DONTWAKE
+		}
+		err, ret = ioctlCopy(fd, &c), c.Copy
+	}
+	switch {
+	case err == nil:
+		return n, nil
+	case ret > 0:
+		return uint64(ret), err
+	}
+	return 0, err
 }
 
 func (s *Server) installed(ri int, page, off uint64) {

@@ -16,11 +16,12 @@ import (
 //
 // over a sliding window of W = Window samples (from the start while fewer
 // than W samples exist). Peak is the largest r_i so far. A sample is quiet
-// when r_i ≤ Fraction × Peak. Recording has settled at the first sample with
-// t_i ≥ MinTime that ends a streak of Quiet quiet samples ("converged"), or
-// at the first sample with t_i ≥ MaxTime ("max time"), whichever is first. A
-// run that installs nothing has Peak 0, every sample is quiet, and it
-// settles at MinTime.
+// when Peak > 0 and r_i ≤ Fraction × Peak. Recording has settled at the
+// first sample with t_i ≥ MinTime that ends a streak of Quiet quiet samples
+// ("converged"), or at the first sample with t_i ≥ MaxTime ("max time"),
+// whichever is first. Before the first install nothing is quiet, so a guest
+// slow to start is not mistaken for a settled one; a run that installs
+// nothing ends at MaxTime.
 type SettleConfig struct {
 	Tick     time.Duration // sampling interval [100ms]
 	Window   int           // samples in the rate window [5]
@@ -118,7 +119,7 @@ func (s *Settle) Observe(at time.Duration, count uint64) string {
 	if rate > s.peak {
 		s.peak = rate
 	}
-	if rate <= s.cfg.Fraction*s.peak {
+	if s.peak > 0 && rate <= s.cfg.Fraction*s.peak {
 		s.quiet++
 	} else {
 		s.quiet = 0

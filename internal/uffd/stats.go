@@ -16,6 +16,10 @@ type Stats struct {
 	// FaultPages and FaultBytes count pages installed to answer faults.
 	FaultPages uint64
 	FaultBytes uint64
+	// ZeroPages counts pages whose file contents are all zero and that were
+	// installed as the shared zero page (UFFDIO_ZEROPAGE) instead of a copy,
+	// by faults or the prefetcher: they cost the VM no memory until written.
+	ZeroPages uint64
 	// EEXIST counts copies that found the page already installed (another
 	// copy won the race); each was answered with UFFDIO_WAKE.
 	EEXIST uint64
@@ -31,8 +35,10 @@ type Stats struct {
 	PrefetchedPages uint64
 	PrefetchBytes   uint64
 	PrefetchRuns    uint64
-	// PrefetchDone reports whether the prefetcher has run out of pages.
+	// PrefetchDone reports whether the prefetcher has run out of pages;
+	// PrefetchTime is how long after Serve started that happened.
 	PrefetchDone bool
+	PrefetchTime time.Duration
 	// Latency is the distribution of fault service times: from the read(2)
 	// that returned the fault to the end of the copy or wake that answered
 	// it. Time a fault spent queued before that read is not included.
@@ -40,8 +46,8 @@ type Stats struct {
 }
 
 func (s Stats) String() string {
-	return fmt.Sprintf("faults=%d fault_pages=%d fault_bytes=%d eexist=%d eagain=%d removes=%d removed_bytes=%d prefetched_pages=%d prefetch_runs=%d prefetch_done=%t latency_p50=%v latency_p99=%v",
-		s.Faults, s.FaultPages, s.FaultBytes, s.EEXIST, s.EAGAIN, s.RemoveEvents, s.RemovedBytes,
+	return fmt.Sprintf("faults=%d fault_pages=%d fault_bytes=%d zero_pages=%d eexist=%d eagain=%d removes=%d removed_bytes=%d prefetched_pages=%d prefetch_runs=%d prefetch_done=%t latency_p50=%v latency_p99=%v",
+		s.Faults, s.FaultPages, s.FaultBytes, s.ZeroPages, s.EEXIST, s.EAGAIN, s.RemoveEvents, s.RemovedBytes,
 		s.PrefetchedPages, s.PrefetchRuns, s.PrefetchDone, s.Latency.Quantile(0.5), s.Latency.Quantile(0.99))
 }
 
@@ -103,19 +109,21 @@ func (h *Histogram) Quantile(q float64) time.Duration {
 // by the serve loop and read by Stats from any goroutine.
 type counters struct {
 	faults, faultPages, faultBytes, eexist, eagain atomic.Uint64
+	zeroPages                                      atomic.Uint64
 	removes, removedBytes                          atomic.Uint64
 	prefPages, prefBytes, prefRuns                 atomic.Uint64
 	prefDone                                       atomic.Bool
+	prefTime                                       atomic.Int64
 	latency                                        [HistogramBuckets]atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
 	s := Stats{
 		Faults: c.faults.Load(), FaultPages: c.faultPages.Load(), FaultBytes: c.faultBytes.Load(),
-		EEXIST: c.eexist.Load(), EAGAIN: c.eagain.Load(),
+		ZeroPages: c.zeroPages.Load(), EEXIST: c.eexist.Load(), EAGAIN: c.eagain.Load(),
 		RemoveEvents: c.removes.Load(), RemovedBytes: c.removedBytes.Load(),
 		PrefetchedPages: c.prefPages.Load(), PrefetchBytes: c.prefBytes.Load(), PrefetchRuns: c.prefRuns.Load(),
-		PrefetchDone: c.prefDone.Load(),
+		PrefetchDone: c.prefDone.Load(), PrefetchTime: time.Duration(c.prefTime.Load()),
 	}
 	for k := range c.latency {
 		s.Latency.Buckets[k] = c.latency[k].Load()

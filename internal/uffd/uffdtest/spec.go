@@ -40,6 +40,12 @@ type Spec struct {
 	// RemoveBytes > 0: after touching, MADV_DONTNEED this many bytes in the
 	// middle of region 0 and check that they read back as zeros.
 	RemoveBytes uint64
+	// RemoveDuring > 0: while the threads touch memory, one more thread
+	// discards this many 64 KiB chunks (MADV_DONTNEED) in the last quarter
+	// of region 0, which the touching threads skip; each discard is a
+	// REMOVE event racing the faults (the EAGAIN path). The chunks must read
+	// back as zeros.
+	RemoveDuring int
 	// WaitStart: after the handshake, wait for a line on stdin.
 	WaitStart bool
 	// Hang: after touching, block until killed.
@@ -49,6 +55,9 @@ type Spec struct {
 	Direct bool
 	// Latencies: time every first touch of a page.
 	Latencies bool
+	// OmitLastRegion registers every region but leaves the last out of the
+	// handshake, as a VMM and handshake that disagree would.
+	OmitLastRegion bool
 	// Seed for the Random pattern.
 	Seed uint64
 }

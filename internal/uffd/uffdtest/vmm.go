@@ -65,23 +65,31 @@ func runVMM(spec *Spec) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	file, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_PRIVATE)
-	f.Close()
+	// The copy to check against is populated up front so that checking
+	// costs the toucher no page faults of its own; in Direct mode the
+	// "guest" is a second, fresh mapping that faults like a plain
+	// MAP_PRIVATE restore would.
+	file, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("mapping memory file: %w", err)
 	}
 	g := &guest{file: file, lay: spec.Regions}
 	var uffdFile *os.File
 	if spec.Direct {
+		direct, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE)
+		if err != nil {
+			return nil, fmt.Errorf("mapping memory file: %w", err)
+		}
 		for _, l := range spec.Regions {
-			if l.Offset+l.Size > uint64(len(file)) {
+			if l.Offset+l.Size > uint64(len(direct)) {
 				return nil, fmt.Errorf("region %+v past the memory file", l)
 			}
-			g.mem = append(g.mem, file[l.Offset:l.Offset+l.Size])
+			g.mem = append(g.mem, direct[l.Offset:l.Offset+l.Size])
 		}
 	} else {
 		regions, err := g.mapRegions()
@@ -94,7 +102,11 @@ func runVMM(spec *Spec) (*Result, error) {
 		}
 		defer uffdFile.Close() // held for the life of the "VM", as Firecracker does
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err = uffd.SendHandshakeTo(ctx, spec.Socket, regions, uffdFile)
+		sent := regions
+		if spec.OmitLastRegion && len(sent) > 1 {
+			sent = sent[:len(sent)-1]
+		}
+		err = uffd.SendHandshakeTo(ctx, spec.Socket, sent, uffdFile)
 		cancel()
 		if err != nil {
 			return nil, err
@@ -117,7 +129,14 @@ func runVMM(spec *Spec) (*Result, error) {
 	var touches, verified, bad atomic.Uint64
 	var firstBad atomic.Pointer[string]
 	var wg sync.WaitGroup
+	var removeErr error
 	start := time.Now()
+	if spec.RemoveDuring > 0 {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			removeErr = g.removeConcurrently(spec.RemoveDuring, res)
+		})
+	}
 	for t := range work {
 		wg.Go(func() {
 			runtime.LockOSThread()
@@ -125,8 +144,15 @@ func runVMM(spec *Spec) (*Result, error) {
 			if lats != nil {
 				mine = make([]time.Duration, 0, len(work[t]))
 			}
-			var sum uint64
-			defer func() { sink.Add(sum) }()
+			// Counted per thread and added once: shared counters would
+			// make the threads contend on one cache line per touch.
+			var sum, n, nbad uint64
+			defer func() {
+				sink.Add(sum)
+				touches.Add(n)
+				verified.Add(n * 4096)
+				bad.Add(nbad)
+			}()
 			for _, p := range work[t] {
 				t0 := time.Now()
 				sum += uint64(touch(g.mem[p.r], p.off))
@@ -137,12 +163,10 @@ func runVMM(spec *Spec) (*Result, error) {
 					g.mem[p.r][p.off+17] = ^g.fileByte(p, 17)
 				}
 				if msg := g.check(p, spec.Writes); msg != "" {
-					if bad.Add(1) == 1 {
-						firstBad.Store(&msg)
-					}
+					nbad++
+					firstBad.CompareAndSwap(nil, &msg)
 				}
-				touches.Add(1)
-				verified.Add(4096)
+				n++
 			}
 			if lats != nil {
 				lats[t] = mine
@@ -151,6 +175,9 @@ func runVMM(spec *Spec) (*Result, error) {
 	}
 	wg.Wait()
 	res.Elapsed = time.Since(start)
+	if removeErr != nil {
+		return nil, removeErr
+	}
 	res.Touches, res.Verified, res.Mismatches = touches.Load(), verified.Load(), bad.Load()
 	if p := firstBad.Load(); p != nil {
 		res.FirstBad = *p
@@ -168,7 +195,9 @@ func runVMM(spec *Spec) (*Result, error) {
 		}
 	}
 	if spec.Hang {
-		select {}
+		for { // until killed; sleeping, so the runtime sees no deadlock
+			time.Sleep(time.Hour)
+		}
 	}
 	runtime.KeepAlive(uffdFile)
 	return res, nil
@@ -204,6 +233,10 @@ func (g *guest) plan(spec *Spec) ([][]page, error) {
 				all = append(all, page{r, off})
 			}
 		}
+	}
+	if spec.RemoveDuring > 0 {
+		lo, hi := g.removeZone()
+		all = slices.DeleteFunc(all, func(p page) bool { return p.r == 0 && p.off >= lo && p.off < hi })
 	}
 	work := make([][]page, spec.Threads)
 	switch spec.Pattern {
@@ -278,5 +311,36 @@ func (g *guest) removeAndCheck(n uint64, res *Result) error {
 		}
 	}
 	res.Removed = n
+	return nil
+}
+
+// removeZone is the last quarter of region 0, 64 KiB aligned.
+func (g *guest) removeZone() (lo, hi uint64) {
+	n := uint64(len(g.mem[0]))
+	return (n - n/4) &^ (64<<10 - 1), n
+}
+
+// removeConcurrently discards chunks of the remove zone one by one, then
+// checks that they read back as zeros (they were unregistered).
+func (g *guest) removeConcurrently(chunks int, res *Result) error {
+	lo, hi := g.removeZone()
+	mem := g.mem[0]
+	var removed uint64
+	for i := range chunks {
+		a := lo + uint64(i)*(64<<10)
+		if a+64<<10 > hi {
+			break
+		}
+		if err := unix.Madvise(mem[a:a+64<<10], unix.MADV_DONTNEED); err != nil {
+			return fmt.Errorf("madvise(MADV_DONTNEED) at %#x: %w", a, err)
+		}
+		removed += 64 << 10
+	}
+	for i, b := range mem[lo : lo+removed] {
+		if b != 0 {
+			return fmt.Errorf("removed byte at region 0 offset %#x reads %#x, want 0", lo+uint64(i), b)
+		}
+	}
+	res.Removed = removed
 	return nil
 }
