@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -171,4 +172,77 @@ func TestFailedLoadEndsProcess(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pageServerEnv makes this test binary a page server child:
+// "<socket>:<memory file>". It serves one VMM on demand until killed.
+const pageServerEnv = "THAW_E2E_PAGESERVER"
+
+func pageServerChild(spec string) int {
+	sock, mem, ok := strings.Cut(spec, ":")
+	if !ok {
+		fmt.Fprintf(os.Stderr, "%s=%q: want socket:memfile\n", pageServerEnv, spec)
+		return 2
+	}
+	l, err := uffd.Listen(sock)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer l.Close()
+	src, err := uffd.OpenFile(mem)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer src.Close()
+	fmt.Println("ready")
+	if err := serveOne(l, src); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// TestPageServerDeathEndsVMM restores the probe into a thaw-vmm whose
+// memory a page server child serves, kills the page server (SIGKILL)
+// while the guest runs, and checks that thaw-vmm notices and exits with
+// status 1 and an error naming the page server, instead of running on
+// with memory nobody can serve.
+func TestPageServerDeathEndsVMM(t *testing.T) {
+	testenv.RequireUFFD(t)
+	dir := t.TempDir()
+	statePath, memPath, tick, sum := snapshotProbe(t, dir)
+	sock := filepath.Join(dir, "uffd.sock")
+	ps := exec.Command(os.Args[0], "-test.run=^$")
+	ps.Env = append(os.Environ(), pageServerEnv+"="+sock+":"+memPath)
+	ps.Stderr = os.Stderr
+	out, err := ps.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ps.Process.Kill(); ps.Wait() })
+	if _, err := out.Read(make([]byte, 6)); err != nil {
+		t.Fatalf("page server child: %v", err)
+	}
+
+	p := startVMM(t, "--id", "clone")
+	c := p.client(t)
+	if err := c.LoadSnapshot(ctx(t), fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: sock}, ResumeVM: true}); err != nil {
+		t.Fatal(err)
+	}
+	p.waitOutput(t, fmt.Sprintf("probe: tick %d sum=%s\n", tick+1, sum), 30*time.Second)
+	ps.Process.Kill()
+	ps.Wait()
+	killed := time.Now()
+	if code := p.wait(t, 10*time.Second); code != 1 {
+		t.Errorf("thaw-vmm exit code after its page server died: got %d, want 1", code)
+	}
+	if !strings.Contains(p.stderr.String(), "the page server exited") {
+		t.Errorf("thaw-vmm stderr lacks the page server's death:\n%s", p.stderr.String())
+	}
+	t.Logf("thaw-vmm exited %v after the page server was killed", time.Since(killed))
 }
