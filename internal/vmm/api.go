@@ -1,7 +1,6 @@
 package vmm
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,10 +11,6 @@ import (
 )
 
 var _ api.Machine = (*Machine)(nil)
-
-// ErrSnapshotsNotImplemented answers snapshot calls: snapshots are the next
-// issue's work, not a stub pretending to work.
-var ErrSnapshotsNotImplemented = errors.New("snapshots are not implemented in this build of thaw-vmm")
 
 // SetBootSource implements api.Machine: PUT /boot-source.
 func (m *Machine) SetBootSource(b fcapi.BootSource) error {
@@ -81,16 +76,6 @@ func (m *Machine) SetMachineConfig(mc fcapi.MachineConfig) error {
 func (m *Machine) MachineConfig() fcapi.MachineConfig {
 	c := m.Config()
 	return fcapi.MachineConfig{VcpuCount: c.VCPUs, MemSizeMib: int(c.MemMiB), HugePages: fcapi.HugePagesNone}
-}
-
-// CreateSnapshot implements api.Machine; snapshots are not implemented yet.
-func (m *Machine) CreateSnapshot(context.Context, fcapi.SnapshotCreateParams) error {
-	return ErrSnapshotsNotImplemented
-}
-
-// LoadSnapshot implements api.Machine; snapshots are not implemented yet.
-func (m *Machine) LoadSnapshot(context.Context, fcapi.SnapshotLoadParams) error {
-	return ErrSnapshotsNotImplemented
 }
 
 // ErrNoVirtio answers drive and vsock configuration until the virtio

@@ -1,8 +1,6 @@
 package vmm
 
 import (
-	"context"
-	"errors"
 	"strings"
 	"testing"
 
@@ -61,11 +59,5 @@ func TestBootSourceThroughAPI(t *testing.T) {
 	}
 	if got := m.Config().Cmdline; got != DefaultCmdline {
 		t.Errorf("command line without boot_args: got %q, want the default %q", got, DefaultCmdline)
-	}
-	if err := m.CreateSnapshot(context.Background(), fcapi.SnapshotCreateParams{}); !errors.Is(err, ErrSnapshotsNotImplemented) {
-		t.Errorf("CreateSnapshot: got %v, want ErrSnapshotsNotImplemented", err)
-	}
-	if err := m.LoadSnapshot(context.Background(), fcapi.SnapshotLoadParams{}); !errors.Is(err, ErrSnapshotsNotImplemented) {
-		t.Errorf("LoadSnapshot: got %v, want ErrSnapshotsNotImplemented", err)
 	}
 }

@@ -98,6 +98,9 @@ type hardware struct {
 	mmio   bus.Bus
 	serial *serial.Serial
 	i8042  *i8042.Device
+	// restored is set when the machine was loaded from a snapshot
+	// (machine_snapshot.go); it owns mem then.
+	restored *restored
 }
 
 // New returns an unstarted machine configured with cfg (which the API may
@@ -257,7 +260,9 @@ func (hw *hardware) close() error {
 		errs = append(errs, hw.vm.Close())
 	}
 	// Guest memory goes after the VM, which maps it.
-	if hw.mem != nil {
+	if hw.restored != nil {
+		errs = append(errs, hw.restored.close())
+	} else if hw.mem != nil {
 		errs = append(errs, hw.mem.Close())
 	}
 	if hw.sys != nil {
