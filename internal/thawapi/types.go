@@ -128,3 +128,44 @@ type RegisterTemplate struct {
 	MemoryMiB int         `json:"memory_mib"`
 	Ready     *ReadyCheck `json:"ready,omitempty"`
 }
+
+// ExecRequest is the first line of POST /v1/sandboxes/{id}/exec's body;
+// with Stdin set, the rest of the body is the process's stdin, streamed.
+// Exactly one of Argv and Shell is set.
+type ExecRequest struct {
+	Argv  []string `json:"argv,omitempty"`
+	Shell string   `json:"shell,omitempty"`
+	Env   []string `json:"env,omitempty"`
+	Cwd   string   `json:"cwd,omitempty"`
+	User  string   `json:"user,omitempty"`
+	Stdin bool     `json:"stdin,omitempty"`
+	// TimeoutMS, when positive, kills the process after this long.
+	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+}
+
+// ExitStatus is how an exec's process ended.
+type ExitStatus struct {
+	// Code is the exit code, or -1 when a signal ended the process.
+	Code       int    `json:"code"`
+	Signal     int    `json:"signal,omitempty"`
+	SignalName string `json:"signal_name,omitempty"`
+	TimedOut   bool   `json:"timed_out,omitempty"`
+}
+
+// ExecEvent is one line of an exec's answer (newline-delimited JSON,
+// application/x-ndjson): output as it is produced, then either Exit or
+// Error (with its kind) last.
+type ExecEvent struct {
+	Stdout []byte      `json:"stdout,omitempty"`
+	Stderr []byte      `json:"stderr,omitempty"`
+	Exit   *ExitStatus `json:"exit,omitempty"`
+	Error  string      `json:"error,omitempty"`
+	Kind   string      `json:"kind,omitempty"`
+}
+
+// FileInfo describes a file written into a sandbox.
+type FileInfo struct {
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+	Mode uint32 `json:"mode"`
+}

@@ -8,9 +8,9 @@
 // Served: version, run-time settings (the UFFD switch and the restore slot
 // limit), listing, inspecting and registering templates (from an existing
 // snapshot), deleting a template no sandbox uses, the sandbox lifecycle
-// (create, inspect, delete, pause, resume, through internal/daemon/sandbox)
-// and metrics. Template builds from images, exec and file transfer are not
-// served yet.
+// (create, inspect, delete, pause, resume, through internal/daemon/sandbox;
+// exec and file transfer proxied to the guest agent, streamed) and
+// metrics. Template builds from images are not served yet.
 package api
 
 import (
@@ -79,6 +79,9 @@ var routes = []route{
 	{"DELETE", "/v1/sandboxes/{id}", (*Server).deleteSandbox},
 	{"POST", "/v1/sandboxes/{id}/pause", (*Server).pauseSandbox},
 	{"POST", "/v1/sandboxes/{id}/resume", (*Server).resumeSandbox},
+	{"POST", "/v1/sandboxes/{id}/exec", (*Server).execSandbox},
+	{"GET", "/v1/sandboxes/{id}/files", (*Server).getFile},
+	{"PUT", "/v1/sandboxes/{id}/files", (*Server).putFile},
 	{"GET", "/metrics", (*Server).getMetrics},
 }
 
