@@ -1,20 +1,16 @@
 package daemon
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/thawvm/thaw/internal/agent"
 	"github.com/thawvm/thaw/internal/daemon/disk/disktest"
 	"github.com/thawvm/thaw/internal/daemon/sandbox"
 	"github.com/thawvm/thaw/internal/daemon/sandbox/sandboxtest"
@@ -22,64 +18,6 @@ import (
 	"github.com/thawvm/thaw/internal/testenv"
 	"github.com/thawvm/thaw/internal/thawapi"
 )
-
-// serveVsockAgent plays the guest side of a sandbox's vsock device: it
-// listens on the host-side socket path as Firecracker's vsock does, answers
-// "CONNECT <port>" with "OK <port>" and connects each stream to a real
-// thaw-agent server running on the host. thaw-vmm has no virtio-vsock yet
-// and PVM cannot boot a Linux guest here, so this is the one place the
-// agent does not run in the guest: everything on thawd's side (API route,
-// streaming, agent client, vsock handshake) is the real code.
-func serveVsockAgent(t *testing.T, path string) {
-	t.Helper()
-	srv, err := agent.New(agent.Config{Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentSock := filepath.Join(t.TempDir(), "agent.sock")
-	al, err := net.Listen("unix", agentSock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(al)
-	vl, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { vl.Close(); srv.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := vl.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				line, err := br.ReadString('\n')
-				if err != nil || strings.TrimSpace(line) != "CONNECT 10000" {
-					return
-				}
-				a, err := net.Dial("unix", agentSock)
-				if err != nil {
-					return
-				}
-				defer a.Close()
-				io.WriteString(c, "OK 10000\n")
-				done := make(chan struct{})
-				go func() { io.Copy(a, br); a.(*net.UnixConn).CloseWrite(); close(done) }()
-				io.Copy(c, a)
-				c.(*net.UnixConn).CloseWrite()
-				<-done
-			}()
-		}
-	}()
-}
 
 // TestExecAndFiles runs exec (stdin in, stdout and stderr out, exit code)
 // and a file upload and download through thawd's API, its client and the
@@ -108,7 +46,7 @@ func TestExecAndFiles(t *testing.T) {
 		}
 		defer c.DeleteSandbox(context.Background(), id)
 	}
-	serveVsockAgent(t, filepath.Join(data, "sandboxes", "x", sandbox.VsockName))
+	sandboxtest.ServeVsockAgent(t, filepath.Join(data, "sandboxes", "x", sandbox.VsockName))
 
 	var stdout, stderr bytes.Buffer
 	st, err := c.Exec(ctx, "x", thawapi.ExecRequest{Argv: []string{"sh", "-c", "echo out; echo err >&2; cat; exit 3"}},
