@@ -61,7 +61,8 @@ commands:
   template inspect NAME   show a template and its builds
   template register NAME --vmstate F --memory F --rootfs F --vcpus N --memory-mib N [--kernel F] [--ready-serial TEXT]
                           register an existing snapshot as the template's current build
-  template rm NAME        delete a template no sandbox uses
+  template rm [--force] NAME
+                          delete a template no sandbox uses (--force: delete its sandboxes first)
   settings [--uffd=on|off] [--max-concurrent-restores N]
                           show or change thawd's run-time settings
   daemon [THAWD FLAGS]    run thawd in the foreground (thaw daemon -h lists its flags)
@@ -234,10 +235,16 @@ func (g globals) template(ctx context.Context, c *thawapi.Client, p printer, arg
 	case "build":
 		return fmt.Errorf("template build is not available yet: thawd has no image build route; register an existing snapshot with thaw template register")
 	case "rm":
-		if len(args) != 2 {
+		fs := newFlags("template rm")
+		force := fs.Bool("force", false, "delete the template's sandboxes first")
+		if err := fs.Parse(args[1:]); err != nil {
+			return usagef("template rm: %v", err)
+		}
+		if fs.NArg() != 1 {
 			return usagef("template rm takes one template name")
 		}
-		if err := c.DeleteTemplate(ctx, args[1]); err != nil {
+		args = []string{"rm", fs.Arg(0)}
+		if err := c.DeleteTemplate(ctx, args[1], *force); err != nil {
 			return err
 		}
 		if p.json {

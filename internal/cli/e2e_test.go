@@ -129,6 +129,17 @@ func TestSandboxVerbs(t *testing.T) {
 	if out := run("", 1, "create", "nope"); !strings.Contains(out, `template "nope" not found`) {
 		t.Errorf("create from an unknown template: %q", out)
 	}
+	run("", 0, "create", "--id", "c2", "probe")
+	if out := run("", 1, "template", "rm", "probe"); !strings.Contains(out, "c2") {
+		t.Errorf("template rm of a template in use: %q, want it refused naming c2", out)
+	}
+	run("", 0, "template", "rm", "--force", "probe")
+	if out := run("", 0, "ls"); strings.Contains(out, "c2") {
+		t.Errorf("ls after a forced template rm still shows c2:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(data, "sandboxes", "c2")); !os.IsNotExist(err) {
+		t.Errorf("c2's directory after a forced template rm: %v", err)
+	}
 	run("", 2, "exec", "c1")
 	run("", 2, "cp", "a", "b")
 }

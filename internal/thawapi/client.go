@@ -124,8 +124,14 @@ func (c *Client) Template(ctx context.Context, name string) (Template, error) {
 }
 
 // DeleteTemplate deletes the template called name and its builds' files.
-func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
-	return c.do(ctx, "DELETE", "/v1/templates/"+url.PathEscape(name), nil, nil)
+// It is refused while sandboxes use it, unless force, which deletes them
+// first.
+func (c *Client) DeleteTemplate(ctx context.Context, name string, force bool) error {
+	path := "/v1/templates/" + url.PathEscape(name)
+	if force {
+		path += "?force=true"
+	}
+	return c.do(ctx, "DELETE", path, nil, nil)
 }
 
 // Sandboxes returns every sandbox.

@@ -481,3 +481,38 @@ func TestReconcile(t *testing.T) {
 	}
 	os.RemoveAll(sbs[2].Dir)
 }
+
+// TestTTLExpires: a reconciler pass after a sandbox's TTL deletes it, and
+// leaves one without a TTL alone.
+func TestTTLExpires(t *testing.T) {
+	e := newEnv(t, nil)
+	const ttl = 4 * time.Second
+	short, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "short", Template: "probe", TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if short.ExpiresAt.IsZero() || short.ExpiresAt.Sub(short.CreatedAt) != ttl {
+		t.Errorf("expiry: got %v after %v, want %v after the create", short.ExpiresAt, short.CreatedAt, ttl)
+	}
+	if _, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "long", Template: "probe"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Reconcile(ctxT(t), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.Sandbox("short"); err != nil && time.Until(short.ExpiresAt) > 0 {
+		t.Errorf("before its TTL: %v, want the sandbox still there", err)
+	}
+	time.Sleep(time.Until(short.ExpiresAt))
+	plan, err := e.m.Reconcile(ctxT(t), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Actions) != 2 || plan.Actions[1].Kind != reconcile.Expire || plan.Actions[1].Sandbox != "short" {
+		t.Errorf("plan after the TTL: got %+v, want long's reattach and short's expiry", plan.Actions)
+	}
+	e.assertGone(t, "short")
+	if sb, err := e.st.Sandbox("long"); err != nil || sb.State != store.Running {
+		t.Errorf("the sandbox without a TTL: got %+v, %v, want running", sb, err)
+	}
+}
