@@ -100,6 +100,9 @@ func (s *Server) registerTemplate(w http.ResponseWriter, r *http.Request) error 
 	if req.Ready != nil {
 		rr.Ready = store.ReadyCheck{Kind: store.ReadyKind(req.Ready.Kind), Marker: req.Ready.Marker}
 	}
+	if s.sandbox != nil {
+		rr.Record = s.sandbox.RecordFunc()
+	}
 	t, err := template.Register(r.Context(), s.store, s.layout, rr)
 	if err != nil {
 		return err

@@ -297,22 +297,29 @@ func (c *creation) handshake(ctx context.Context) (phases.Undo, error) {
 }
 
 func (c *creation) ready(ctx context.Context) (phases.Undo, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.m.opts.ReadyTimeout)
+	return nil, waitReady(ctx, c.handle, c.build.Ready, c.m.opts.ReadyTimeout, c.req.ID, c.req.Env)
+}
+
+// waitReady runs a restored VM's ready check (bounded by bound): the serial
+// marker, or the agent's health followed by its post-restore init
+// (hostname, env, wall clock, fresh entropy).
+func waitReady(ctx context.Context, h *shim.Handle, r store.ReadyCheck, bound time.Duration, hostname string, env []string) error {
+	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
-	if !agentReady(c.build.Ready) {
-		return nil, waitSerial(ctx, c.handle, c.build.Ready.Marker, c.m.opts.ReadyTimeout)
+	if !agentReady(r) {
+		return waitSerial(ctx, h, r.Marker, bound)
 	}
-	ac := agentapi.NewClient(agentapi.VsockDialer(filepath.Join(c.dir, VsockName), agentapi.DefaultVsockPort))
+	ac := agentapi.NewClient(agentapi.VsockDialer(filepath.Join(h.Dir, VsockName), agentapi.DefaultVsockPort))
 	defer ac.Close()
 	if _, err := ac.WaitReady(ctx, 20*time.Millisecond); err != nil {
-		return nil, timeoutKind(ctx, fmt.Errorf("agent health: %w", err))
+		return timeoutKind(ctx, fmt.Errorf("agent health: %w", err))
 	}
 	entropy := make([]byte, 64)
 	rand.Read(entropy)
-	if _, err := ac.Init(ctx, agentapi.InitRequest{Env: c.req.Env, Hostname: c.req.ID, Time: time.Now(), Entropy: entropy}); err != nil {
-		return nil, timeoutKind(ctx, fmt.Errorf("agent init: %w", err))
+	if _, err := ac.Init(ctx, agentapi.InitRequest{Env: env, Hostname: hostname, Time: time.Now(), Entropy: entropy}); err != nil {
+		return timeoutKind(ctx, fmt.Errorf("agent init: %w", err))
 	}
-	return nil, nil
+	return nil
 }
 
 func agentReady(r store.ReadyCheck) bool { return r.Kind != store.ReadySerial }

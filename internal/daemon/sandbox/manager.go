@@ -52,8 +52,12 @@ type Options struct {
 	// Shim and VMM are absolute paths of thaw-shim and of the VMM binary
 	// (thaw-vmm or firecracker).
 	Shim, VMM string
-	// Prefetch turns the page server's ordered prefetch on.
+	// Prefetch turns the page server's ordered prefetch on; off also
+	// turns template recording runs off (RecordFunc returns nil).
 	Prefetch bool
+	// RecordMax bounds a recording run's wait for the settle detector
+	// [10s].
+	RecordMax time.Duration
 	// LoadTimeout bounds PUT /snapshot/load [30s].
 	LoadTimeout time.Duration
 	// ReadyTimeout bounds the wait for the handshake verdict and the
@@ -103,6 +107,7 @@ func New(opts Options) (*Manager, error) {
 	def(&opts.LoadTimeout, 30*time.Second)
 	def(&opts.ReadyTimeout, 30*time.Second)
 	def(&opts.StopGrace, 2*time.Second)
+	def(&opts.RecordMax, 10*time.Second)
 	def(&opts.CreatingGrace, opts.LoadTimeout+opts.ReadyTimeout+time.Minute)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

@@ -516,3 +516,72 @@ func TestTTLExpires(t *testing.T) {
 		t.Errorf("the sandbox without a TTL: got %+v, %v, want running", sb, err)
 	}
 }
+
+// TestRecordedTemplate registers the probe with a recording run: an
+// ephemeral build- VM restores it under a recording page server until the
+// settle detector converges; the build gets the access log, sandboxes
+// restored from it prefetch in its order, and nothing of the build VM is
+// left.
+func TestRecordedTemplate(t *testing.T) {
+	e := newEnv(t, func(o *sandbox.Options) { o.RecordMax = 5 * time.Second })
+	s := probeSnapshot(t)
+	tpl, err := template.Register(ctxT(t), e.st, e.lay, template.RegisterRequest{Name: "rec", VMState: s.VMState, Memory: s.Memory,
+		Rootfs: s.Rootfs, VCPUs: sandboxtest.ProbeVCPUs, MemoryMiB: sandboxtest.ProbeMemMiB,
+		Ready: store.ReadyCheck{Kind: store.ReadySerial, Marker: sandboxtest.ReadyMarker}, Record: e.m.RecordFunc()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := tpl.BuildByID(tpl.Current)
+	if b.Artifacts.AccessLog != template.AccessLogName || b.AccessLogPages <= 0 {
+		t.Fatalf("build after a recording run: got access log %q with %d pages, want %q with some", b.Artifacts.AccessLog, b.AccessLogPages, template.AccessLogName)
+	}
+	data, err := os.ReadFile(filepath.Join(b.Dir, b.Artifacts.AccessLog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Count(string(data), "\n"); int64(lines) != b.AccessLogPages+1 {
+		t.Errorf("access log: %d lines, want a header and %d pages", lines, b.AccessLogPages)
+	}
+	if names := phaseNames(b.Timings); !slices.Equal(names, []string{"copy", "record"}) {
+		t.Errorf("build timings: got %v, want copy, record", names)
+	}
+	if pids := processesIn(filepath.Join(e.lay.Root(), "tmp")); len(pids) > 0 {
+		t.Errorf("processes of the build VM left: %v", pids)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.lay.Root(), "tmp")); len(ents) > 0 {
+		t.Errorf("left in tmp after the build: %v", ents)
+	}
+	sb, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "replayed", Template: "rec"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitTicks(t, sb, strings.Count(serialLog(t, sb), sandboxtest.ReadyMarker))
+	// With an access log the prefetcher copies only the logged pages;
+	// without one it would copy all 16384.
+	h, err := shim.Attach(ctxT(t), sb.Shim.ControlSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var st shim.PageStats
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if st, err = h.Stats(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+		if st.PrefetchedPages+st.ZeroPages > 0 {
+			break
+		}
+	}
+	t.Logf("recorded %d pages; the replayed sandbox: %d prefetched, %d by faults, %d zero", b.AccessLogPages, st.PrefetchedPages, st.FaultPages, st.ZeroPages)
+	if st.PrefetchedPages+st.ZeroPages == 0 || st.PrefetchedPages > uint64(b.AccessLogPages) {
+		t.Errorf("prefetched pages: got %d (stats %+v), want some and at most the %d logged", st.PrefetchedPages, st.Stats, b.AccessLogPages)
+	}
+}
+
+func phaseNames(ps []store.Phase) []string {
+	var names []string
+	for _, p := range ps {
+		names = append(names, p.Name)
+	}
+	return names
+}

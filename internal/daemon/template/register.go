@@ -29,7 +29,14 @@ const (
 	MemoryName  = "memory"
 	RootfsName  = "rootfs.ext4"
 	KernelName  = "vmlinux"
+	// AccessLogName is the recording run's page order.
+	AccessLogName = "access.log"
 )
+
+// Recorder runs a build's recording run on the staged snapshot files and
+// writes the access log to logPath, returning the pages recorded
+// (internal/daemon/sandbox's Manager.Record).
+type Recorder func(ctx context.Context, vmstate, memory, logPath string, ready store.ReadyCheck) (pages int, err error)
 
 // RegisterRequest names an existing snapshot's files (absolute host paths)
 // and the machine it was taken of.
@@ -43,6 +50,10 @@ type RegisterRequest struct {
 	VCPUs     int
 	MemoryMiB int
 	Ready     store.ReadyCheck
+	// Record, if set, runs the recording run before the build is
+	// published; a failed recording fails the registration. Nil skips it
+	// (THAW_UFFD_PREFETCH off): sandboxes then prefetch in file order.
+	Record Recorder
 }
 
 // Validate reports what is wrong with r, naming the fields.
@@ -130,8 +141,17 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 			b.DiskMiB = int(max((n+(1<<20)-1)>>20, 1))
 		}
 	}
+	copied := time.Now()
+	b.Timings = []store.Phase{{Name: "copy", Duration: copied.Sub(started)}}
+	if r.Record != nil {
+		pages, err := r.Record(ctx, filepath.Join(staging, VMStateName), filepath.Join(staging, MemoryName), filepath.Join(staging, AccessLogName), r.Ready)
+		if err != nil {
+			return store.Template{}, fmt.Errorf("registering template %q: %w", r.Name, err)
+		}
+		b.Artifacts.AccessLog, b.AccessLogPages = AccessLogName, int64(pages)
+		b.Timings = append(b.Timings, store.Phase{Name: "record", Duration: time.Since(copied)})
+	}
 	b.FinishedAt = time.Now()
-	b.Timings = []store.Phase{{Name: "copy", Duration: b.FinishedAt.Sub(started)}}
 	if err := lay.PublishBuild(staging, r.Name, buildID); err != nil {
 		return store.Template{}, err
 	}
