@@ -43,7 +43,7 @@ var (
 )
 
 // probeSnapshot takes the probe snapshot once per test binary.
-func probeSnapshot(t *testing.T) sandboxtest.Snapshot {
+func probeSnapshot(t testing.TB) sandboxtest.Snapshot {
 	t.Helper()
 	testenv.RequireKVM(t)
 	testenv.RequireUFFD(t)
@@ -72,7 +72,7 @@ type env struct {
 // newEnv gives a test a data directory on a loop-mounted XFS (reflinks), a
 // real store and a Manager running the real thaw-shim and thaw-vmm, with
 // the probe registered as template "probe" (serial ready check).
-func newEnv(t *testing.T, mutate func(*sandbox.Options)) *env {
+func newEnv(t testing.TB, mutate func(*sandbox.Options)) *env {
 	t.Helper()
 	probeSnapshot(t)
 	bins := sandboxtest.Binaries(t)
@@ -120,7 +120,7 @@ func newEnv(t *testing.T, mutate func(*sandbox.Options)) *env {
 	return e
 }
 
-func (e *env) register(t *testing.T, name string, ready store.ReadyCheck) store.Template {
+func (e *env) register(t testing.TB, name string, ready store.ReadyCheck) store.Template {
 	t.Helper()
 	s := probeSnapshot(t)
 	tpl, err := template.Register(context.Background(), e.st, e.lay, template.RegisterRequest{Name: name, VMState: s.VMState, Memory: s.Memory,
@@ -131,7 +131,7 @@ func (e *env) register(t *testing.T, name string, ready store.ReadyCheck) store.
 	return tpl
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
@@ -220,6 +220,7 @@ func TestCreateDelete(t *testing.T) {
 			for _, p := range sb.Create {
 				names = append(names, p.Name)
 			}
+			t.Logf("create phases: %v", sb.Create)
 			if want := []string{"slot", "record", "dir", "disk", "shim", "load", "handshake", "ready"}; !slices.Equal(names, want) {
 				t.Errorf("create phases: got %v, want %v", names, want)
 			}
