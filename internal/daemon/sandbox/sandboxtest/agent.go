@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/thawvm/thaw/internal/agent"
 )
@@ -19,9 +20,13 @@ import (
 // and PVM cannot boot a Linux guest here, so this is the one place the
 // agent does not run in the guest: everything on thawd's side (API route,
 // streaming, agent client, vsock handshake) is the real code.
-func ServeVsockAgent(t *testing.T, path string) {
+//
+// The agent's System is a FakeSystem, so an init changes nothing on the
+// host; it is returned for the test to inspect.
+func ServeVsockAgent(t *testing.T, path string) *FakeSystem {
 	t.Helper()
-	srv, err := agent.New(agent.Config{Version: "test"})
+	sys := &FakeSystem{}
+	srv, err := agent.New(agent.Config{Version: "test", System: sys})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,4 +73,52 @@ func ServeVsockAgent(t *testing.T, path string) {
 			}()
 		}
 	}()
+	return sys
+}
+
+// FakeSystem records what an agent's init asked of the system instead of
+// doing it.
+type FakeSystem struct {
+	mu       sync.Mutex
+	hostname string
+	clock    time.Time
+	entropy  int
+}
+
+// Hostname implements agent.System.
+func (f *FakeSystem) Hostname() (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hostname, nil
+}
+
+// SetHostname implements agent.System.
+func (f *FakeSystem) SetHostname(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hostname = name
+	return nil
+}
+
+// SetClock implements agent.System.
+func (f *FakeSystem) SetClock(t time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.clock = t
+	return nil
+}
+
+// AddEntropy implements agent.System.
+func (f *FakeSystem) AddEntropy(b []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.entropy += len(b)
+	return nil
+}
+
+// Init returns what the inits so far set: hostname, clock, entropy bytes.
+func (f *FakeSystem) Init() (hostname string, clock time.Time, entropy int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hostname, f.clock, f.entropy
 }
