@@ -93,6 +93,7 @@ func Run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		if err != nil {
 			return err
 		}
+		met.SetPageSource(mgr.PageStats)
 		// Re-attach to the shims that outlived the previous thawd before
 		// serving: every record then says what is really running.
 		plan, err := mgr.Reconcile(ctx, true)

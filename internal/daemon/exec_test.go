@@ -48,6 +48,18 @@ func TestExecAndFiles(t *testing.T) {
 	}
 	sandboxtest.ServeVsockAgent(t, filepath.Join(data, "sandboxes", "x", sandbox.VsockName))
 
+	// The page servers' counters reach /metrics: two sandboxes, and the
+	// prefetcher installed the recorded pages.
+	resp, err := unixClient(sock).Get("http://thawd/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), "thaw_uffd_page_servers 2\n") || strings.Contains(string(metrics), "thaw_uffd_prefetched_pages 0\n") {
+		t.Errorf("page-server metrics: want 2 page servers and some prefetched pages:\n%s", grepLines(string(metrics), "thaw_uffd_"))
+	}
+
 	var stdout, stderr bytes.Buffer
 	st, err := c.Exec(ctx, "x", thawapi.ExecRequest{Argv: []string{"sh", "-c", "echo out; echo err >&2; cat; exit 3"}},
 		strings.NewReader("from stdin\n"), &stdout, &stderr)
@@ -95,4 +107,15 @@ func TestExecAndFiles(t *testing.T) {
 	if _, err := os.Stat(path); err != nil {
 		t.Errorf("uploaded file on the agent's side: %v", err)
 	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

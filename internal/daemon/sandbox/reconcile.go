@@ -14,6 +14,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
 	"github.com/thawvm/thaw/internal/shim"
+	"github.com/thawvm/thaw/internal/uffd"
 )
 
 // Reconcile runs one reconciler pass: it finds the shims running under the
@@ -180,3 +181,27 @@ func (m *Manager) Run(ctx context.Context, interval time.Duration) {
 }
 
 func isNotFound(err error) bool { return errdefs.IsNotFound(err) }
+
+// PageStats returns the page-server counters of every running sandbox
+// restored through UFFD, asking each shim (GET /stats); a shim that does
+// not answer is left out. It is thawd's source for the page-server
+// metrics.
+func (m *Manager) PageStats(ctx context.Context) []uffd.Stats {
+	sbs, err := m.opts.Store.Sandboxes()
+	if err != nil {
+		return nil
+	}
+	var out []uffd.Stats
+	for _, sb := range sbs {
+		if sb.State != store.Running || !sb.UFFD || sb.Shim.ControlSocket == "" {
+			continue
+		}
+		c := shim.NewClient(sb.Shim.ControlSocket)
+		st, err := c.Stats(ctx)
+		c.Close()
+		if err == nil && st.Serving {
+			out = append(out, st.Stats)
+		}
+	}
+	return out
+}
