@@ -340,7 +340,7 @@ func fillDisk(t *testing.T, dir string) {
 
 // TestConcurrentDelete deletes one sandbox from two goroutines at once:
 // exactly one delete does it, the other is refused (in progress) or finds
-// nothing, and nothing is left.
+// nothing, and nothing is left. A delete during a create is refused.
 func TestConcurrentDelete(t *testing.T) {
 	e := newEnv(t, nil)
 	sb, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "twice", Template: "probe"})
@@ -368,10 +368,33 @@ func TestConcurrentDelete(t *testing.T) {
 		t.Errorf("successful deletes: got %d (%v), want 1", ok, errs)
 	}
 	e.assertGone(t, sb.ID)
-	// A delete during a create is refused, not raced.
 	if err := e.m.Delete(ctxT(t), "never-created"); !errdefs.IsNotFound(err) {
 		t.Errorf("delete of an unknown sandbox: got %v, want not found", err)
 	}
+
+	// A delete during a create is refused, not raced; the create finishes
+	// and a later delete works.
+	created := make(chan error, 1)
+	go func() {
+		_, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "racing", Template: "probe"})
+		created <- err
+	}()
+	for {
+		if _, err := e.st.Sandbox("racing"); err == nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := e.m.Delete(ctxT(t), "racing"); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "create is in progress") {
+		t.Errorf("delete during the create: got %v, want failed precondition (create in progress)", err)
+	}
+	if err := <-created; err != nil {
+		t.Fatalf("the create a delete tried to interrupt: %v", err)
+	}
+	if err := e.m.Delete(ctxT(t), "racing"); err != nil {
+		t.Fatal(err)
+	}
+	e.assertGone(t, "racing")
 }
 
 // TestPauseResume pauses a running probe sandbox into its directory (no
