@@ -609,3 +609,33 @@ func phaseNames(ps []store.Phase) []string {
 	}
 	return names
 }
+
+// TestUFFDSwitch: switching UFFD off at run time makes the next create use
+// the File backend while the running sandbox keeps its page server.
+func TestUFFDSwitch(t *testing.T) {
+	e := newEnv(t, nil)
+	a, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "lazy", Template: "probe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.settings.SetUFFD(false)
+	b, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "eager", Template: "probe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.UFFD || b.UFFD {
+		t.Errorf("backends: got uffd %v and %v, want true then false", a.UFFD, b.UFFD)
+	}
+	h, err := shim.Attach(ctxT(t), a.Shim.ControlSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if st, err := h.Stats(ctxT(t)); err != nil || !st.Serving {
+		t.Errorf("the first sandbox's page server after the switch: got %+v, %v, want serving", st, err)
+	}
+	waitTicks(t, a, strings.Count(serialLog(t, a), sandboxtest.ReadyMarker))
+	if got := len(e.m.PageStats(ctxT(t))); got != 1 {
+		t.Errorf("page servers reported for metrics: got %d, want 1 (the File sandbox has none)", got)
+	}
+}
