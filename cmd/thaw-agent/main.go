@@ -98,6 +98,9 @@ func main() {
 	pid1 := os.Getpid() == 1
 	opts, err := parseFlags(os.Args[1:], os.Stderr)
 	if err != nil {
+		if errors.Is(err, flag.ErrHelp) && !pid1 {
+			os.Exit(0)
+		}
 		if !pid1 {
 			os.Exit(2)
 		}

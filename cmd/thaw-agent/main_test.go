@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -123,6 +125,29 @@ func TestSubreaper(t *testing.T) {
 			t.Fatalf("orphan %d not reaped after 10s: %s", orphan, stat)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+
+	// Reap-all mode hands each status to its own exec, also when many
+	// processes exit at once and SIGCHLDs coalesce.
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 25 {
+				code := (w*25 + i) % 200
+				st, err := c.Exec(ctx, agentapi.ExecRequest{Argv: []string{"sh", "-c", "exit " + strconv.Itoa(code)}}, nil, nil, nil)
+				if err != nil || st.Code != code {
+					errs <- fmt.Errorf("exit %d: got %+v, %v", code, st, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 
 	cmd.Process.Signal(syscall.SIGTERM)

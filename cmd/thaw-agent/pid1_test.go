@@ -82,6 +82,7 @@ func TestPID1InDebian(t *testing.T) {
 	if h.PID != 1 || h.Hostname != "thaw" {
 		t.Errorf("Health: got %+v, want PID 1 and the hostname from /etc/hostname (thaw)", h)
 	}
+	// No Time: CLOCK_REALTIME is not namespaced, this would set the host's.
 	if h, err = c.Init(ctx, agentapi.InitRequest{Hostname: "sandbox-7", Entropy: make([]byte, 32), User: "nobody"}); err != nil || h.Hostname != "sandbox-7" {
 		t.Fatalf("Init: got %+v, %v", h, err)
 	}

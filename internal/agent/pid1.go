@@ -63,6 +63,7 @@ func SetupPID1(log *slog.Logger) error {
 			return fmt.Errorf("mounting %s on %s: %w", m.fstype, m.target, err)
 		}
 	}
+	attachConsole(log)
 	for _, l := range devLinks {
 		if _, err := os.Lstat(l[1]); err == nil {
 			// devtmpfs may have made a ptmx node; the devpts instance's
@@ -95,6 +96,30 @@ func SetupPID1(log *slog.Logger) error {
 		return fmt.Errorf("turning Ctrl-Alt-Del into a signal: %w", err)
 	}
 	return nil
+}
+
+// attachConsole gives PID 1 the console as stdin, stdout and stderr when it
+// started without one. The kernel opens /dev/console for init before any
+// devtmpfs exists; if the image had no console node, the Go runtime put
+// /dev/null on the missing descriptors and the agent's log would be lost.
+func attachConsole(log *slog.Logger) {
+	var st unix.Stat_t
+	err := unix.Fstat(1, &st)
+	isNull := err == nil && st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == unix.Mkdev(1, 3)
+	if err == nil && !isNull {
+		return // a console, or whatever the parent gave (tests: a pipe)
+	}
+	fd, err := unix.Open("/dev/console", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		log.Warn("no console for the agent's output", "err", err)
+		return
+	}
+	for target := 0; target <= 2; target++ {
+		unix.Dup2(fd, target)
+	}
+	if fd > 2 {
+		unix.Close(fd)
+	}
 }
 
 // ShutdownGrace is how long Shutdown waits for processes to exit after

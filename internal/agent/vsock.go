@@ -41,16 +41,23 @@ func ListenVsock(port uint32) (net.Listener, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("listening on vsock port %d: %w", port, err)
 	}
-	return &vsockListener{f: os.NewFile(uintptr(fd), "vsock:"+strconv.Itoa(int(port))), addr: VsockAddr{CID: unix.VMADDR_CID_ANY, Port: port}}, nil
+	return newFileListener(fd, VsockAddr{CID: unix.VMADDR_CID_ANY, Port: port}), nil
 }
 
-type vsockListener struct {
+// fileListener accepts on a listening, non-blocking socket of any family
+// through *os.File, for families the net package does not know (vsock).
+// It takes ownership of fd.
+type fileListener struct {
 	f      *os.File
-	addr   VsockAddr
+	addr   net.Addr
 	closed atomic.Bool
 }
 
-func (l *vsockListener) Accept() (net.Conn, error) {
+func newFileListener(fd int, addr net.Addr) *fileListener {
+	return &fileListener{f: os.NewFile(uintptr(fd), addr.Network()+":"+addr.String()), addr: addr}
+}
+
+func (l *fileListener) Accept() (net.Conn, error) {
 	rc, err := l.f.SyscallConn()
 	if err != nil {
 		return nil, l.opErr(err)
@@ -68,38 +75,45 @@ func (l *vsockListener) Accept() (net.Conn, error) {
 	if aerr != nil {
 		return nil, l.opErr(os.NewSyscallError("accept4", aerr))
 	}
-	remote := VsockAddr{}
+	var remote net.Addr = sockAddr{network: l.addr.Network()}
 	if vm, ok := sa.(*unix.SockaddrVM); ok {
 		remote = VsockAddr{CID: vm.CID, Port: vm.Port}
 	}
-	return &vsockConn{File: os.NewFile(uintptr(nfd), "vsock-conn"), local: l.addr, remote: remote}, nil
+	return &fileConn{File: os.NewFile(uintptr(nfd), "conn:"+remote.String()), local: l.addr, remote: remote}, nil
 }
 
 // opErr reports a closed listener as net.ErrClosed, which is what ends
 // accept loops.
-func (l *vsockListener) opErr(err error) error {
+func (l *fileListener) opErr(err error) error {
 	if l.closed.Load() {
 		err = net.ErrClosed
 	}
-	return &net.OpError{Op: "accept", Net: "vsock", Addr: l.addr, Err: err}
+	return &net.OpError{Op: "accept", Net: l.addr.Network(), Addr: l.addr, Err: err}
 }
 
-func (l *vsockListener) Close() error {
+func (l *fileListener) Close() error {
 	l.closed.Store(true)
 	return l.f.Close()
 }
-func (l *vsockListener) Addr() net.Addr { return l.addr }
 
-// vsockConn is an accepted vsock stream. *os.File gives it poller-driven
-// reads and writes and deadlines.
-type vsockConn struct {
+func (l *fileListener) Addr() net.Addr { return l.addr }
+
+// sockAddr names a peer the agent has no better description of.
+type sockAddr struct{ network string }
+
+func (a sockAddr) Network() string { return a.network }
+func (a sockAddr) String() string  { return "peer" }
+
+// fileConn is an accepted stream socket. *os.File gives it poller-driven
+// reads and writes, deadlines and SyscallConn.
+type fileConn struct {
 	*os.File
-	local, remote VsockAddr
+	local, remote net.Addr
 }
 
-func (c *vsockConn) LocalAddr() net.Addr  { return c.local }
-func (c *vsockConn) RemoteAddr() net.Addr { return c.remote }
+func (c *fileConn) LocalAddr() net.Addr  { return c.local }
+func (c *fileConn) RemoteAddr() net.Addr { return c.remote }
 
-func (c *vsockConn) SetDeadline(t time.Time) error      { return c.File.SetDeadline(t) }
-func (c *vsockConn) SetReadDeadline(t time.Time) error  { return c.File.SetReadDeadline(t) }
-func (c *vsockConn) SetWriteDeadline(t time.Time) error { return c.File.SetWriteDeadline(t) }
+func (c *fileConn) SetDeadline(t time.Time) error      { return c.File.SetDeadline(t) }
+func (c *fileConn) SetReadDeadline(t time.Time) error  { return c.File.SetReadDeadline(t) }
+func (c *fileConn) SetWriteDeadline(t time.Time) error { return c.File.SetWriteDeadline(t) }

@@ -77,16 +77,26 @@ func (st *stager) injectAgent(agent *os.File) error {
 			return fmt.Errorf("injecting the agent: %w", err)
 		}
 	}
-	for _, d := range []struct {
-		name string
-		mode int64
-	}{{"proc", 0o555}, {"sys", 0o555}, {"dev", 0o755}, {"tmp", 0o1777}, {"run", 0o755}} {
-		if _, err := st.root.Lstat(d.name); err == nil {
+	// Mount points PID 1 needs, and the two device nodes the kernel and
+	// the agent need before devtmpfs is mounted: the kernel opens
+	// /dev/console as init's stdin, stdout and stderr (without it the
+	// agent's log is lost unless CONFIG_DEVTMPFS_MOUNT is set).
+	for _, d := range []tar.Header{
+		{Typeflag: tar.TypeDir, Name: "proc", Mode: 0o555},
+		{Typeflag: tar.TypeDir, Name: "sys", Mode: 0o555},
+		{Typeflag: tar.TypeDir, Name: "dev", Mode: 0o755},
+		{Typeflag: tar.TypeDir, Name: "tmp", Mode: 0o1777},
+		{Typeflag: tar.TypeDir, Name: "run", Mode: 0o755},
+		{Typeflag: tar.TypeChar, Name: "dev/console", Mode: 0o600, Devmajor: 5, Devminor: 1},
+		{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3},
+	} {
+		if _, err := st.root.Lstat(d.Name); err == nil {
 			continue // the image's own, whatever it is
 		}
-		hdr := &tar.Header{Typeflag: tar.TypeDir, Name: d.name, Mode: d.mode, ModTime: now}
-		if err := st.applyEntry(hdr, nil, false); err != nil {
-			return fmt.Errorf("creating /%s: %w", d.name, err)
+		hdr := d
+		hdr.ModTime = now
+		if err := st.applyEntry(&hdr, nil, false); err != nil {
+			return fmt.Errorf("creating /%s: %w", d.Name, err)
 		}
 	}
 	return nil

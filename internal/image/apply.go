@@ -147,7 +147,11 @@ func (st *stager) applyEntry(hdr *tar.Header, r io.Reader, whiteouts bool) error
 		case strings.HasPrefix(base, whiteoutMeta):
 			return nil // other AUFS metadata: nothing to do
 		}
-		return st.remove(path.Join(dir, strings.TrimPrefix(base, whiteoutPrefix)))
+		name := strings.TrimPrefix(base, whiteoutPrefix)
+		if name == "" || name == "." || name == ".." {
+			return fmt.Errorf("%w: whiteout %q names no file in its directory", ErrUnsafePath, hdr.Name)
+		}
+		return st.remove(path.Join(dir, name))
 	}
 	switch hdr.Typeflag {
 	case tar.TypeXGlobalHeader, tar.TypeXHeader:

@@ -207,4 +207,7 @@ func checkAgentInjected(t *testing.T, img, sbin string) {
 	if !ok || init.typ != "symlink" || init.linkTarget != "thaw-agent" {
 		t.Errorf("%s/init: got %+v, want a symlink to thaw-agent", sbin, init)
 	}
+	if c, ok := stat(t, img, "/dev/console"); !ok || c.typ != "character special" || c.major != 5 || c.minor != 1 {
+		t.Errorf("/dev/console: got %+v (exists %v), want the console device 5:1", c, ok)
+	}
 }

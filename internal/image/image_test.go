@@ -238,6 +238,29 @@ func TestMkfsFull(t *testing.T) {
 	}
 }
 
+func TestBadWhiteouts(t *testing.T) {
+	for _, name := range []string{"a/b/.wh...", "a/.wh.", "a/.wh.."} {
+		stage := filepath.Join(t.TempDir(), "s")
+		os.Mkdir(stage, 0o755)
+		st, err := newStager(stage, 1<<20, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := makeTar(t, tarEntry{name: "a/b/keep", typ: tar.TypeReg, body: "x"})
+		if err := st.applyTar(context.Background(), bytes.NewReader(data), true); err != nil {
+			t.Fatal(err)
+		}
+		err = st.applyTar(context.Background(), bytes.NewReader(makeTar(t, tarEntry{name: name, typ: tar.TypeReg})), true)
+		if !errors.Is(err, ErrUnsafePath) {
+			t.Errorf("whiteout %q: got %v, want ErrUnsafePath", name, err)
+		}
+		if _, err := os.Stat(filepath.Join(stage, "a/b/keep")); err != nil {
+			t.Errorf("whiteout %q removed a/b/keep: %v", name, err)
+		}
+		st.close()
+	}
+}
+
 func TestCleanName(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"./etc/passwd", "etc/passwd"},

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -115,6 +115,14 @@ func runFakeVMM(spec *fakeSpec, args []string) error {
 	})
 	mux.HandleFunc("PUT /fake/crash", func(w http.ResponseWriter, r *http.Request) {
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	})
+	mux.HandleFunc("PUT /fake/exit/{code}", func(w http.ResponseWriter, r *http.Request) {
+		code, err := strconv.Atoi(r.PathValue("code"))
+		if err != nil {
+			fault(w, "exit code: %v", err)
+			return
+		}
+		os.Exit(code)
 	})
 	return http.Serve(l, mux)
 }
@@ -259,17 +267,21 @@ func fakeReportOf(ctx context.Context, apiSock string) (fakeReport, error) {
 	return rep, nil
 }
 
-// crashFake makes the fake VMM kill itself with SIGKILL.
-func crashFake(ctx context.Context, apiSock string) error {
+// endFake makes the fake VMM end: how is "crash" (SIGKILL itself) or
+// "exit/N" (exit with code N).
+func endFake(ctx context.Context, apiSock, how string) error {
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", apiSock)
 	}}}
 	defer hc.CloseIdleConnections()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, "http://vmm/fake/crash", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, "http://vmm/fake/"+how, nil)
 	resp, err := hc.Do(req)
 	if err == nil {
 		resp.Body.Close()
-		return errors.New("the fake VMM answered instead of crashing")
+		return fmt.Errorf("the fake VMM answered %s instead of ending", resp.Status)
 	}
 	return nil
 }
+
+// crashFake makes the fake VMM kill itself with SIGKILL.
+func crashFake(ctx context.Context, apiSock string) error { return endFake(ctx, apiSock, "crash") }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -342,7 +343,7 @@ func TestServeStatsStop(t *testing.T) {
 // load), and the VMM is killed.
 func TestHandshakeNeverArrives(t *testing.T) {
 	ctx := testCtx(t)
-	v := newVM(t, fakeSpec{Handshake: hsNone}, func(c *shim.Config) { c.HandshakeTimeout = 500 * time.Millisecond })
+	v := newVM(t, fakeSpec{Handshake: hsNone}, func(c *shim.Config) { c.HandshakeTimeout = 1500 * time.Millisecond })
 	h := v.start(ctx)
 	// Before the deadline the verdict is unknown: asking with a shorter
 	// context ends the wait, and says so, without a verdict.
@@ -362,8 +363,8 @@ func TestHandshakeNeverArrives(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if verdict.State != shim.VerdictFailed || !strings.Contains(verdict.Reason, "within 500ms") || verdict.Err() == nil {
-		t.Errorf("verdict: got %+v, want failed: no handshake within 500ms", verdict)
+	if verdict.State != shim.VerdictFailed || !strings.Contains(verdict.Reason, "within 1.5s") || verdict.Err() == nil {
+		t.Errorf("verdict: got %+v, want failed: no handshake within 1.5s", verdict)
 	}
 	st, err := h.Wait(ctx)
 	if err != nil {
@@ -381,8 +382,10 @@ func TestGarbageHandshake(t *testing.T) {
 	ctx := testCtx(t)
 	v := newVM(t, fakeSpec{Handshake: hsGarbage}, nil)
 	h := v.start(ctx)
+	// The shim kills the VMM as soon as it has read the garbage, perhaps
+	// before the VMM's answer to the load is out.
 	if err := v.load(ctx, h); err != nil {
-		t.Fatalf("snapshot load: %v", err)
+		t.Logf("snapshot load (the VMM may be gone already): %v", err)
 	}
 	verdict, err := h.Handshake(ctx)
 	if err != nil {
@@ -408,8 +411,10 @@ func TestPageServerFailureKillsVMM(t *testing.T) {
 	ctx := testCtx(t)
 	v := newVM(t, fakeSpec{Handshake: hsOmitRegion}, nil)
 	h := v.start(ctx)
+	// The guest faults outside the regions right after the handshake; the
+	// VMM may be killed before its answer to the load is out.
 	if err := v.load(ctx, h); err != nil {
-		t.Fatalf("snapshot load: %v", err)
+		t.Logf("snapshot load (the VMM may be gone already): %v", err)
 	}
 	if verdict, err := h.Handshake(ctx); err != nil || verdict.State != shim.VerdictOK || verdict.Regions != 1 {
 		t.Fatalf("verdict: got %+v, %v; want ok with 1 region", verdict, err)
@@ -466,30 +471,41 @@ func TestVMMAPINeverAnswers(t *testing.T) {
 // TestVMMCrashIsKept: a VMM that dies on its own is recorded with its
 // signal, in the status and the status file, until collected.
 func TestVMMCrashIsKept(t *testing.T) {
-	ctx := testCtx(t)
-	v := newVM(t, fakeSpec{}, func(c *shim.Config) { c.Pages, c.MemFile, c.Prefetch = shim.PagesNone, "", false })
-	h := v.start(ctx)
-	if err := crashFake(ctx, h.APISocket); err != nil {
-		t.Fatal(err)
+	for _, tt := range []struct {
+		how  string
+		want shim.ExitStatus
+	}{
+		{"crash", shim.ExitStatus{Signal: int(syscall.SIGKILL), SignalName: "SIGKILL"}},
+		{"exit/5", shim.ExitStatus{Code: 5}},
+		{"exit/0", shim.ExitStatus{Code: 0}},
+	} {
+		t.Run(tt.how, func(t *testing.T) {
+			ctx := testCtx(t)
+			v := newVM(t, fakeSpec{}, func(c *shim.Config) { c.Pages, c.MemFile, c.Prefetch = shim.PagesNone, "", false })
+			h := v.start(ctx)
+			if err := endFake(ctx, h.APISocket, tt.how); err != nil {
+				t.Fatal(err)
+			}
+			st, err := h.Wait(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.State != shim.StateVMMExited || st.Stopped || st.Exit == nil || *st.Exit != tt.want {
+				t.Errorf("status: got %s, stopped %t, exit %+v; want vmm-exited with %+v, not stopped", st.State, st.Stopped, st.Exit, tt.want)
+			}
+			// Still there for a thawd that asks later, by socket or by file.
+			time.Sleep(100 * time.Millisecond)
+			again, err := h.Status(ctx)
+			if err != nil || again.Exit == nil || *again.Exit != tt.want {
+				t.Errorf("status later: got %+v, %v; want the exit kept", again, err)
+			}
+			file, err := shim.ReadStatusFile(v.cfg.Dir)
+			if err != nil || !file.Done || file.Exit == nil || *file.Exit != tt.want {
+				t.Errorf("status file: got %+v, %v; want done with the exit", file, err)
+			}
+			v.finish(ctx, h)
+		})
 	}
-	st, err := h.Wait(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.State != shim.StateVMMExited || st.Stopped || st.Exit == nil || st.Exit.SignalName != "SIGKILL" {
-		t.Errorf("status: got %s, stopped %t, exit %v; want vmm-exited by SIGKILL, not stopped", st.State, st.Stopped, st.Exit)
-	}
-	// Still there for a thawd that asks later, by socket or by file.
-	time.Sleep(100 * time.Millisecond)
-	again, err := h.Status(ctx)
-	if err != nil || again.Exit == nil || again.Exit.SignalName != "SIGKILL" {
-		t.Errorf("status later: got %+v, %v; want the exit kept", again, err)
-	}
-	file, err := shim.ReadStatusFile(v.cfg.Dir)
-	if err != nil || !file.Done || file.Exit == nil || file.Exit.SignalName != "SIGKILL" {
-		t.Errorf("status file: got %+v, %v; want done with the exit", file, err)
-	}
-	v.finish(ctx, h)
 }
 
 // TestStopVMMIgnoringSIGTERM: stop waits the grace period, then kills.
@@ -657,6 +673,10 @@ func TestRecording(t *testing.T) {
 	if verdict, err := h.Handshake(ctx); err != nil || verdict.Err() != nil {
 		t.Fatalf("verdict: got %+v, %v; want ok", verdict, err)
 	}
+	eventually(t, "the guest touching its pages", func() (bool, error) {
+		rep, err := fakeReportOf(ctx, h.APISocket)
+		return rep.Done, err
+	})
 	settle, err := h.Settle(ctx, true)
 	if err != nil {
 		t.Fatal(err)
@@ -716,21 +736,72 @@ func TestRecording(t *testing.T) {
 
 // shimHandshakeNow asks for the verdict without waiting (?wait=false).
 func shimHandshakeNow(ctx context.Context, h *shim.Handle) (shim.Verdict, error) {
+	var v shim.Verdict
+	code, body, err := rawCall(ctx, h, http.MethodGet, "/handshake?wait=false", "")
+	if err != nil {
+		return v, err
+	}
+	if code != http.StatusOK {
+		return v, fmt.Errorf("status %d: %s", code, body)
+	}
+	return v, json.Unmarshal([]byte(body), &v)
+}
+
+// rawCall sends one request to the shim's control socket and returns the
+// status code and body.
+func rawCall(ctx context.Context, h *shim.Handle, method, path, body string) (int, string, error) {
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", h.SocketPath())
 	}}}
 	defer hc.CloseIdleConnections()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://shim/handshake?wait=false", nil)
+	req, err := http.NewRequestWithContext(ctx, method, "http://shim"+path, strings.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return shim.Verdict{}, err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
-	var v shim.Verdict
-	if resp.StatusCode != http.StatusOK {
-		return v, fmt.Errorf("status %d", resp.StatusCode)
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// TestControlRefusesBadRequests: the control API names what was wrong.
+func TestControlRefusesBadRequests(t *testing.T) {
+	ctx := testCtx(t)
+	v := newVM(t, fakeSpec{}, func(c *shim.Config) { c.Pages, c.MemFile, c.Prefetch = shim.PagesNone, "", false })
+	h := v.start(ctx)
+	tests := []struct {
+		method, path, body string
+		code               int
+		want               string
+	}{
+		{"GET", "/nope", "", 404, "no route GET /nope"},
+		{"POST", "/info", "", 404, "no route POST /info"},
+		{"GET", "/handshake?wait=maybe", "", 400, "wait=\"maybe\""},
+		{"POST", "/stop", `{"grace":1}`, 400, "unknown field"},
+		{"POST", "/stop", `{"grace_ms":-5}`, 400, "grace_ms -5"},
+		{"POST", "/collect", "", 409, "still running"},
 	}
-	return v, json.NewDecoder(resp.Body).Decode(&v)
+	for _, tt := range tests {
+		code, body, err := rawCall(ctx, h, tt.method, tt.path, tt.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct{ Error string }
+		json.Unmarshal([]byte(body), &e)
+		if code != tt.code || !strings.Contains(e.Error, tt.want) {
+			t.Errorf("%s %s %s: got %d %q, want %d with an error containing %q", tt.method, tt.path, tt.body, code, body, tt.code, tt.want)
+		}
+	}
+	if st, err := h.Status(ctx); err != nil || st.State != shim.StateRunning || st.Stopped {
+		t.Errorf("after the bad requests: got %+v, %v; want running, not stopped", st, err)
+	}
+	if _, err := h.Stop(ctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	v.finish(ctx, h)
 }
 
 // TestCollectTimeout: a shim nobody collects leaves after CollectTimeout,
@@ -809,30 +880,36 @@ func TestSecondShimRefused(t *testing.T) {
 	v.finish(ctx, h)
 }
 
-// TestStartContextEnds: a Start whose context ends before the VMM is ready
-// kills the shim and its VMM and leaves nothing behind.
+// TestStartContextEnds: a Start whose context ends while the VMM is
+// starting (its API never answers) kills the shim and its VMM and leaves
+// nothing behind.
 func TestStartContextEnds(t *testing.T) {
 	ctx := testCtx(t)
 	v := newVM(t, fakeSpec{NoAPI: true}, nil)
-	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	_, err := shim.Start(short, shimBin, v.cfg)
+	startCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := shim.Start(startCtx, shimBin, v.cfg)
+		errc <- err
+	}()
+	// End the context once the VMM runs, as the status file shows.
+	var st shim.Status
+	eventually(t, "the VMM started", func() (bool, error) {
+		var err error
+		st, err = shim.ReadStatusFile(v.cfg.Dir)
+		return err == nil && st.VMMPID != 0, nil
+	})
+	killOnCleanup(t, st.ShimPID)
+	killOnCleanup(t, st.VMMPID)
 	cancel()
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Start: got %v, want the context's deadline", err)
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Start: got %v, want the context's cancellation", err)
 	}
-	// The shim wrote its pids before it was killed; the status file is
-	// gone, so find them in its log.
-	log := readFile(v.cfg.ShimLog())
-	var started struct{ PID int }
-	for _, line := range strings.Split(log, "\n") {
-		if strings.Contains(line, `"VMM started"`) {
-			json.Unmarshal([]byte(line), &started)
-		}
+	eventually(t, "the VMM dying with its shim", func() (bool, error) { return !alive(st.VMMPID), nil })
+	if alive(st.ShimPID) {
+		t.Errorf("shim %d alive after Start gave up", st.ShimPID)
 	}
-	if started.PID == 0 {
-		t.Fatalf("no VMM start in the shim log:\n%s", log)
-	}
-	eventually(t, "the VMM dying with its shim", func() (bool, error) { return !alive(started.PID), nil })
 	v.checkClean(shim.Status{})
 }
 
@@ -850,4 +927,43 @@ func TestVMMBinaryMissing(t *testing.T) {
 		t.Fatalf("Start: got %v, want a failed start naming the missing binary", err)
 	}
 	v.checkClean(se.Status)
+}
+
+// TestShimKilled: a shim killed with SIGKILL takes its VMM with it
+// (PDEATHSIG: a VMM without its page server would freeze), its status file
+// names the dead pid, and a new shim starts in the same directory over the
+// stale sockets.
+func TestShimKilled(t *testing.T) {
+	ctx := testCtx(t)
+	v := newVM(t, fakeSpec{Handshake: hsOK}, nil)
+	h := v.start(ctx)
+	st, err := h.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Kill(h.PID, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitExit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the VMM dying with its shim", func() (bool, error) { return !alive(st.VMMPID), nil })
+	file, err := shim.ReadStatusFile(v.cfg.Dir)
+	if err != nil || file.ShimPID != h.PID || file.Done {
+		t.Errorf("status file of a killed shim: got %+v, %v; want shim pid %d, not done", file, err, h.PID)
+	}
+	if _, err := os.Lstat(v.cfg.ControlSocket()); err != nil {
+		t.Fatalf("the killed shim's control socket: %v (expected a stale one)", err)
+	}
+	h2 := v.start(ctx)
+	if err := v.load(ctx, h2); err != nil {
+		t.Fatalf("snapshot load under the new shim: %v", err)
+	}
+	if verdict, err := h2.Handshake(ctx); err != nil || verdict.Err() != nil {
+		t.Fatalf("verdict: got %+v, %v; want ok", verdict, err)
+	}
+	if _, err := h2.Stop(ctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	v.finish(ctx, h2)
 }

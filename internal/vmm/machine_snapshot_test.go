@@ -181,3 +181,45 @@ func TestLoadSnapshotErrors(t *testing.T) {
 		t.Errorf("LoadSnapshot on a started machine: got %v, want ErrState", err)
 	}
 }
+
+// TestSnapshotOfRestoredMachine snapshots a machine restored with the File
+// backend over the very files it was restored from — the memory file it
+// still maps — and restores that second snapshot: the write must not
+// disturb the running clone (the new file is renamed into place; the
+// clone keeps the old one), and the second-generation clone continues
+// from the second snapshot.
+func TestSnapshotOfRestoredMachine(t *testing.T) {
+	src, out := startProbe(t, "probe.pages=64 probe.ticks=0 probe.spin=2000", 1, 32)
+	waitFor(t, out, "probe: tick 2 ", 30*time.Second)
+	if err := src.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	statePath, memPath := filepath.Join(dir, "vmstate"), filepath.Join(dir, "mem")
+	create := fcapi.SnapshotCreateParams{SnapshotPath: statePath, MemFilePath: memPath}
+	if err := src.CreateSnapshot(context.Background(), create); err != nil {
+		t.Fatal(err)
+	}
+	_, sum := lastTick(t, out.String())
+
+	gen1, out1 := loadProbe(t, fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendFile, BackendPath: memPath}})
+	tick1, _ := lastTick(t, out.String())
+	waitFor(t, out1, fmt.Sprintf("probe: tick %d sum=%s\n", tick1+2, sum), 30*time.Second)
+	if err := gen1.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gen1.CreateSnapshot(context.Background(), create); err != nil {
+		t.Fatal(err)
+	}
+	tick2, _ := lastTick(t, out1.String())
+	if err := gen1.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, out1, fmt.Sprintf("probe: tick %d sum=%s\n", tick2+1, sum), 30*time.Second)
+
+	_, out2 := loadProbe(t, fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendFile, BackendPath: memPath}})
+	waitFor(t, out2, fmt.Sprintf("probe: tick %d sum=%s\n", tick2+1, sum), 30*time.Second)
+	if n, _ := lastTick(t, out2.String()); n <= tick2 {
+		t.Errorf("second-generation clone's tick: got %d, want more than %d", n, tick2)
+	}
+}

@@ -48,6 +48,9 @@ func thawVMM(t testing.TB) string {
 }
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(pageServerEnv); spec != "" { // snapshot_test.go
+		os.Exit(pageServerChild(spec))
+	}
 	code := m.Run()
 	if vmmBin != "" {
 		os.RemoveAll(filepath.Dir(vmmBin))
