@@ -30,7 +30,7 @@ func makeExt4(ctx context.Context, img, dir string, size int64) error {
 	if err != nil {
 		return fmt.Errorf("sizing disk image %s: %w", img, err)
 	}
-	args := []string{"-q", "-F", "-t", "ext4", "-E", "root_owner=0:0"}
+	args := []string{"-q", "-F", "-t", "ext4", "-E", "root_owner=0:0,nodiscard"}
 	if dir != "" {
 		args = append(args, "-d", dir)
 	}

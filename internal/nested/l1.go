@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // l1Package is Debian's metapackage for the stock cloud kernel; it depends
@@ -41,9 +42,17 @@ type l1Kernel struct {
 	modules string // lib/modules/<version>
 }
 
+// aptMemo remembers aptField answers for the life of the process: each
+// apt-cache call parses the whole archive index (about a second of CPU).
+var aptMemo sync.Map
+
 // aptField returns the named field of `apt-cache show` for pkg's candidate
 // version.
 func aptField(ctx context.Context, pkg, field string) (string, error) {
+	key := pkg + " " + field
+	if v, ok := aptMemo.Load(key); ok {
+		return v.(string), nil
+	}
 	out, err := exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", pkg).Output()
 	if err != nil {
 		return "", fmt.Errorf("apt-cache show %s: %w", pkg, cmdErr(err))
@@ -52,7 +61,9 @@ func aptField(ctx context.Context, pkg, field string) (string, error) {
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		if v, ok := strings.CutPrefix(sc.Text(), field+": "); ok {
-			return strings.TrimSpace(v), nil
+			v = strings.TrimSpace(v)
+			aptMemo.Store(key, v)
+			return v, nil
 		}
 	}
 	return "", fmt.Errorf("apt-cache show %s: no %s field", pkg, field)

@@ -1,0 +1,165 @@
+package nested
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/thawvm/thaw/internal/testenv"
+)
+
+var (
+	hostOnce   sync.Once
+	hostDirect bool
+	hostWhy    string
+)
+
+// HostRunsLinuxGuests reports whether this host's /dev/kvm runs a normal
+// Linux guest, and why. It asks once per process: /dev/kvm must open and be
+// backed by hardware virtualisation (kvm_intel or kvm_amd); kvm_pvm runs
+// only PVM-built guest kernels, which we cannot ship.
+func HostRunsLinuxGuests() (bool, string) {
+	hostOnce.Do(func() { hostDirect, hostWhy = probeHost("/sys/module") })
+	return hostDirect, hostWhy
+}
+
+func probeHost(modules string) (bool, string) {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false, fmt.Sprintf("no usable /dev/kvm (%v)", err)
+	}
+	f.Close()
+	if _, err := os.Stat(filepath.Join(modules, "kvm_pvm")); err == nil {
+		return false, "/dev/kvm is kvm_pvm, which runs only PVM-built guest kernels"
+	}
+	for _, m := range []string{"kvm_intel", "kvm_amd"} {
+		if _, err := os.Stat(filepath.Join(modules, m)); err == nil {
+			return true, "/dev/kvm is hardware KVM (" + m + ")"
+		}
+	}
+	return false, "/dev/kvm is backed by neither kvm_intel nor kvm_amd"
+}
+
+// TimeoutScaleEnv multiplies the harness's step timeouts in tests, for
+// machines even slower or busier than the defaults allow for.
+const TimeoutScaleEnv = "THAW_NESTED_TIMEOUT_SCALE"
+
+// Test runs p where a normal Linux guest can run, and returns what came back:
+// directly on this host when its KVM runs such guests, otherwise in L1 under
+// the nested harness. The test body (the payload) is the same either way and
+// the log says which path ran. Like testenv.RequireKVM, it skips when
+// neither path is available, or fails under THAW_REQUIRE_KVM=1. Setup
+// errors and hangs fail t; a non-zero exit code is the caller's to judge.
+func Test(t testing.TB, p Payload) *Result {
+	t.Helper()
+	testenv.RequireKVM(t)
+	if err := checkPayload(p.Dir); err != nil {
+		t.Fatal(err)
+	}
+	direct, why := HostRunsLinuxGuests()
+	if direct {
+		t.Logf("running the payload directly on this host: %s", why)
+		r, err := RunDirect(t.Context(), p, t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	t.Logf("running the payload in the nested harness (L1 under QEMU): %s", why)
+	if m := MissingTools(); len(m) > 0 {
+		missing(t, fmt.Sprintf("the nested harness needs %s: run scripts/setup", strings.Join(m, ", ")))
+	}
+	var cfg Config
+	if v := os.Getenv(TimeoutScaleEnv); v != "" {
+		scale, err := strconv.ParseFloat(v, 64)
+		if err != nil || scale <= 0 {
+			t.Fatalf("%s=%q: want a positive number", TimeoutScaleEnv, v)
+		}
+		cfg.setDefaults()
+		for _, d := range []*time.Duration{&cfg.Timeouts.Boot, &cfg.Timeouts.Setup, &cfg.Timeouts.Payload, &cfg.Timeouts.Shutdown} {
+			*d = time.Duration(float64(*d) * scale)
+		}
+	}
+	h, err := New(cfg, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := h.Run(t.Context(), p, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("nested: attempts %d, QEMU start → /dev/kvm ready %v, payload %v, total %v",
+		r.Attempts, r.KVMReady.Round(time.Millisecond), r.Run.Round(time.Millisecond), r.Total.Round(time.Millisecond))
+	return r
+}
+
+// RunDirect runs p's run script on this host, as L1 would: its directory
+// as the working directory, THAW_RESULTS a fresh directory under workDir.
+func RunDirect(ctx context.Context, p Payload, workDir string) (*Result, error) {
+	if err := checkPayload(p.Dir); err != nil {
+		return nil, err
+	}
+	timeout := p.Timeout
+	if timeout == 0 {
+		timeout = 10 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	files := filepath.Join(workDir, "out")
+	if err := os.MkdirAll(files, 0o755); err != nil {
+		return nil, err
+	}
+	abs, err := filepath.Abs(p.Dir)
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, filepath.Join(abs, "run"))
+	cmd.Dir = abs
+	cmd.Env = append(os.Environ(), "THAW_RESULTS="+files)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err = cmd.Run()
+	r := &Result{Output: out.Bytes(), Files: files, Run: time.Since(start), Total: time.Since(start), Attempts: 1}
+	var exit *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("payload %s did not finish in %v: %w", p.Dir, timeout, ctx.Err())
+	case errors.As(err, &exit):
+		r.ExitCode = exit.ExitCode()
+	case err != nil:
+		return nil, fmt.Errorf("running payload %s: %w", p.Dir, err)
+	}
+	return r, nil
+}
+
+// missing skips t, or fails it under THAW_REQUIRE_KVM=1, as testenv does.
+func missing(t testing.TB, why string) {
+	t.Helper()
+	strict, err := testenv.Strict()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strict {
+		t.Fatalf("%s (and %s=1 forbids skipping)", why, testenv.StrictEnv)
+	}
+	t.Skip(why)
+}
+
+// testWriter sends the harness's log lines to the test log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
