@@ -2,6 +2,7 @@ package nested
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"os"
@@ -280,4 +281,51 @@ func TestHangIsRetriedThenReported(t *testing.T) {
 	if !slices.ContainsFunc(hang.Tail, func(l string) bool { return strings.Contains(l, "started") }) {
 		t.Errorf("hang report's serial tail %q lacks the payload's output", hang.Tail)
 	}
+}
+
+func TestFindPVHNote(t *testing.T) {
+	le := binary.LittleEndian
+	note := func(name string, typ uint32, desc []byte) []byte {
+		b := le.AppendUint32(nil, uint32(len(name)+1))
+		b = le.AppendUint32(b, uint32(len(desc)))
+		b = le.AppendUint32(b, typ)
+		b = append(b, name...)
+		b = append(b, 0)
+		for len(b)%4 != 0 {
+			b = append(b, 0)
+		}
+		b = append(b, desc...)
+		for len(b)%4 != 0 {
+			b = append(b, 0)
+		}
+		return b
+	}
+	entry := le.AppendUint32(nil, 0x1000370)
+	tests := []struct {
+		name string
+		data []byte
+		want uint32
+		ok   bool
+	}{
+		{"alone", note("Xen", 18, entry), 0x1000370, true},
+		{"after others", append(note("GNU", 3, []byte{1, 2, 3, 4, 5, 6}), note("Xen", 18, entry)...), 0x1000370, true},
+		{"other xen note", note("Xen", 1, entry), 0, false},
+		{"linux note", note("Linux", 18, entry), 0, false},
+		{"truncated", note("Xen", 18, entry)[:14], 0, false},
+		{"empty", nil, 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := findPVHNote(tt.data, le)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("%s: findPVHNote = %#x, %v; want %#x, %v", tt.name, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func FuzzFindPVHNote(f *testing.F) {
+	f.Add([]byte{4, 0, 0, 0, 4, 0, 0, 0, 18, 0, 0, 0, 'X', 'e', 'n', 0, 1, 2, 3, 4})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 18, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		findPVHNote(data, binary.LittleEndian) // must not panic or loop
+	})
 }
