@@ -77,4 +77,3 @@ func TestGuestKernel(t *testing.T) {
 		}
 	}
 }
-
