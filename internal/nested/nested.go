@@ -27,6 +27,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Steps of an L1 run, in order; a HangError names the one that timed out.
@@ -201,16 +203,9 @@ func (h *Harness) Run(ctx context.Context, p Payload, workDir string) (*Result, 
 	if err := checkPayload(p.Dir); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(h.cfg.CacheDir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating cache directory: %w", err)
-	}
-	k, err := h.fetchL1Kernel(ctx)
+	k, initrd, err := h.prepare(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("preparing the L1 kernel: %w", err)
-	}
-	initrd, err := h.initramfs(ctx, k)
-	if err != nil {
-		return nil, fmt.Errorf("building the L1 initramfs: %w", err)
+		return nil, err
 	}
 	size, err := payloadImageSize(p.Dir)
 	if err != nil {
@@ -239,6 +234,49 @@ func (h *Harness) Run(ctx context.Context, p Payload, workDir string) (*Result, 
 		r.Total = time.Since(start)
 		return r, nil
 	}
+}
+
+// prepare returns the L1 kernel and initramfs from the cache, filling it
+// first if needed. A lock on the cache keeps concurrent test processes
+// from unpacking over each other; it is held for milliseconds once warm.
+func (h *Harness) prepare(ctx context.Context) (*l1Kernel, string, error) {
+	if err := os.MkdirAll(h.cfg.CacheDir, 0o755); err != nil {
+		return nil, "", fmt.Errorf("creating cache directory: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(h.cfg.CacheDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, "", fmt.Errorf("opening the cache lock: %w", err)
+	}
+	defer lock.Close() // closing releases the lock
+	if err := flock(lock); err != nil {
+		return nil, "", fmt.Errorf("locking the cache %s: %w", h.cfg.CacheDir, err)
+	}
+	k, err := h.fetchL1Kernel(ctx)
+	if err != nil {
+		return nil, "", fmt.Errorf("preparing the L1 kernel: %w", err)
+	}
+	initrd, err := h.initramfs(ctx, k)
+	if err != nil {
+		return nil, "", fmt.Errorf("building the L1 initramfs: %w", err)
+	}
+	return k, initrd, nil
+}
+
+// flock takes an exclusive lock on f, waiting for other holders.
+func flock(f *os.File) error {
+	conn, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var lerr error
+	err = conn.Control(func(fd uintptr) {
+		for {
+			if lerr = unix.Flock(int(fd), unix.LOCK_EX); lerr != unix.EINTR {
+				return
+			}
+		}
+	})
+	return errors.Join(err, lerr)
 }
 
 // checkPayload rejects a payload L1 could not run, before booting anything.
