@@ -103,6 +103,29 @@ func Test(t testing.TB, p Payload) *Result {
 	return r
 }
 
+// GoTestPayload compiles the tests of the Go package pkg (an import path)
+// into a static binary and returns a payload that runs them with
+// THAW_REQUIRE_KVM=1, so a test that would skip for want of KVM fails
+// instead. testArgs go to the test binary (-test.v is always passed).
+func GoTestPayload(t testing.TB, pkg string, testArgs ...string) Payload {
+	t.Helper()
+	dir := t.TempDir()
+	build := exec.CommandContext(t.Context(), "go", "test", "-c", "-o", filepath.Join(dir, "pkg.test"), pkg)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("compiling the tests of %s: %v\n%s", pkg, err, out)
+	}
+	var quoted []string
+	for _, a := range append([]string{"-test.v"}, testArgs...) {
+		quoted = append(quoted, "'"+strings.ReplaceAll(a, "'", `'\''`)+"'")
+	}
+	script := "#!/bin/sh\n# " + pkg + "\nexport " + testenv.StrictEnv + "=1\nexec ./pkg.test " + strings.Join(quoted, " ") + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "run"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return Payload{Dir: dir}
+}
+
 // RunDirect runs p's run script on this host, as L1 would: its directory
 // as the working directory, THAW_RESULTS a fresh directory under workDir.
 func RunDirect(ctx context.Context, p Payload, workDir string) (*Result, error) {
