@@ -50,6 +50,11 @@ func probeHost(modules string) (bool, string) {
 	return false, "/dev/kvm is backed by neither kvm_intel nor kvm_amd"
 }
 
+// WorkDirEnv names a directory where Test keeps each nested run's disks,
+// serial logs and result files (normally removed with the test's temporary
+// directory), for debugging a failure after the fact.
+const WorkDirEnv = "THAW_NESTED_WORKDIR"
+
 // TimeoutScaleEnv multiplies the harness's step timeouts in tests, for
 // machines even slower or busier than the defaults allow for.
 const TimeoutScaleEnv = "THAW_NESTED_TIMEOUT_SCALE"
@@ -94,7 +99,16 @@ func Test(t testing.TB, p Payload) *Result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := h.Run(t.Context(), p, t.TempDir())
+	work := t.TempDir()
+	if keep := os.Getenv(WorkDirEnv); keep != "" {
+		name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+		work = filepath.Join(keep, name+"-"+time.Now().Format("20060102-150405"))
+		if err := os.MkdirAll(work, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("keeping the nested run's files in %s (%s)", work, WorkDirEnv)
+	}
+	r, err := h.Run(t.Context(), p, work)
 	if err != nil {
 		t.Fatal(err)
 	}
