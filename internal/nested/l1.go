@@ -16,8 +16,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
-	"sync"
 )
 
 // l1Package is Debian's metapackage for the stock cloud kernel; it depends
@@ -42,17 +42,9 @@ type l1Kernel struct {
 	modules string // lib/modules/<version>
 }
 
-// aptMemo remembers aptField answers for the life of the process: each
-// apt-cache call parses the whole archive index (about a second of CPU).
-var aptMemo sync.Map
-
 // aptField returns the named field of `apt-cache show` for pkg's candidate
 // version.
 func aptField(ctx context.Context, pkg, field string) (string, error) {
-	key := pkg + " " + field
-	if v, ok := aptMemo.Load(key); ok {
-		return v.(string), nil
-	}
 	out, err := exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", pkg).Output()
 	if err != nil {
 		return "", fmt.Errorf("apt-cache show %s: %w", pkg, cmdErr(err))
@@ -61,9 +53,7 @@ func aptField(ctx context.Context, pkg, field string) (string, error) {
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		if v, ok := strings.CutPrefix(sc.Text(), field+": "); ok {
-			v = strings.TrimSpace(v)
-			aptMemo.Store(key, v)
-			return v, nil
+			return strings.TrimSpace(v), nil
 		}
 	}
 	return "", fmt.Errorf("apt-cache show %s: no %s field", pkg, field)
@@ -75,16 +65,7 @@ var imageDep = regexp.MustCompile(`\b(linux-image-[0-9][^ ,]*-cloud-amd64) \(= (
 // installing it into the host's /boot) and unpacks it into the cache, keyed
 // by the .deb's SHA256 from the archive index. A cached copy is used as is.
 func (h *Harness) fetchL1Kernel(ctx context.Context) (*l1Kernel, error) {
-	deps, err := aptField(ctx, l1Package, "Depends")
-	if err != nil {
-		return nil, err
-	}
-	m := imageDep.FindStringSubmatch(deps)
-	if m == nil {
-		return nil, fmt.Errorf("%s depends on %q: no linux-image-*-cloud-amd64 package in it", l1Package, deps)
-	}
-	pkg, version := m[1], m[2]
-	sum, err := aptField(ctx, pkg, "SHA256")
+	pkg, version, sum, err := h.resolveL1Package(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -103,6 +84,50 @@ func (h *Harness) fetchL1Kernel(ctx context.Context) (*l1Kernel, error) {
 		return nil, err
 	}
 	return k, nil
+}
+
+// aptLists holds the archive indexes; its mtime changes whenever apt-get
+// update brings new ones.
+const aptLists = "/var/lib/apt/lists"
+
+// resolveL1Package finds the versioned image package behind l1Package and
+// its .deb's SHA256. Each apt-cache call parses the whole index (a second
+// of CPU, several on a loaded machine), so the answer is remembered in the
+// cache until the indexes change.
+func (h *Harness) resolveL1Package(ctx context.Context) (pkg, version, sum string, err error) {
+	memo := filepath.Join(h.cfg.CacheDir, "l1-kernel", "resolved")
+	st, err := os.Stat(aptLists)
+	if err != nil {
+		return "", "", "", fmt.Errorf("reading the APT indexes: %w", err)
+	}
+	stamp := strconv.FormatInt(st.ModTime().UnixNano(), 10)
+	if b, err := os.ReadFile(memo); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 4 && f[0] == stamp && len(f[3]) == 64 {
+			return f[1], f[2], f[3], nil
+		}
+	}
+	deps, err := aptField(ctx, l1Package, "Depends")
+	if err != nil {
+		return "", "", "", err
+	}
+	m := imageDep.FindStringSubmatch(deps)
+	if m == nil {
+		return "", "", "", fmt.Errorf("%s depends on %q: no linux-image-*-cloud-amd64 package in it", l1Package, deps)
+	}
+	pkg, version = m[1], m[2]
+	if sum, err = aptField(ctx, pkg, "SHA256"); err != nil {
+		return "", "", "", err
+	}
+	if len(sum) != 64 {
+		return "", "", "", fmt.Errorf("apt-cache gives %s the SHA256 %q: want 64 hex digits", pkg, sum)
+	}
+	if err := os.MkdirAll(filepath.Dir(memo), 0o755); err != nil {
+		return "", "", "", err
+	}
+	if err := os.WriteFile(memo, []byte(strings.Join([]string{stamp, pkg, version, sum}, " ")+"\n"), 0o644); err != nil {
+		return "", "", "", fmt.Errorf("remembering the L1 package: %w", err)
+	}
+	return pkg, version, sum, nil
 }
 
 // downloadDeb fetches pkg=version with apt-get download, checks its SHA256
