@@ -1,7 +1,6 @@
 package nested
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -160,14 +160,28 @@ func RunDirect(ctx context.Context, p Payload, workDir string) (*Result, error) 
 	if err != nil {
 		return nil, err
 	}
-	var out bytes.Buffer
+	// Output goes to a file, not a pipe: a process run leaves behind would
+	// hold a pipe open and keep us waiting. Leftovers are killed with run's
+	// process group, as L1's init kills them.
+	outPath := filepath.Join(workDir, "output")
+	out, err := os.Create(outPath)
+	if err != nil {
+		return nil, err
+	}
+	defer out.Close()
 	cmd := exec.CommandContext(ctx, filepath.Join(abs, "run"))
 	cmd.Dir = abs
 	cmd.Env = append(os.Environ(), "THAW_RESULTS="+files)
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	start := time.Now()
-	err = cmd.Run()
-	r := &Result{Output: out.Bytes(), Files: files, Run: time.Since(start), Total: time.Since(start), Attempts: 1}
+	err = cmd.Start()
+	if err == nil {
+		err = cmd.Wait()
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // ESRCH when nothing is left
+	}
+	r := &Result{Files: files, Run: time.Since(start), Total: time.Since(start), Attempts: 1}
 	var exit *exec.ExitError
 	switch {
 	case ctx.Err() != nil:
@@ -176,6 +190,9 @@ func RunDirect(ctx context.Context, p Payload, workDir string) (*Result, error) 
 		r.ExitCode = exit.ExitCode()
 	case err != nil:
 		return nil, fmt.Errorf("running payload %s: %w", p.Dir, err)
+	}
+	if r.Output, err = os.ReadFile(outPath); err != nil {
+		return nil, fmt.Errorf("reading the payload's output: %w", err)
 	}
 	return r, nil
 }

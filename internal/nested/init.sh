@@ -11,7 +11,6 @@ mount -t devtmpfs dev /dev
 exec </dev/console >/dev/console 2>&1
 mount -t sysfs sys /sys
 mount -t tmpfs tmp /tmp
-set -o pipefail
 
 mark() { echo "thaw-nested-mark $*"; }
 fail() {
@@ -55,10 +54,19 @@ mkdir -p /results/out /results/harness
 [ -x /payload/run ] || fail "payload has no executable run script"
 
 mark payload-start
-cd /payload
-THAW_RESULTS=/results/out THAW_NESTED=1 ./run 2>&1 | tee /results/harness/output
+# run's output goes to the results disk and the console through a fifo, so
+# that what run leaves running in the background cannot keep us waiting.
+mkfifo /tmp/output
+tee /results/harness/output </tmp/output &
+tee_pid=$!
+(cd /payload && THAW_RESULTS=/results/out THAW_NESTED=1 exec ./run) >/tmp/output 2>&1
 rc=$?
-cd /
+# Leftovers of run must not hold the fifo open or /results busy.
+for p in /proc/[0-9]*; do
+	pid=${p#/proc/}
+	[ "$pid" = 1 ] || [ "$pid" = "$tee_pid" ] || kill -KILL "$pid" 2>/dev/null
+done
+wait "$tee_pid"
 mark payload-exit "$rc"
 shell
 umount /results || fail "unmounting results disk"

@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -63,7 +64,7 @@ type Config struct {
 	// console on Console. Step timeouts stop once the shell starts.
 	Shell bool
 	// Console, if set, receives L1's serial console as it happens.
-	Console *os.File
+	Console io.Writer
 }
 
 func (c *Config) setDefaults() {

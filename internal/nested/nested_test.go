@@ -133,8 +133,10 @@ func writePayload(t *testing.T, script string) string {
 }
 
 // The payload used by the direct and nested runs: output, an exit code,
-// nested result files, and a file of its own it reads back.
-const echoScript = `echo "out from $(cat data.txt)"
+// nested result files, a file of its own it reads back, and a leftover
+// process holding its output open, which must not keep the run waiting.
+const echoScript = `sleep 600 &
+echo "out from $(cat data.txt)"
 echo "err line" >&2
 mkdir -p "$THAW_RESULTS/sub"
 echo one > "$THAW_RESULTS/one.txt"
