@@ -1,4 +1,4 @@
-// Package nested holds the nested harness's proof tests: a payload that uses
-// /dev/kvm in L1 (or directly, on hosts with hardware KVM), and the guest
-// kernel build. The harness itself is internal/nested.
+// Package nested holds the nested harness's end-to-end proof: a payload that
+// uses /dev/kvm with our own KVM code in L1 (or directly, on hosts with
+// hardware KVM). The harness and its own tests are internal/nested.
 package nested
