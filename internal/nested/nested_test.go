@@ -331,3 +331,28 @@ func FuzzFindPVHNote(f *testing.F) {
 		findPVHNote(data, binary.LittleEndian) // must not panic or loop
 	})
 }
+
+// TestStopsEarly checks the paths that kill QEMU before L1 has booted: a
+// boot step that times out (with retries off) and a cancelled context.
+func TestStopsEarly(t *testing.T) {
+	requireHarness(t)
+	p := Payload{Dir: writePayload(t, "exit 0\n")}
+
+	h, err := New(Config{Timeouts: Timeouts{Boot: 300 * time.Millisecond}, Attempts: 1}, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.Run(t.Context(), p, t.TempDir())
+	var hang *HangError
+	if !errors.As(err, &hang) || hang.Step != StepBoot || !strings.HasPrefix(err.Error(), "attempt 1:") {
+		t.Errorf("Run with a 300ms boot timeout: got %v, want a boot HangError on attempt 1", err)
+	}
+
+	h = requireHarness(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	_, err = h.Run(ctx, p, t.TempDir())
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Run with a 2s context: got %v, want context.DeadlineExceeded", err)
+	}
+}
