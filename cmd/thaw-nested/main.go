@@ -8,7 +8,9 @@
 //
 // -shell drops into an L1 shell on this terminal after the payload (or after
 // a setup error), for debugging. Installs its Debian packages through
-// scripts/setup when run from the repository and they are missing.
+// scripts/setup when run from the repository and they are missing. Exits
+// 125 when the harness itself fails (a hang, a setup error), saying which
+// step and where the serial log is.
 package main
 
 import (
@@ -82,15 +84,20 @@ func run() (int, error) {
 	defer cancel()
 	r, err := h.Run(ctx, nested.Payload{Dir: payload}, work)
 	if err != nil {
+		if entries, _ := os.ReadDir(work); len(entries) == 0 {
+			os.Remove(work) // failed before writing anything worth keeping
+			return 0, err
+		}
 		return 0, fmt.Errorf("%w (disks and logs kept in %s)", err, work)
 	}
 	os.Stdout.Write(r.Output)
 	if out != "" {
-		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		if err := os.MkdirAll(out, 0o755); err != nil {
 			return 0, err
 		}
-		if err := os.Rename(r.Files, out); err != nil {
-			return 0, fmt.Errorf("moving result files to %s: %w", out, err)
+		// cp -a: out may be on another filesystem than the work directory.
+		if b, err := exec.Command("cp", "-a", r.Files+"/.", out).CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("copying result files to %s: %w: %s", out, err, b)
 		}
 	}
 	log.Info("payload finished", "exit", r.ExitCode, "attempts", r.Attempts,
