@@ -140,6 +140,37 @@ func GoTestPayload(t testing.TB, pkg string, testArgs ...string) Payload {
 	return Payload{Dir: dir}
 }
 
+// GuestKernel returns the path of the cached guest kernel (guest/kernel),
+// for tests that boot it. An empty cache skips t, except under
+// THAW_REQUIRE_KVM=1 (CI), where the kernel is built first: several
+// minutes, once per config, so such a test needs a long go test -timeout.
+func GuestKernel(t testing.TB) string {
+	t.Helper()
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, cached, err := GuestKernelPath(t.Context(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cached {
+		return path
+	}
+	strict, err := testenv.Strict()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strict {
+		t.Skipf("guest kernel not built yet (%s): run guest/kernel/build (7 minutes on an idle machine, far more on a busy one)", path)
+	}
+	t.Logf("building the guest kernel into %s (%s=1 forbids skipping)", path, testenv.StrictEnv)
+	if path, err = BuildGuestKernel(t.Context(), root, testWriter{t}); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // RunDirect runs p's run script on this host, as L1 would: its directory
 // as the working directory, THAW_RESULTS a fresh directory under workDir.
 func RunDirect(ctx context.Context, p Payload, workDir string) (*Result, error) {

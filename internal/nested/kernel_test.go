@@ -11,43 +11,16 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/thawvm/thaw/internal/testenv"
 )
-
-// guestKernel returns the repository root and the cached guest kernel. An
-// empty cache skips, except under THAW_REQUIRE_KVM=1 (CI), where the kernel
-// is built (several minutes, once per config).
-func guestKernel(t *testing.T) (root, vmlinux string) {
-	t.Helper()
-	root, err := RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path, cached, err := GuestKernelPath(t.Context(), root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !cached {
-		strict, err := testenv.Strict()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !strict {
-			t.Skipf("guest kernel not built yet (%s): run guest/kernel/build (about 7 minutes)", path)
-		}
-		t.Logf("building the guest kernel into %s (%s=1 forbids skipping)", path, testenv.StrictEnv)
-		if path, err = BuildGuestKernel(t.Context(), root, os.Stderr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return root, path
-}
 
 // TestGuestKernel checks the cached guest kernel: an x86-64 ELF with a PVH
 // entry note, built from a config that has every line of the fragment.
 func TestGuestKernel(t *testing.T) {
-	root, path := guestKernel(t)
+	path := GuestKernel(t)
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
 	entry, err := PVHEntry(path)
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +81,7 @@ reboot -f
 // them, and checks it reaches init, sees its devices and writes the disk.
 // It needs no KVM: it checks the kernel config, not a VMM.
 func TestGuestKernelBoots(t *testing.T) {
-	_, vmlinux := guestKernel(t)
+	vmlinux := GuestKernel(t)
 	if m := MissingTools(); len(m) > 0 {
 		missing(t, "booting the guest kernel needs "+strings.Join(m, ", ")+": run scripts/setup")
 	}
