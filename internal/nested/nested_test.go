@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/thawvm/thaw/internal/testenv"
@@ -354,5 +355,75 @@ func TestStopsEarly(t *testing.T) {
 	_, err = h.Run(ctx, p, t.TempDir())
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Run with a 2s context: got %v, want context.DeadlineExceeded", err)
+	}
+}
+
+func TestProgress(t *testing.T) {
+	to := Timeouts{Boot: time.Hour, Setup: 2 * time.Hour, Payload: 3 * time.Hour, Shutdown: 4 * time.Hour}
+	start := time.Now()
+	at := func(s int) time.Time { return start.Add(time.Duration(s) * time.Second) }
+	tests := []struct {
+		name     string
+		marks    []mark
+		step     string
+		timeout  time.Duration
+		exitCode int
+		exitErr  string // substring; "" for a finished run
+	}{
+		{"nothing yet", nil, StepBoot, time.Hour, -1, `during step "boot"`},
+		{"init", []mark{{"init", "", at(5)}}, StepSetup, 2 * time.Hour, -1, `during step "setup"`},
+		{"payload running", []mark{{"init", "", at(5)}, {"kvm-ready", "", at(6)}, {"payload-start", "", at(7)}},
+			StepPayload, 3 * time.Hour, -1, `during step "payload"`},
+		{"finished", []mark{{"init", "", at(5)}, {"kvm-ready", "", at(6)}, {"payload-start", "", at(7)},
+			{"payload-exit", "4", at(9)}, {"done", "", at(10)}}, StepShutdown, 4 * time.Hour, 4, ""},
+		{"exited without done", []mark{{"payload-start", "", at(7)}, {"payload-exit", "0", at(9)}},
+			StepShutdown, 4 * time.Hour, 0, `during step "shutdown"`},
+		{"init error", []mark{{"init", "", at(5)}, {"error", "insmod kvm failed", at(6)}},
+			StepSetup, 2 * time.Hour, -1, `init failed in step "setup": insmod kvm failed`},
+	}
+	for _, tt := range tests {
+		p := newProgress(to, false, start)
+		for _, m := range tt.marks {
+			if err := p.handle(m); err != nil {
+				t.Fatalf("%s: handle(%v): %v", tt.name, m, err)
+			}
+		}
+		p.timer.Stop()
+		if p.step != tt.step || p.timeout != tt.timeout || p.r.ExitCode != tt.exitCode {
+			t.Errorf("%s: step %q, timeout %v, exit %d; want %q, %v, %d", tt.name, p.step, p.timeout, p.r.ExitCode, tt.step, tt.timeout, tt.exitCode)
+		}
+		err := p.exitErr(nil)
+		if tt.exitErr == "" && err != nil || tt.exitErr != "" && (err == nil || !strings.Contains(err.Error(), tt.exitErr)) {
+			t.Errorf("%s: exitErr = %v, want %q", tt.name, err, tt.exitErr)
+		}
+	}
+	p := newProgress(to, false, start)
+	p.handle(mark{"kvm-ready", "", at(6)})
+	p.handle(mark{"payload-start", "", at(7)})
+	p.handle(mark{"payload-exit", "0", at(9)})
+	if p.r.KVMReady != 6*time.Second || p.r.Run != 2*time.Second {
+		t.Errorf("KVMReady %v, Run %v; want 6s, 2s", p.r.KVMReady, p.r.Run)
+	}
+	if err := p.handle(mark{"payload-exit", "zero", at(9)}); err == nil {
+		t.Error(`handle(payload-exit "zero"): got nil error`)
+	}
+}
+
+func TestWatchConsole(t *testing.T) {
+	// Markers split across reads, with \r\n, and after other output.
+	input := "boot noise\r\nthaw-nested-ma" + "rk init\r\n[ 1.0] x thaw-nested-mark kvm-ready\nno newline at end"
+	marks := make(chan mark, 8)
+	var out strings.Builder
+	watchConsole(iotest.OneByteReader(strings.NewReader(input)), &out, marks)
+	close(marks)
+	var got []string
+	for m := range marks {
+		got = append(got, m.name)
+	}
+	if !slices.Equal(got, []string{"init", "kvm-ready"}) {
+		t.Errorf("marks %q, want [init kvm-ready]", got)
+	}
+	if out.String() != input {
+		t.Errorf("console copy %q, want the input unchanged", out.String())
 	}
 }

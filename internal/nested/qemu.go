@@ -118,80 +118,111 @@ func (h *Harness) boot(ctx context.Context, s bootSpec) (*Result, error) {
 		}
 	}
 
-	r := &Result{Nested: true, Serial: serialPath, ExitCode: -1}
-	step, timeout := StepBoot, s.timeouts.Boot
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	var payloadStart time.Time
-	var initErr string
-	done := false
-	next := func(st string, d time.Duration) {
-		step, timeout = st, d
-		timer.Reset(d)
-	}
-	handle := func(m mark) error {
-		switch m.name {
-		case "init":
-			next(StepSetup, s.timeouts.Setup)
-		case "kvm-ready":
-			r.KVMReady = m.at.Sub(start)
-			h.log.Info("L1 /dev/kvm ready", "after", r.KVMReady.Round(time.Millisecond))
-		case "payload-start":
-			payloadStart = m.at
-			next(StepPayload, s.timeouts.Payload)
-		case "payload-exit":
-			r.Run = m.at.Sub(payloadStart)
-			code, err := strconv.Atoi(m.arg)
-			if err != nil {
-				return fmt.Errorf("L1 reported payload exit %q: not a number", m.arg)
-			}
-			r.ExitCode = code
-			next(StepShutdown, s.timeouts.Shutdown)
-			if h.cfg.Shell {
-				timer.Stop() // the person at the shell takes their time
-			}
-		case "error":
-			initErr = m.arg
-			if h.cfg.Shell {
-				timer.Stop()
-			}
-		case "done":
-			done = true
-		}
-		return nil
-	}
+	p := newProgress(s.timeouts, h.cfg.Shell, start)
+	p.r.Serial = serialPath
+	defer p.timer.Stop()
 	for {
 		select {
 		case m := <-marks:
-			if err := handle(m); err != nil {
+			if m.name == "kvm-ready" {
+				h.log.Info("L1 /dev/kvm ready", "after", m.at.Sub(start).Round(time.Millisecond))
+			}
+			if err := p.handle(m); err != nil {
 				stop()
 				return nil, err
 			}
-		case <-timer.C:
+		case <-p.timer.C:
 			stop()
-			return nil, &HangError{Step: step, Timeout: timeout, Serial: serialPath, Tail: tailLines(serialPath, 30)}
+			return nil, &HangError{Step: p.step, Timeout: p.timeout, Serial: serialPath, Tail: tailLines(serialPath, 30)}
 		case <-ctx.Done():
 			stop()
 			return nil, ctx.Err()
 		case werr := <-exited:
 			// The console's last markers may still be queued behind the exit.
 			for len(marks) > 0 {
-				if err := handle(<-marks); err != nil {
+				if err := p.handle(<-marks); err != nil {
 					return nil, err
 				}
 			}
-			tail := strings.Join(tailLines(serialPath, 30), "\n")
-			switch {
-			case initErr != "":
-				return nil, fmt.Errorf("L1 init failed in step %q: %s; serial log %s ends:\n%s", step, initErr, serialPath, tail)
-			case !done:
-				return nil, fmt.Errorf("QEMU exited (%v) during step %q; serial log %s ends:\n%s", werr, step, serialPath, tail)
-			case werr != nil:
-				return nil, fmt.Errorf("QEMU exited with %w after the payload finished; serial log %s", werr, serialPath)
+			if err := p.exitErr(werr); err != nil {
+				return nil, fmt.Errorf("%w; serial log %s ends:\n%s", err, serialPath, strings.Join(tailLines(serialPath, 30), "\n"))
 			}
-			return h.collect(ctx, r, results, s.dir)
+			return h.collect(ctx, p.r, results, s.dir)
 		}
 	}
+}
+
+// progress follows an L1 run through its steps by the init's markers and
+// keeps the timer of the current step.
+type progress struct {
+	timeouts     Timeouts
+	shell        bool // no timeouts once someone has a shell in L1
+	start        time.Time
+	step         string
+	timeout      time.Duration
+	timer        *time.Timer
+	payloadStart time.Time
+	initErr      string // the init's "error" marker
+	done         bool   // the init's last marker: results are on disk
+	r            *Result
+}
+
+func newProgress(t Timeouts, shell bool, start time.Time) *progress {
+	return &progress{
+		timeouts: t, shell: shell, start: start,
+		step: StepBoot, timeout: t.Boot, timer: time.NewTimer(t.Boot),
+		r: &Result{Nested: true, ExitCode: -1},
+	}
+}
+
+func (p *progress) next(step string, d time.Duration) {
+	p.step, p.timeout = step, d
+	p.timer.Reset(d)
+}
+
+// handle advances on one marker.
+func (p *progress) handle(m mark) error {
+	switch m.name {
+	case "init":
+		p.next(StepSetup, p.timeouts.Setup)
+	case "kvm-ready":
+		p.r.KVMReady = m.at.Sub(p.start)
+	case "payload-start":
+		p.payloadStart = m.at
+		p.next(StepPayload, p.timeouts.Payload)
+	case "payload-exit":
+		code, err := strconv.Atoi(m.arg)
+		if err != nil {
+			return fmt.Errorf("L1 reported payload exit %q: not a number", m.arg)
+		}
+		p.r.ExitCode, p.r.Run = code, m.at.Sub(p.payloadStart)
+		p.next(StepShutdown, p.timeouts.Shutdown)
+		if p.shell {
+			p.timer.Stop() // the person at the shell takes their time
+		}
+	case "error":
+		p.initErr = m.arg
+		if p.shell {
+			p.timer.Stop()
+		}
+	case "done":
+		p.done = true
+	}
+	return nil
+}
+
+// exitErr says what went wrong when QEMU exited with werr, or nil when L1
+// finished its run.
+func (p *progress) exitErr(werr error) error {
+	switch {
+	case p.initErr != "":
+		return fmt.Errorf("L1 init failed in step %q: %s", p.step, p.initErr)
+	case !p.done:
+		return fmt.Errorf("QEMU exited (%v) during step %q", werr, p.step)
+	case werr != nil:
+		return fmt.Errorf("QEMU exited with %w after the payload finished", werr)
+	}
+	return nil
 }
 
 // collect reads the payload's output and files from the results disk.
