@@ -3,9 +3,11 @@
 // its own kvm-amd) and exits with the payload's exit code. Its output goes to
 // stdout; the files it wrote to $THAW_RESULTS are copied to -out.
 //
-//	thaw-nested -payload DIR [-out DIR] [-console] [-shell] [-cpus 2] [-mem 2048]
+//	thaw-nested -payload DIR [-auto] [-out DIR] [-console] [-shell] [-cpus 2] [-mem 2048]
 //	            [-boot-timeout 3m] [-setup-timeout 2m] [-timeout 10m] [-shutdown-timeout 1m]
 //
+// -auto runs the payload directly instead when the host's /dev/kvm runs
+// normal Linux guests (hardware KVM), and logs which path it took.
 // -shell drops into an L1 shell on this terminal after the payload (or after
 // a setup error), for debugging. Installs its Debian packages through
 // scripts/setup when run from the repository and they are missing. Exits
@@ -39,10 +41,11 @@ func main() {
 func run() (int, error) {
 	var cfg nested.Config
 	var payload, out, work string
-	var console bool
+	var console, auto bool
 	flag.StringVar(&payload, "payload", "", "payload directory with an executable run script (required)")
 	flag.StringVar(&out, "out", "", "copy the payload's result files here")
 	flag.StringVar(&work, "work", "", "keep disks and serial logs here (default: a temporary directory, removed on success)")
+	flag.BoolVar(&auto, "auto", false, "run directly when this host's KVM runs normal Linux guests, nested otherwise")
 	flag.BoolVar(&console, "console", false, "show L1's serial console on stderr as it runs")
 	flag.BoolVar(&cfg.Shell, "shell", false, "give an L1 shell on this terminal after the payload")
 	flag.StringVar(&cfg.CacheDir, "cache", "", "cache directory (default /var/cache/thaw/nested)")
@@ -82,7 +85,11 @@ func run() (int, error) {
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
-	r, err := h.Run(ctx, nested.Payload{Dir: payload}, work)
+	run := h.Run
+	if auto {
+		run = h.RunWhereGuestsRun
+	}
+	r, err := run(ctx, nested.Payload{Dir: payload}, work)
 	if err != nil {
 		if entries, _ := os.ReadDir(work); len(entries) == 0 {
 			os.Remove(work) // failed before writing anything worth keeping

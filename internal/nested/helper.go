@@ -50,6 +50,19 @@ func probeHost(modules string) (bool, string) {
 	return false, "/dev/kvm is backed by neither kvm_intel nor kvm_amd"
 }
 
+// RunWhereGuestsRun runs p directly when this host's KVM runs normal Linux
+// guests and in L1 otherwise, logging which path it took and why: the
+// choice the README's main job and nested.Test make.
+func (h *Harness) RunWhereGuestsRun(ctx context.Context, p Payload, workDir string) (*Result, error) {
+	direct, why := HostRunsLinuxGuests()
+	if direct {
+		h.log.Info("running directly on this host", "why", why)
+		return RunDirect(ctx, p, workDir)
+	}
+	h.log.Info("this host cannot run a normal Linux guest: running in the nested harness (L1 under QEMU)", "why", why)
+	return h.Run(ctx, p, workDir)
+}
+
 // WorkDirEnv names a directory where Test keeps each nested run's disks,
 // serial logs and result files (normally removed with the test's temporary
 // directory), for debugging a failure after the fact.
