@@ -184,6 +184,31 @@ func GuestKernel(t testing.TB) string {
 	return path
 }
 
+// BusyboxInitramfs builds a gzipped initramfs for a guest: busybox-static
+// as /bin/busybox and init, a busybox sh script, as /init. It returns the
+// archive's path, in t's temporary directory.
+func BusyboxInitramfs(t testing.TB, init string) string {
+	t.Helper()
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	for _, d := range []string{"bin", "dev", "proc", "sys", "mnt", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := copyFile(busybox, filepath.Join(root, "bin/busybox")); err != nil {
+		t.Fatalf("%v: install busybox-static (scripts/setup)", err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "init"), []byte(init), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "initrd.cpio.gz")
+	if err := packCPIO(t.Context(), root, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // RunDirect runs p's run script on this host, as L1 would: its directory
 // as the working directory, THAW_RESULTS a fresh directory under workDir.
 func RunDirect(ctx context.Context, p Payload, workDir string) (*Result, error) {

@@ -85,23 +85,8 @@ func TestGuestKernelBoots(t *testing.T) {
 	if m := MissingTools(); len(m) > 0 {
 		missing(t, "booting the guest kernel needs "+strings.Join(m, ", ")+": run scripts/setup")
 	}
+	initrd := BusyboxInitramfs(t, guestInit)
 	dir := t.TempDir()
-	root := filepath.Join(dir, "root")
-	for _, d := range []string{"bin", "dev", "proc", "sys", "mnt"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := copyFile(busybox, filepath.Join(root, "bin/busybox")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "init"), []byte(guestInit), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	initrd := filepath.Join(dir, "initrd.cpio.gz")
-	if err := packCPIO(t.Context(), root, initrd); err != nil {
-		t.Fatal(err)
-	}
 	disk := filepath.Join(dir, "disk.img")
 	if err := makeExt4(t.Context(), disk, "", 64<<20); err != nil {
 		t.Fatal(err)
