@@ -3,8 +3,10 @@ package nested
 import (
 	"bytes"
 	"debug/elf"
+	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -55,8 +57,17 @@ func moduleDepends(path string) ([]string, error) {
 // resolveModules finds the modules named in want under dir (a kernel's
 // /lib/modules/<version>) and returns the paths of them and everything
 // they depend on, dependencies first: the order insmod must load them in.
-// Uncompressed modules only (Debian's 6.1 kernels ship them so).
+// Modules the kernel has built in (modules.builtin) need no loading and are
+// left out. Uncompressed modules only (Debian's 6.1 kernels ship them so).
 func resolveModules(dir string, want []string) ([]string, error) {
+	state := map[string]int{} // 1: visiting, 2: done
+	if builtin, err := os.ReadFile(filepath.Join(dir, "modules.builtin")); err == nil {
+		for _, line := range strings.Fields(string(builtin)) {
+			state[moduleName(line)] = 2
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("reading built-in modules: %w", err)
+	}
 	index := map[string]string{}
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -71,7 +82,6 @@ func resolveModules(dir string, want []string) ([]string, error) {
 		return nil, fmt.Errorf("indexing modules in %s: %w", dir, err)
 	}
 	var order []string
-	state := map[string]int{} // 1: visiting, 2: done
 	var visit func(name, from string) error
 	visit = func(name, from string) error {
 		switch state[name] {

@@ -72,6 +72,18 @@ func TestParseModinfo(t *testing.T) {
 	}
 }
 
+func TestResolveBuiltinModules(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "modules.builtin"), []byte("kernel/drivers/block/virtio_blk.ko\nkernel/drivers/virtio/virtio-pci.ko\n"), 0o644)
+	got, err := resolveModules(dir, []string{"virtio_blk", "virtio_pci"})
+	if err != nil || len(got) != 0 {
+		t.Errorf("resolving built-in modules = %v, %v; want nothing to load", got, err)
+	}
+	if _, err := resolveModules(dir, []string{"kvm_amd"}); err == nil || !strings.Contains(err.Error(), "kvm_amd") {
+		t.Errorf("resolving a module that is neither built in nor present: got %v, want an error naming it", err)
+	}
+}
+
 func TestValidate(t *testing.T) {
 	tests := []struct {
 		name   string
