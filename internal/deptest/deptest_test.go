@@ -52,6 +52,9 @@ func except(allowed ...string) func(string) bool {
 // rules mirrors the import table in docs/ARCHITECTURE.md.
 var rules = []rule{
 	{"internal/abi", "ABI packages hold constants and structs only", except()},
+	{"internal/errdefs", "error kinds are a leaf every layer may use", except()},
+	{"internal/thawapi", "the API's wire types and client stay light for the CLI",
+		except("internal/errdefs")},
 	{"internal/uffd", "the page server knows nothing of VMMs, shims or the daemon",
 		under("internal/vmm", "internal/daemon", "internal/shim", "internal/agent")},
 	{"internal/daemon", "the daemon reaches a VMM only through internal/fcapi",

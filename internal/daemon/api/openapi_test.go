@@ -1,0 +1,71 @@
+package api
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/thawvm/thaw/internal/apispec"
+)
+
+const openAPIPath = "../../../api/thawd.openapi.json"
+
+// loadSpec loads api/thawd.openapi.json with the project's OpenAPI checker:
+// a route the document lacks must be answered 404 with an Error body.
+func loadSpec(t *testing.T) *apispec.Spec {
+	t.Helper()
+	spec, err := apispec.Load(openAPIPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.UnknownSchema = "Error"
+	return spec
+}
+
+// TestRoutesMatchOpenAPI: every route is documented and every documented
+// operation is routed.
+func TestRoutesMatchOpenAPI(t *testing.T) {
+	var routed []string
+	for _, rt := range routes {
+		routed = append(routed, rt.method+" "+rt.path)
+	}
+	slices.Sort(routed)
+	if documented := loadSpec(t).Routes(); !slices.Equal(documented, routed) {
+		t.Errorf("routes and %s differ:\nrouted     %q\ndocumented %q", openAPIPath, routed, documented)
+	}
+}
+
+// TestEveryGETMatchesItsSchema requests every JSON GET route through the
+// fixture, whose handler checks each exchange against the document (see
+// newFixture); the other tests' exchanges are checked the same way.
+func TestEveryGETMatchesItsSchema(t *testing.T) {
+	f := newFixture(t)
+	params := strings.NewReplacer("{name}", "py", "{id}", "sb1")
+	for _, rt := range routes {
+		if rt.method != "GET" || rt.path == "/metrics" {
+			continue
+		}
+		if status, body := f.do(t, "GET", params.Replace(rt.path), "", nil); status != 200 {
+			t.Errorf("GET %s: status %d: %s", rt.path, status, body)
+		}
+	}
+}
+
+// TestSpecIsStrict proves the document can catch drift: an answer with a
+// missing, an extra or a mistyped property, or a request body the server
+// should have refused, is rejected.
+func TestSpecIsStrict(t *testing.T) {
+	spec := loadSpec(t)
+	for _, x := range []apispec.Exchange{
+		{Method: "GET", Path: "/v1/version", Status: 200, ResponseBody: `{"version":"1"}`},
+		{Method: "GET", Path: "/v1/version", Status: 200, ResponseBody: `{"version":"1","api":"v1","extra":true}`},
+		{Method: "GET", Path: "/v1/sandboxes/sb1", Status: 200, ResponseBody: `{"id":1}`},
+		{Method: "PATCH", Path: "/v1/settings", RequestBody: `{"ufd":true}`, Status: 200,
+			ResponseBody: `{"uffd":true,"restore_slots":{"limit":1,"in_use":0,"waiting":0}}`},
+		{Method: "GET", Path: "/v1/sandboxes/sb1", Status: 418, ResponseBody: `{"error":"x"}`},
+	} {
+		if err := spec.Check(x); err == nil {
+			t.Errorf("the document accepts %+v", x)
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package api
+
+import (
+	"time"
+
+	"github.com/thawvm/thaw/internal/daemon/slots"
+	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/thawapi"
+)
+
+// slotsOut converts the restore slots' stats to the wire type.
+func slotsOut(st slots.Stats) thawapi.SlotStats {
+	return thawapi.SlotStats{Limit: st.Limit, InUse: st.InUse, Waiting: st.Waiting}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func phasesOut(ps []store.Phase) ([]thawapi.Phase, float64) {
+	out := make([]thawapi.Phase, len(ps))
+	var total time.Duration
+	for i, p := range ps {
+		out[i] = thawapi.Phase{Name: p.Name, DurationMS: ms(p.Duration)}
+		total += p.Duration
+	}
+	return out, ms(total)
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func templateOut(t store.Template) thawapi.Template {
+	out := thawapi.Template{Name: t.Name, Current: t.Current, Builds: make([]thawapi.Build, len(t.Builds)), CreatedAt: t.CreatedAt}
+	for i, b := range t.Builds {
+		timings, _ := phasesOut(b.Timings)
+		out.Builds[i] = thawapi.Build{
+			ID: b.ID, State: string(b.State), Reason: b.Reason,
+			VCPUs: b.VCPUs, MemoryMiB: b.MemoryMiB, DiskMiB: b.DiskMiB,
+			MemoryBytes: b.MemoryBytes, RootfsBytes: b.RootfsBytes, AccessLogPages: b.AccessLogPages,
+			Recorded: b.Artifacts.AccessLog != "",
+			Timings:  timings, CreatedAt: b.CreatedAt, FinishedAt: timePtr(b.FinishedAt),
+		}
+	}
+	return out
+}
+
+func sandboxOut(sb store.Sandbox) thawapi.Sandbox {
+	create, total := phasesOut(sb.Create)
+	return thawapi.Sandbox{
+		ID: sb.ID, Template: sb.Template, Build: sb.Build, State: string(sb.State), Reason: sb.Reason,
+		UFFD: sb.UFFD, ShimPID: sb.Shim.PID, Create: create, CreateMS: total,
+		CreatedAt: sb.CreatedAt, ExpiresAt: timePtr(sb.ExpiresAt),
+	}
+}

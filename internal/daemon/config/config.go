@@ -1,0 +1,160 @@
+// Package config is thawd's configuration: one documented Config with
+// defaults and Validate, and the pieces cmd/thawd uses to fill it from, in
+// rising priority, a TOML config file, the environment and command-line
+// flags. Every setting is declared once (see settings) with its file key,
+// environment variable and flag; every source parses strictly, and a bad
+// value is an error naming the source and the key.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/thawvm/thaw/internal/errdefs"
+)
+
+// Config is thawd's configuration. The zero value is not useful; start from
+// Default.
+type Config struct {
+	// DataDir holds the store, templates and sandboxes. Sandbox disks are
+	// reflink clones of template disks, so it must be on a filesystem
+	// with reflinks (XFS with reflink=1, btrfs, bcachefs).
+	DataDir string
+	// Socket is the unix socket the API listens on.
+	Socket string
+	// TCPAddr, if set, also serves the API on this host:port, which then
+	// requires a bearer token read from TokenFile.
+	TCPAddr   string
+	TokenFile string
+	// VMM is the VMM binary the shim starts (thaw-vmm or firecracker); a
+	// bare name is looked up in PATH.
+	VMM string
+	// Shim is the thaw-shim binary; a bare name is looked up in PATH.
+	Shim string
+	// Kernel is the guest kernel for template builds; empty means
+	// <DataDir>/kernel/vmlinux.
+	Kernel string
+	// UFFD restores guest memory lazily through a page server; off loads
+	// the memory file with the File backend. It can also be switched at
+	// run time through the API.
+	UFFD bool
+	// UFFDPrefetch prefetches pages in recorded order after restore. Off
+	// also disables recording at template build.
+	UFFDPrefetch bool
+	// UFFDRecordMax bounds a template build's recording run.
+	UFFDRecordMax time.Duration
+	// MaxConcurrentRestores bounds how many creates restore at once.
+	MaxConcurrentRestores int
+	// LoadTimeout bounds PUT /snapshot/load.
+	LoadTimeout time.Duration
+	// ReconcileInterval is how often the reconciler compares records with
+	// live shims.
+	ReconcileInterval time.Duration
+	// ReconcileMaxActions caps the destructive actions (failing a record,
+	// stopping an unknown shim) one reconciler pass may take; 0 means it
+	// only reports.
+	ReconcileMaxActions int
+	// LogLevel is the minimum level logged.
+	LogLevel slog.Level
+}
+
+// Default returns the configuration thawd runs with when nothing is set.
+func Default() Config {
+	return Config{
+		DataDir:               "/var/lib/thaw",
+		Socket:                "/run/thaw/thawd.sock",
+		VMM:                   "thaw-vmm",
+		Shim:                  "thaw-shim",
+		UFFD:                  true,
+		UFFDPrefetch:          true,
+		UFFDRecordMax:         10 * time.Second,
+		MaxConcurrentRestores: 16,
+		LoadTimeout:           30 * time.Second,
+		ReconcileInterval:     30 * time.Second,
+		ReconcileMaxActions:   10,
+		LogLevel:              slog.LevelInfo,
+	}
+}
+
+// Record reports whether template builds record the page access order;
+// turning prefetch off turns recording off too (nothing would read it).
+func (c *Config) Record() bool { return c.UFFDPrefetch }
+
+// KernelPath returns the guest kernel path, resolving the default.
+func (c *Config) KernelPath() string {
+	if c.Kernel != "" {
+		return c.Kernel
+	}
+	return filepath.Join(c.DataDir, "kernel", "vmlinux")
+}
+
+// Limits on values, shared by Validate and the docs.
+const (
+	maxRestoresLimit = 4096
+	maxRecordLimit   = time.Hour
+	// sunPathMax is the size of sockaddr_un.sun_path on Linux, including
+	// the terminating NUL (unix(7)).
+	sunPathMax = 108
+)
+
+// Validate checks every value and returns all problems at once, each naming
+// the setting by its file key. Errors are of kind ErrInvalidArgument.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	absPath := func(key, p string, optional bool) {
+		switch {
+		case p == "" && optional:
+		case p == "":
+			bad(key, "must be set")
+		case !filepath.IsAbs(p):
+			bad(key, "%q is not an absolute path", p)
+		}
+	}
+	absPath("data_dir", c.DataDir, false)
+	absPath("socket", c.Socket, false)
+	if len(c.Socket) >= sunPathMax {
+		bad("socket", "%q is %d bytes; unix socket paths must be shorter than %d", c.Socket, len(c.Socket), sunPathMax)
+	}
+	if c.TCPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.TCPAddr); err != nil {
+			bad("tcp_addr", "%q is not host:port: %v", c.TCPAddr, err)
+		}
+		if c.TokenFile == "" {
+			bad("token_file", "must be set when tcp_addr is: the TCP API requires a bearer token")
+		}
+	}
+	absPath("token_file", c.TokenFile, true)
+	if c.VMM == "" {
+		bad("vmm", "must be set")
+	}
+	if c.Shim == "" {
+		bad("shim", "must be set")
+	}
+	absPath("kernel", c.Kernel, true)
+	if c.UFFDRecordMax <= 0 || c.UFFDRecordMax > maxRecordLimit {
+		bad("uffd_record_max", "%v is out of range: must be above 0 and at most %v", c.UFFDRecordMax, maxRecordLimit)
+	}
+	if c.MaxConcurrentRestores < 1 || c.MaxConcurrentRestores > maxRestoresLimit {
+		bad("max_concurrent_restores", "%d is out of range: must be 1 to %d", c.MaxConcurrentRestores, maxRestoresLimit)
+	}
+	if c.LoadTimeout <= 0 {
+		bad("load_timeout", "%v: must be above 0", c.LoadTimeout)
+	}
+	if c.ReconcileInterval < time.Second {
+		bad("reconcile_interval", "%v: must be at least 1s", c.ReconcileInterval)
+	}
+	if c.ReconcileMaxActions < 0 {
+		bad("reconcile_max_actions", "%d: must be 0 or more", c.ReconcileMaxActions)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errdefs.Mark(fmt.Errorf("invalid configuration: %w", errors.Join(errs...)), errdefs.ErrInvalidArgument)
+}

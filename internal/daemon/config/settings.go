@@ -1,0 +1,171 @@
+package config
+
+import (
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/thawvm/thaw/internal/conf"
+)
+
+// Setting is one configuration value as every source names it.
+type Setting struct {
+	// Key is the config file key; the flag is Key with '-' for '_', the
+	// environment variable THAW_ and Key in upper case.
+	Key string
+	// Help is one line for --help and the docs.
+	Help string
+	// field returns a pointer to the value in c: *string, *bool, *int,
+	// *time.Duration or *slog.Level.
+	field func(c *Config) any
+}
+
+// Flag returns the command-line flag name of s.
+func (s Setting) Flag() string { return strings.ReplaceAll(s.Key, "_", "-") }
+
+// Env returns the environment variable of s.
+func (s Setting) Env() string { return "THAW_" + strings.ToUpper(s.Key) }
+
+// Default returns the default value of s, formatted as a flag would take it.
+func (s Setting) Default() string {
+	d := Default()
+	return format(s.field(&d))
+}
+
+// settings is the one list of thawd's settings.
+var settings = []Setting{
+	{"data_dir", "directory for the store, templates and sandboxes (on a reflink filesystem)", func(c *Config) any { return &c.DataDir }},
+	{"socket", "unix socket the API listens on", func(c *Config) any { return &c.Socket }},
+	{"tcp_addr", "also serve the API on this host:port (needs token_file)", func(c *Config) any { return &c.TCPAddr }},
+	{"token_file", "file holding the bearer token the TCP API requires", func(c *Config) any { return &c.TokenFile }},
+	{"vmm", "VMM binary: thaw-vmm or firecracker (name in PATH or absolute path)", func(c *Config) any { return &c.VMM }},
+	{"shim", "thaw-shim binary (name in PATH or absolute path)", func(c *Config) any { return &c.Shim }},
+	{"kernel", "guest kernel for template builds (default <data_dir>/kernel/vmlinux)", func(c *Config) any { return &c.Kernel }},
+	{"uffd", "restore memory lazily through a userfaultfd page server (off: File backend)", func(c *Config) any { return &c.UFFD }},
+	{"uffd_prefetch", "prefetch pages in recorded order after restore (off also disables recording)", func(c *Config) any { return &c.UFFDPrefetch }},
+	{"uffd_record_max", "maximum length of a template build's recording run", func(c *Config) any { return &c.UFFDRecordMax }},
+	{"max_concurrent_restores", "how many creates may restore at once", func(c *Config) any { return &c.MaxConcurrentRestores }},
+	{"load_timeout", "bound on PUT /snapshot/load", func(c *Config) any { return &c.LoadTimeout }},
+	{"reconcile_interval", "how often the reconciler compares records with live shims", func(c *Config) any { return &c.ReconcileInterval }},
+	{"reconcile_max_actions", "destructive actions one reconciler pass may take (0: report only)", func(c *Config) any { return &c.ReconcileMaxActions }},
+	{"log_level", "minimum log level: debug, info, warn or error", func(c *Config) any { return &c.LogLevel }},
+}
+
+// Settings returns every setting, in documentation order.
+func Settings() []Setting { return append([]Setting(nil), settings...) }
+
+func lookupKey(key string) (Setting, bool) {
+	for _, s := range settings {
+		if s.Key == key {
+			return s, true
+		}
+	}
+	return Setting{}, false
+}
+
+func knownKeys() string {
+	keys := make([]string, len(settings))
+	for i, s := range settings {
+		keys[i] = s.Key
+	}
+	return strings.Join(keys, ", ")
+}
+
+// parseInto parses text into the field p points at, by the field's type.
+// Booleans use conf.ParseBool (strict), durations time.ParseDuration,
+// levels slog.Level's text form.
+func parseInto(p any, text string) error {
+	switch p := p.(type) {
+	case *string:
+		*p = text
+	case *bool:
+		b, err := conf.ParseBool(text)
+		if err != nil {
+			return err
+		}
+		*p = b
+	case *int:
+		n, err := strconv.Atoi(strings.TrimSpace(text))
+		if err != nil {
+			return fmt.Errorf("invalid integer %q", text)
+		}
+		*p = n
+	case *time.Duration:
+		d, err := time.ParseDuration(strings.TrimSpace(text))
+		if err != nil {
+			return fmt.Errorf("invalid duration %q: use a number with a unit, like 500ms, 10s or 2m", text)
+		}
+		*p = d
+	case *slog.Level:
+		var l slog.Level
+		if err := l.UnmarshalText([]byte(strings.TrimSpace(text))); err != nil {
+			return fmt.Errorf("invalid log level %q: use debug, info, warn or error", text)
+		}
+		*p = l
+	default:
+		panic(fmt.Sprintf("config: setting field of unsupported type %T", p))
+	}
+	return nil
+}
+
+// setFromTOML sets the field p points at from a decoded TOML value, which
+// must have the matching TOML type: a boolean for booleans, an integer for
+// integers, a string for everything else (durations and levels are strings
+// like "10s" and "debug").
+func setFromTOML(p any, v any) error {
+	switch p := p.(type) {
+	case *bool:
+		b, ok := v.(bool)
+		if !ok {
+			return fmt.Errorf("want a boolean (true or false, unquoted), got %s", describe(v))
+		}
+		*p = b
+	case *int:
+		n, ok := v.(int64)
+		if !ok {
+			return fmt.Errorf("want an integer, got %s", describe(v))
+		}
+		if int64(int(n)) != n {
+			return fmt.Errorf("integer %d is out of range", n)
+		}
+		*p = int(n)
+	default:
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Errorf("want a string, got %s", describe(v))
+		}
+		return parseInto(p, s)
+	}
+	return nil
+}
+
+func describe(v any) string {
+	switch v := v.(type) {
+	case string:
+		return fmt.Sprintf("the string %q", v)
+	case map[string]any:
+		return "a table"
+	case []any, []map[string]any:
+		return "an array"
+	default:
+		return fmt.Sprintf("%T %v", v, v)
+	}
+}
+
+func format(p any) string {
+	switch p := p.(type) {
+	case *string:
+		return *p
+	case *bool:
+		return strconv.FormatBool(*p)
+	case *int:
+		return strconv.Itoa(*p)
+	case *time.Duration:
+		return p.String()
+	case *slog.Level:
+		return strings.ToLower(p.String())
+	}
+	panic(fmt.Sprintf("config: setting field of unsupported type %T", p))
+}

@@ -1,0 +1,135 @@
+// Package daemon is thawd as a library: Run loads the configuration,
+// prepares the data directory, refuses a filesystem that cannot reflink
+// sandbox disks, opens the state store and serves the API until its context
+// ends. cmd/thawd and the CLI's "thaw daemon" both call it.
+package daemon
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/thawvm/thaw/internal/daemon/api"
+	"github.com/thawvm/thaw/internal/daemon/config"
+	"github.com/thawvm/thaw/internal/daemon/disk"
+	"github.com/thawvm/thaw/internal/daemon/layout"
+	"github.com/thawvm/thaw/internal/daemon/live"
+	"github.com/thawvm/thaw/internal/daemon/metrics"
+	"github.com/thawvm/thaw/internal/daemon/store"
+)
+
+// Version is thawd's version, set at link time
+// (-ldflags "-X github.com/thawvm/thaw/internal/daemon.Version=...").
+var Version = "dev"
+
+// Run is thawd from its inputs to its exit: args are the command-line
+// arguments without the program name, lookup and environ the environment
+// (os.LookupEnv, os.Environ), stderr receives the log and flag errors. it returns when ctx ends (after
+// shutting the API down) or when starting fails.
+func Run(ctx context.Context, args []string, lookup func(string) (string, bool), environ []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("thawd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg, err := config.Load(fs, args, lookup)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	for _, name := range config.UnknownEnv(environ) {
+		log.Warn("ignoring unknown environment variable (a typo?)", "name", name)
+	}
+
+	lay, err := layout.New(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(lay.Root(), 0o700); err != nil {
+		return fmt.Errorf("creating data directory: %w", err)
+	}
+	if err := disk.Probe(lay.Root()); err != nil {
+		return fmt.Errorf("data directory %s: %w", lay.Root(), err)
+	}
+	// The store's lock makes this thawd the data directory's only user;
+	// only then may Init clear what a previous run left in tmp.
+	st, err := store.Open(lay.Store(), store.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := lay.Init(); err != nil {
+		return err
+	}
+	// Builds run inside thawd: one still "building" was cut off when the
+	// previous thawd ended.
+	if n, err := st.FailInterruptedBuilds("interrupted: thawd stopped during the build"); err != nil {
+		return err
+	} else if n > 0 {
+		log.Warn("marked interrupted template builds failed", "builds", n)
+	}
+	settings, err := live.New(cfg)
+	if err != nil {
+		return err
+	}
+	srv, err := api.New(api.Options{Store: st, Layout: lay, Settings: settings, Logger: log, Version: Version,
+		Metrics: metrics.New(st, settings).Handler()})
+	if err != nil {
+		return err
+	}
+
+	var servers []*http.Server
+	serveErr := make(chan error, 2)
+	serve := func(h http.Handler, l net.Listener) {
+		hs := api.NewHTTPServer(h)
+		servers = append(servers, hs)
+		go func() { serveErr <- hs.Serve(l) }()
+	}
+	ul, err := api.ListenUnix(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	serve(srv, ul)
+	if cfg.TCPAddr != "" {
+		token, err := api.LoadToken(cfg.TokenFile)
+		if err != nil {
+			shutdown(servers)
+			return err
+		}
+		h, err := srv.RequireToken(token, srv)
+		if err != nil {
+			shutdown(servers)
+			return err
+		}
+		tl, err := net.Listen("tcp", cfg.TCPAddr)
+		if err != nil {
+			shutdown(servers)
+			return fmt.Errorf("listening on %s: %w", cfg.TCPAddr, err)
+		}
+		serve(h, tl)
+	}
+	log.Info("thawd serving", "version", Version, "socket", cfg.Socket, "tcp", cfg.TCPAddr, "data", lay.Root(),
+		"uffd", cfg.UFFD, "max_concurrent_restores", cfg.MaxConcurrentRestores)
+
+	select {
+	case <-ctx.Done():
+		log.Info("thawd stopping")
+		shutdown(servers)
+		return nil
+	case err := <-serveErr:
+		shutdown(servers)
+		return fmt.Errorf("serving the API: %w", err)
+	}
+}
+
+// shutdown stops the API servers, giving requests in flight a few seconds.
+func shutdown(servers []*http.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, hs := range servers {
+		hs.Shutdown(ctx)
+	}
+}

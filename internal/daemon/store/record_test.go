@@ -1,0 +1,116 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDecodeRefusesUnknownAndTrailing(t *testing.T) {
+	good := mustJSON(t, newSandbox("sb1", "py", "b1"))
+	tests := []struct {
+		name string
+		data string
+		want string
+	}{
+		{"unknown field", strings.Replace(string(good), `"id"`, `"colour":"red","id"`, 1), `unknown field "colour"`},
+		{"trailing", string(good) + `{}`, "trailing data"},
+		{"not json", "\x00\x01", "invalid character"},
+		{"empty", "", "EOF"},
+		{"bad state", strings.Replace(string(good), `"creating"`, `"zombie"`, 1), `unknown state "zombie"`},
+		{"relative dir", strings.Replace(string(good), `"/var/lib/thaw/sandboxes/sb1"`, `"sb1"`, 1), "not an absolute path"},
+	}
+	for _, tt := range tests {
+		_, err := decodeSandbox([]byte("sb1"), []byte(tt.data))
+		if err == nil || !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), `"sb1"`) {
+			t.Errorf("%s: got %v, want ErrCorrupt naming key \"sb1\" and containing %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+// FuzzDecodeSandbox: any bytes under any key decode to a valid record that
+// round-trips, or to an ErrCorrupt error naming the key; never a panic.
+func FuzzDecodeSandbox(f *testing.F) {
+	sb := newSandbox("sb1", "py", "b1")
+	f.Add("sb1", string(mustJSONf(f, sb)))
+	sb.State, sb.Shim, sb.TTL, sb.ExpiresAt = Running, liveShim, time.Minute, t0
+	sb.Create = []Phase{{"slot", 1}, {"load", 2}}
+	f.Add("sb1", string(mustJSONf(f, sb)))
+	f.Add("x", `{"id":"x","state":"failed"}`)
+	f.Add("sb1", `{"id":"sb1","create":[{"name":"","duration_ns":-1}]}`)
+	f.Add("build-1", `null`)
+	f.Fuzz(func(t *testing.T, key, data string) {
+		got, err := decodeSandbox([]byte(key), []byte(data))
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v is not ErrCorrupt", err)
+			}
+			if !strings.Contains(err.Error(), fmt.Sprintf("%q", key)) {
+				t.Fatalf("error %v does not name key %q", err, key)
+			}
+			return
+		}
+		if got.ID != key || strings.HasPrefix(key, EphemeralPrefix) {
+			t.Fatalf("decoded id %q under key %q", got.ID, key)
+		}
+		again, err := decodeSandbox([]byte(key), mustJSON(t, got))
+		if err != nil {
+			t.Fatalf("re-decoding a valid record: %v", err)
+		}
+		if !reflect.DeepEqual(again, got) {
+			t.Fatalf("round trip changed the record:\n%+v\n%+v", got, again)
+		}
+	})
+}
+
+// FuzzDecodeTemplate is FuzzDecodeSandbox for template records.
+func FuzzDecodeTemplate(f *testing.F) {
+	b2 := readyBuild("b2")
+	b2.State, b2.Reason = BuildFailed, "step 3 exited 1"
+	f.Add("py", string(mustJSONf(f, newTemplate("py", readyBuild("b1"), b2))))
+	f.Add("py", `{"name":"py","builds":[{"id":"b1"},{"id":"b1"}]}`)
+	f.Add("py", `{"name":"py","current":"b9","spec":[1,2}`)
+	f.Fuzz(func(t *testing.T, key, data string) {
+		got, err := decodeTemplate([]byte(key), []byte(data))
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v is not ErrCorrupt", err)
+			}
+			if !strings.Contains(err.Error(), fmt.Sprintf("%q", key)) {
+				t.Fatalf("error %v does not name key %q", err, key)
+			}
+			return
+		}
+		again, err := decodeTemplate([]byte(key), mustJSON(t, got))
+		if err != nil {
+			t.Fatalf("re-decoding a valid record: %v", err)
+		}
+		// Spec is kept verbatim, so compare it as JSON text after compaction.
+		if !reflect.DeepEqual(again.Builds, got.Builds) || again.Current != got.Current || !jsonEqual(again.Spec, got.Spec) {
+			t.Fatalf("round trip changed the record:\n%+v\n%+v", got, again)
+		}
+	})
+}
+
+func jsonEqual(a, b json.RawMessage) bool {
+	var x, y any
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) == len(b)
+	}
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	return reflect.DeepEqual(x, y)
+}
+
+func mustJSONf(f *testing.F, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return b
+}
