@@ -242,7 +242,7 @@ func RunDirect(ctx context.Context, p Payload, workDir string) (*Result, error) 
 	cmd.Dir = abs
 	cmd.Env = append(os.Environ(), "THAW_RESULTS="+files)
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	start := time.Now()
 	err = cmd.Start()

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -83,6 +84,9 @@ func (h *Harness) boot(ctx context.Context, s bootSpec) (*Result, error) {
 	defer serial.Close()
 
 	cmd := exec.Command(h.cfg.QEMU, h.qemuArgs(s, results)...)
+	// QEMU dies with us: a test binary killed by go test's timeout must not
+	// leave an L1 spinning on a shared machine.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if h.cfg.Shell {
 		cmd.Stdin = os.Stdin
 	}
