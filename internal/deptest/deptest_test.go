@@ -63,6 +63,7 @@ var rules = []rule{
 		except("internal/agentapi")},
 	{"cmd/thaw-agent", "the agent binary imports only the agent and its protocol",
 		except("internal/agent", "internal/agentapi")},
+	{"internal/image", "image building needs no other Thaw package", except()},
 	{"internal/fcapi", "the Firecracker API types must not depend on either side",
 		under("internal/vmm", "internal/daemon", "internal/shim")},
 	{"internal/nested", "the nested harness is test infrastructure that runs payloads; it knows no Thaw component",
