@@ -63,6 +63,8 @@ var rules = []rule{
 		except("internal/agentapi")},
 	{"cmd/thaw-agent", "the agent binary imports only the agent and its protocol",
 		except("internal/agent", "internal/agentapi")},
+	{"internal/shim", "the shim drives a VMM only through internal/fcapi",
+		under("internal/vmm", "internal/daemon", "internal/agent")},
 	{"internal/image", "image building needs no other Thaw package", except()},
 	{"internal/fcapi", "the Firecracker API types must not depend on either side",
 		under("internal/vmm", "internal/daemon", "internal/shim")},
