@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/thawvm/thaw/internal/fcapi"
@@ -202,4 +203,40 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// UpdateDrive implements api.Machine: PATCH /drives/{id}, after Start or
+// LoadSnapshot. It switches the drive to the backing file d.PathOnHost,
+// which must hold at least the capacity the guest was told. A restored
+// sandbox uses it, between the load and the resume, to put its own
+// copy-on-write disk behind the template's drive.
+func (m *Machine) UpdateDrive(d fcapi.PartialDrive) error {
+	if err := d.Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.state != Running && m.state != Paused {
+		return fmt.Errorf("%w: drives are updated on a started or restored machine, this one is %s (use PUT /drives before boot)", ErrState, m.state)
+	}
+	for _, v := range m.hw.virtio {
+		b, ok := v.dev.(*blk.Device)
+		if !ok || b.Config().ID != d.DriveID {
+			continue
+		}
+		if err := b.SetPath(d.PathOnHost); err != nil {
+			return err
+		}
+		// A fresh slice: Config's callers may hold the old one.
+		drives := slices.Clone(m.cfg.Drives)
+		for i := range drives {
+			if drives[i].ID == d.DriveID {
+				drives[i].Path = d.PathOnHost
+			}
+		}
+		m.cfg.Drives = drives
+		m.log.Info("drive updated", "drive", d.DriveID, "path_on_host", d.PathOnHost)
+		return nil
+	}
+	return fmt.Errorf("drive %q: the machine has no such drive", d.DriveID)
 }

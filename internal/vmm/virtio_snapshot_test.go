@@ -3,6 +3,7 @@ package vmm
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -155,6 +156,90 @@ func TestSnapshotVirtioDevices(t *testing.T) {
 			conn, r := vsockDial(t, sock)
 			vsockEcho(t, conn, r, "after the restore, over "+string(tc.backend.BackendType)+"\n")
 		})
+	}
+}
+
+// TestRestoreWithSwappedDrive restores a probe that reads its drive with
+// the drive switched (PATCH /drives) to a sandbox's own file before the
+// resume: the guest's reads after restore checksum to the new file's
+// contents, not the template's; a file smaller than the capacity the
+// guest knows, or an unknown drive, is refused.
+func TestRestoreWithSwappedDrive(t *testing.T) {
+	testenv.RequireKVM(t)
+	dir := t.TempDir()
+	write := func(name string, seed uint64, size int) ([]byte, string) {
+		b := make([]byte, size)
+		rng := rand.New(rand.NewPCG(seed, 1))
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return b, path
+	}
+	tmpl, tmplPath := write("template.img", 1, 64<<10)
+	own, ownPath := write("sandbox.img", 2, 64<<10)
+	_, smallPath := write("small.img", 3, 32<<10)
+	tmplSum, ownSum := fmt.Sprintf("%x", fnv1a(tmpl[:4096])), fmt.Sprintf("%x", fnv1a(own[:4096]))
+
+	out := &syncBuffer{}
+	src := New(Config{
+		Kernel: probePath(t), Cmdline: "probe.pages=4 probe.ticks=0 probe.spin=300 probe.blk.every=1",
+		VCPUs: 1, MemMiB: 32, Serial: out,
+		Drives: []DriveConfig{{ID: "rootfs", Path: tmplPath, Root: true}},
+	}, testLogger(t))
+	t.Cleanup(func() { src.Close() })
+	if err := src.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, out, "probe: blk reread tick=2 status=0 sum="+tmplSum+"\n", 60*time.Second)
+	if err := src.UpdateDrive(fcapi.PartialDrive{DriveID: "rootfs", PathOnHost: smallPath}); err == nil || !strings.Contains(err.Error(), "does not resize drives") {
+		t.Errorf("UpdateDrive to a smaller file: got %v, want an error about the capacity", err)
+	}
+	if err := src.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	statePath, memPath := filepath.Join(dir, "vmstate"), filepath.Join(dir, "mem")
+	if err := src.CreateSnapshot(context.Background(), fcapi.SnapshotCreateParams{SnapshotPath: statePath, MemFilePath: memPath}); err != nil {
+		t.Fatal(err)
+	}
+	src.Close()
+
+	m := New(Config{Serial: &syncBuffer{}}, testLogger(t))
+	t.Cleanup(func() { m.Close() })
+	if err := m.UpdateDrive(fcapi.PartialDrive{DriveID: "rootfs", PathOnHost: ownPath}); !errors.Is(err, ErrState) {
+		t.Errorf("UpdateDrive before load: got %v, want ErrState", err)
+	}
+	out2 := &syncBuffer{}
+	m = New(Config{Serial: out2}, testLogger(t))
+	t.Cleanup(func() { m.Close() })
+	if err := m.LoadSnapshot(context.Background(), fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendFile, BackendPath: memPath}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.UpdateDrive(fcapi.PartialDrive{DriveID: "data", PathOnHost: ownPath}); err == nil || !strings.Contains(err.Error(), "no such drive") {
+		t.Errorf("UpdateDrive of an unknown drive: got %v, want an error saying there is none", err)
+	}
+	if err := m.UpdateDrive(fcapi.PartialDrive{DriveID: "rootfs", PathOnHost: ownPath}); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Config().Drives[0].Path; got != ownPath {
+		t.Errorf("drive path in the config after UpdateDrive: got %q, want %q", got, ownPath)
+	}
+	if err := m.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	tick, _ := lastTick(t, out.String())
+	waitFor(t, out2, fmt.Sprintf("probe: tick %d ", tick+3), 60*time.Second)
+	rereads := rereadRE.FindAllStringSubmatch(out2.String(), -1)
+	if len(rereads) == 0 {
+		t.Fatalf("no drive reads after restore:\n%s", out2.String())
+	}
+	for _, r := range rereads {
+		if r[2] != "0" || r[3] != ownSum {
+			t.Errorf("drive read after restore: got %q, want status=0 sum=%s (the sandbox's file; the template's is %s)", r[0], ownSum, tmplSum)
+		}
 	}
 }
 
