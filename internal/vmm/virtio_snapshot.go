@@ -94,8 +94,9 @@ func (m *Machine) restoreVirtio(hw *hardware, devs []vmstate.Device, vo *fcapi.V
 		if !isVirtio(d.Kind) {
 			continue
 		}
-		slot := (int64(d.MMIOBase) - VirtioMMIOBase) / VirtioWindowSize
-		if d.MMIOBase < VirtioMMIOBase || (d.MMIOBase-VirtioMMIOBase)%VirtioWindowSize != 0 || slot >= MaxVirtioDevices {
+		off := d.MMIOBase - VirtioMMIOBase // wraps when below the base: then too large
+		slot := off / VirtioWindowSize
+		if d.MMIOBase < VirtioMMIOBase || off%VirtioWindowSize != 0 || slot >= MaxVirtioDevices {
 			return rd, fmt.Errorf("the snapshot's %s %q is at MMIO address %#x, outside thaw-vmm's virtio windows", d.Kind, d.ID, d.MMIOBase)
 		}
 		if _, gsi := virtioSlot(int(slot)); d.GSI != gsi {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/testenv"
+	"github.com/thawvm/thaw/internal/vmm/vmstate"
 )
 
 // fnv1a is the probe's block checksum (FNV-1a, 64-bit).
@@ -266,5 +267,29 @@ func TestSnapshotVsockOverrideWithoutVsock(t *testing.T) {
 	}
 	if got := m.State(); got != NotStarted {
 		t.Errorf("state after the failed load: got %s, want %s", got, NotStarted)
+	}
+}
+
+// TestRestoreVirtioLayoutErrors: a vmstate whose virtio device sits outside
+// thaw-vmm's windows or on the wrong GSI is refused, naming the device.
+// The checks come before any KVM object is needed.
+func TestRestoreVirtioLayoutErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		dev  vmstate.Device
+		want string
+	}{
+		{"below the base", vmstate.Device{Kind: devVirtioVsock, ID: "vsock", MMIOBase: VirtioMMIOBase - VirtioWindowSize, GSI: 5}, "outside thaw-vmm's virtio windows"},
+		{"far above", vmstate.Device{Kind: devVirtioVsock, ID: "vsock", MMIOBase: 0xfffffffffffff000, GSI: 5}, "outside thaw-vmm's virtio windows"},
+		{"unaligned", vmstate.Device{Kind: devVirtioVsock, ID: "vsock", MMIOBase: VirtioMMIOBase + 8, GSI: 5}, "outside thaw-vmm's virtio windows"},
+		{"wrong gsi", vmstate.Device{Kind: devVirtioBlk, ID: "rootfs", MMIOBase: VirtioMMIOBase + VirtioWindowSize, GSI: 5}, "uses GSI 5, want 6"},
+	}
+	for _, tt := range tests {
+		m := New(Config{}, testLogger(t))
+		hw := &hardware{}
+		_, err := m.restoreVirtio(hw, []vmstate.Device{tt.dev}, nil)
+		if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), tt.dev.ID) {
+			t.Errorf("%s: got %v, want an error naming %q and containing %q", tt.name, err, tt.dev.ID, tt.want)
+		}
 	}
 }
