@@ -229,7 +229,15 @@ func (c *creation) load(ctx context.Context) (phases.Undo, error) {
 	if agentReady(c.build.Ready) {
 		p.VsockOverride = &fcapi.VsockOverride{UDSPath: filepath.Join(c.dir, VsockName)}
 	}
+	if c.build.RootDrive != "" {
+		// The snapshot names the template's disk by an absolute path:
+		// keep the VM paused until the drive is the sandbox's own.
+		p.ResumeVM = false
+	}
 	err := loadSnapshot(ctx, c.handle, p, c.m.opts.LoadTimeout)
+	if err == nil && c.build.RootDrive != "" {
+		err = c.swapRootDrive(ctx)
+	}
 	if err != nil && c.uffd {
 		// A page server that refused the handshake kills the VMM, so
 		// the load fails too; the shim knows why.
@@ -242,6 +250,27 @@ func (c *creation) load(ctx context.Context) (phases.Undo, error) {
 		}
 	}
 	return nil, err
+}
+
+// swapRootDrive points the loaded, paused VM's root drive at the
+// sandbox's clone (Firecracker's PATCH /drives/{drive_id}) and resumes it.
+func (c *creation) swapRootDrive(ctx context.Context) error {
+	vc := fcapi.NewClient(c.handle.APISocket)
+	defer vc.Close()
+	d := fcapi.PartialDrive{DriveID: c.build.RootDrive, PathOnHost: filepath.Join(c.dir, DiskName)}
+	if err := vc.PatchDrive(ctx, d); err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return errdefs.DeadlineExceeded("PATCH /drives/%s did not answer within %v", d.DriveID, c.m.opts.LoadTimeout)
+		}
+		return fmt.Errorf("pointing drive %q at the sandbox's disk: %w%s", d.DriveID, err, vmmTail(c.handle.Dir))
+	}
+	if err := vc.Resume(ctx); err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return errdefs.DeadlineExceeded("PATCH /vm Resumed did not answer within %v", c.m.opts.LoadTimeout)
+		}
+		return fmt.Errorf("resuming after the drive swap: %w%s", err, vmmTail(c.handle.Dir))
+	}
+	return nil
 }
 
 // loadSnapshot sends PUT /snapshot/load to the VMM under h. A load past

@@ -21,6 +21,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/fcapi"
 )
 
 // Artifact names inside a build directory.
@@ -46,7 +47,10 @@ type RegisterRequest struct {
 	Memory  string
 	Rootfs  string
 	// Kernel is optional (a snapshot does not need it to restore).
-	Kernel    string
+	Kernel string
+	// RootDrive is optional: the snapshot's root drive_id, which sandboxes
+	// point at their own disk (store.Build.RootDrive).
+	RootDrive string
 	VCPUs     int
 	MemoryMiB int
 	Ready     store.ReadyCheck
@@ -78,6 +82,11 @@ func (r RegisterRequest) Validate() error {
 			errs = append(errs, errdefs.InvalidArgument("%s: %v", f.field, err))
 		} else if !fi.Mode().IsRegular() {
 			errs = append(errs, errdefs.InvalidArgument("%s %s is not a regular file", f.field, f.path))
+		}
+	}
+	if r.RootDrive != "" {
+		if err := fcapi.CheckID(r.RootDrive); err != nil {
+			errs = append(errs, errdefs.InvalidArgument("root_drive: %v", err))
 		}
 	}
 	if r.VCPUs < 1 || r.VCPUs > 32 {
@@ -119,7 +128,7 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 	}()
 	b := store.Build{ID: buildID, State: store.BuildReady, Dir: lay.BuildDir(r.Name, buildID),
 		Artifacts: store.Artifacts{VMState: VMStateName, Memory: MemoryName, Rootfs: RootfsName},
-		VCPUs:     r.VCPUs, MemoryMiB: r.MemoryMiB, Ready: r.Ready, CreatedAt: started}
+		RootDrive: r.RootDrive, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Ready: r.Ready, CreatedAt: started}
 	files := []struct{ src, name string }{{r.VMState, VMStateName}, {r.Memory, MemoryName}, {r.Rootfs, RootfsName}}
 	if r.Kernel != "" {
 		files = append(files, struct{ src, name string }{r.Kernel, KernelName})
