@@ -236,7 +236,7 @@ func (c *creation) load(ctx context.Context) (phases.Undo, error) {
 	}
 	err := loadSnapshot(ctx, c.handle, p, c.m.opts.LoadTimeout)
 	if err == nil && c.build.RootDrive != "" {
-		err = c.swapRootDrive(ctx)
+		err = swapRootDrive(ctx, c.handle, c.build.RootDrive, filepath.Join(c.dir, DiskName), c.m.opts.LoadTimeout)
 	}
 	if err != nil && c.uffd {
 		// A page server that refused the handshake kills the VMM, so
@@ -252,23 +252,22 @@ func (c *creation) load(ctx context.Context) (phases.Undo, error) {
 	return nil, err
 }
 
-// swapRootDrive points the loaded, paused VM's root drive at the
-// sandbox's clone (Firecracker's PATCH /drives/{drive_id}) and resumes it.
-func (c *creation) swapRootDrive(ctx context.Context) error {
-	vc := fcapi.NewClient(c.handle.APISocket)
+// swapRootDrive points the loaded, paused VM's drive driveID at path
+// (Firecracker's PATCH /drives/{drive_id}) and resumes it.
+func swapRootDrive(ctx context.Context, h *shim.Handle, driveID, path string, bound time.Duration) error {
+	vc := fcapi.NewClient(h.APISocket)
 	defer vc.Close()
-	d := fcapi.PartialDrive{DriveID: c.build.RootDrive, PathOnHost: filepath.Join(c.dir, DiskName)}
-	if err := vc.PatchDrive(ctx, d); err != nil {
+	if err := vc.PatchDrive(ctx, fcapi.PartialDrive{DriveID: driveID, PathOnHost: path}); err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return errdefs.DeadlineExceeded("PATCH /drives/%s did not answer within %v", d.DriveID, c.m.opts.LoadTimeout)
+			return errdefs.DeadlineExceeded("PATCH /drives/%s did not answer within %v", driveID, bound)
 		}
-		return fmt.Errorf("pointing drive %q at the sandbox's disk: %w%s", d.DriveID, err, vmmTail(c.handle.Dir))
+		return fmt.Errorf("pointing drive %q at the sandbox's disk: %w%s", driveID, err, vmmTail(h.Dir))
 	}
 	if err := vc.Resume(ctx); err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return errdefs.DeadlineExceeded("PATCH /vm Resumed did not answer within %v", c.m.opts.LoadTimeout)
+			return errdefs.DeadlineExceeded("PATCH /vm Resumed did not answer within %v", bound)
 		}
-		return fmt.Errorf("resuming after the drive swap: %w%s", err, vmmTail(c.handle.Dir))
+		return fmt.Errorf("resuming after the drive swap: %w%s", err, vmmTail(h.Dir))
 	}
 	return nil
 }

@@ -30,9 +30,10 @@ func fnv1a(b []byte) uint64 {
 // recorded by the absolute path of the builder's disk, with RootDrive set
 // and a registered rootfs of other contents: the sandbox's drive reads
 // checksum to its clone of the registered rootfs, not the builder's disk,
-// so create pointed the drive at the clone before the guest resumed.
+// so create pointed the drive at the clone before the guest resumed. The
+// registration's recording run, which swaps the drive the same way, works.
 func TestCreateSwapsRootDrive(t *testing.T) {
-	e := newEnv(t, nil)
+	e := newEnv(t, func(o *sandbox.Options) { o.RecordMax = 3 * time.Second })
 	dir := t.TempDir()
 	fill := func(path string, seed uint64) string {
 		b := make([]byte, 1<<20)
@@ -49,11 +50,14 @@ func TestCreateSwapsRootDrive(t *testing.T) {
 	builderSum := fill(builderDisk, 1)
 	s := sandboxtest.ProbeSnapshotWithDrive(t, dir, builderDisk)
 	rootfsSum := fill(s.Rootfs, 2)
-	_, err := template.Register(context.Background(), e.st, e.lay, template.RegisterRequest{Name: "withdisk", VMState: s.VMState, Memory: s.Memory,
+	tpl, err := template.Register(ctxT(t), e.st, e.lay, template.RegisterRequest{Name: "withdisk", VMState: s.VMState, Memory: s.Memory,
 		Rootfs: s.Rootfs, Kernel: s.Kernel, RootDrive: sandboxtest.RootDriveID, VCPUs: sandboxtest.ProbeVCPUs, MemoryMiB: sandboxtest.ProbeMemMiB,
-		Ready: store.ReadyCheck{Kind: store.ReadySerial, Marker: sandboxtest.ReadyMarker}})
+		Ready: store.ReadyCheck{Kind: store.ReadySerial, Marker: sandboxtest.ReadyMarker}, Record: e.m.RecordFunc()})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if b := tpl.BuildByID(tpl.Current); b.RootDrive != sandboxtest.RootDriveID || b.AccessLogPages <= 0 {
+		t.Errorf("build: got root drive %q and %d recorded pages, want %q and some", b.RootDrive, b.AccessLogPages, sandboxtest.RootDriveID)
 	}
 	sb, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "disk", Template: "withdisk"})
 	if err != nil {

@@ -37,7 +37,11 @@ const (
 // Recorder runs a build's recording run on the staged snapshot files and
 // writes the access log to logPath, returning the pages recorded
 // (internal/daemon/sandbox's Manager.Record).
-type Recorder func(ctx context.Context, vmstate, memory, logPath string, ready store.ReadyCheck) (pages int, err error)
+//
+// rootfs is the staged disk, which the run must give the VM instead of the
+// snapshot's (a clone named like a sandbox's), and rootDrive the build's
+// RootDrive.
+type Recorder func(ctx context.Context, vmstate, memory, rootfs, rootDrive, logPath string, ready store.ReadyCheck) (pages int, err error)
 
 // RegisterRequest names an existing snapshot's files (absolute host paths)
 // and the machine it was taken of.
@@ -153,7 +157,8 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 	copied := time.Now()
 	b.Timings = []store.Phase{{Name: "copy", Duration: copied.Sub(started)}}
 	if r.Record != nil {
-		pages, err := r.Record(ctx, filepath.Join(staging, VMStateName), filepath.Join(staging, MemoryName), filepath.Join(staging, AccessLogName), r.Ready)
+		pages, err := r.Record(ctx, filepath.Join(staging, VMStateName), filepath.Join(staging, MemoryName), filepath.Join(staging, RootfsName),
+			r.RootDrive, filepath.Join(staging, AccessLogName), r.Ready)
 		if err != nil {
 			return store.Template{}, fmt.Errorf("registering template %q: %w", r.Name, err)
 		}
