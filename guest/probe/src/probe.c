@@ -1,0 +1,298 @@
+/*
+ * probe: a freestanding x86-64 guest for testing thaw-vmm without a Linux
+ * kernel. It runs with interrupts off, talks only through port I/O and
+ * memory, and prints what it does on the 8250 serial port at 0x3f8, one
+ * line per event, so tests can check it:
+ *
+ *   probe: boot cmdline="..."
+ *   probe: ram <bytes>                 RAM in the e820 map
+ *   probe: pattern pages=<n> sum=<hex> a pattern written and checksummed
+ *   probe: tick <n> sum=<hex>          the pattern re-checksummed each tick
+ *   probe: serial <hex>                a byte received on the serial port
+ *   probe: key <hex>                   a byte from the i8042 keyboard
+ *   probe: ctrl-alt-del                Ctrl+Alt+Del seen: reset at once
+ *   probe: done                        then it resets through the i8042
+ *
+ * Command line parameters: probe.pages=<n> (pattern size, 4 KiB pages,
+ * default 256), probe.ticks=<n> (ticks before reset; 0 runs forever),
+ * probe.spin=<n> (loop iterations between ticks, default 100000).
+ * Virtio devices announced on the command line are driven by polling
+ * (virtio.c, vsock.c): a block device is read (and with probe.blk.write=1
+ * written), a vsock device serves an echo port between ticks.
+ * Misbehaviour, to prove a guest cannot crash or hang the VMM:
+ * probe.chaos=<n> does n reads and writes of 1-8 bytes at pseudo-random
+ * ports and unclaimed MMIO addresses, then prints "probe: chaos done";
+ * probe.high=1 maps RAM above 4 GiB, writes its first and last 8 bytes
+ * and prints "probe: high ok top=<hex>"; probe.triple=1 triple-faults; probe.exits=<n> writes port 0x80 n times
+ * between "probe: exits start" and "probe: exits done" (a benchmark of the
+ * exit path); probe.hang=1 halts with interrupts off.
+ * The counter and the pattern live in guest memory, so a snapshot restored
+ * elsewhere continues counting from where it was.
+ */
+#include "probe.h"
+
+#define COM1 0x3f8
+
+void putc(char c)
+{
+	/* Wait for the transmit holding register to empty (LSR bit 5). */
+	for (int i = 0; i < 100000 && !(inb(COM1 + 5) & 0x20); i++)
+		;
+	outb(COM1, (u8)c);
+}
+
+void puts(const char *s) { while (*s) putc(*s++); }
+
+void putdec(u64 v)
+{
+	char buf[21];
+	int i = 20;
+	buf[i] = 0;
+	do { buf[--i] = (char)('0' + v % 10); v /= 10; } while (v);
+	puts(&buf[i]);
+}
+
+void puthexn(u64 v, int digits)
+{
+	char buf[17];
+	for (int i = digits - 1; i >= 0; i--) { buf[i] = "0123456789abcdef"[v & 15]; v >>= 4; }
+	buf[digits] = 0;
+	puts(buf);
+}
+
+void puthex(u64 v) { puthexn(v, 16); }
+
+/* param returns the value of "name=<decimal>" in the command line, or def. */
+u64 param(const char *cmdline, const char *name, u64 def)
+{
+	for (const char *p = cmdline; *p; p++) {
+		if (p != cmdline && p[-1] != ' ')
+			continue;
+		const char *a = p, *b = name;
+		while (*b && *a == *b) { a++; b++; }
+		if (*b || *a != '=')
+			continue;
+		a++;
+		u64 v = 0;
+		while (*a >= '0' && *a <= '9') v = v * 10 + (u64)(*a++ - '0');
+		return v;
+	}
+	return def;
+}
+
+void *memset(void *d, int c, u64 n)
+{
+	u8 *p = d;
+	while (n--)
+		*p++ = (u8)c;
+	return d;
+}
+
+void *memcpy(void *d, const void *s, u64 n)
+{
+	u8 *p = d;
+	const u8 *q = s;
+	while (n--)
+		*p++ = *q++;
+	return d;
+}
+
+/* State that must survive a snapshot lives in .data/.bss: guest memory. */
+static volatile u64 ticks;
+#define PATTERN_BASE 0x2000000UL /* 32 MiB, above the probe image */
+
+static u64 checksum(u64 pages)
+{
+	u64 sum = 0;
+	volatile u64 *p = (volatile u64 *)PATTERN_BASE;
+	for (u64 i = 0; i < pages * 512; i++)
+		sum = (sum ^ p[i]) * 0x100000001b3UL;
+	return sum;
+}
+
+/* chaos pokes at ports and MMIO addresses nothing claims (or that belong
+ * to devices which must cope), skipping the i8042 (a reset would end the
+ * run early), the serial port (output would be garbled) and the in-kernel
+ * interrupt controllers, whose reprogramming could send the vCPU INIT. */
+static void chaos(u64 n, u64 ram)
+{
+	u64 x = 0x2545f4914f6cdd1dUL;
+	u64 sink = 0;
+	for (u64 i = 0; i < n; i++) {
+		x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+		u16 port = (u16)x;
+		if ((port >= 0x60 && port <= 0x64) || (port >= 0x3f8 && port <= 0x3ff) ||
+		    port == 0x20 || port == 0x21 || port == 0xa0 || port == 0xa1 || port == 0x4d0 || port == 0x4d1)
+			continue;
+		switch ((x >> 16) % 8) {
+		case 0: outb(port, (u8)(x >> 24)); break;
+		case 1: outw(port, (u16)(x >> 24)); break;
+		case 2: outl(port, (u32)(x >> 24)); break;
+		case 3: sink += inb(port); break;
+		case 4: sink += inw(port); break;
+		case 5: sink += inl(port); break;
+		default: {
+			/* Somewhere between the end of RAM and 3.75 GiB: no RAM, no
+			 * APIC, so an MMIO exit to the VMM. */
+			u64 addr = ram + 0x100000 + ((x >> 20) % (0xf0000000UL - ram - 0x100000));
+			addr &= ~7UL;
+			if ((x >> 40) & 1)
+				*(volatile u64 *)addr = x;
+			else
+				sink += *(volatile u32 *)addr;
+		}
+		}
+	}
+	puts("probe: chaos done sink=");
+	puthex(sink);
+	putc('\n');
+}
+
+struct idtr { u16 limit; u64 base; } __attribute__((packed));
+
+/* Page directories mapping 4 GiB to 4 GiB + HIGH_PDS GiB; the VMM's boot
+ * page tables map only the low 4 GiB. */
+#define HIGH_PDS 8
+static u64 high_pd[HIGH_PDS][512] __attribute__((aligned(4096)));
+
+/* high maps RAM above 4 GiB (from the e820 map) with 2 MiB pages, writes a
+ * marker at its first and last 8 bytes and reads them back. */
+static void high(u8 *zeropage)
+{
+	u64 top = 0;
+	u8 n = zeropage[0x1e8];
+	for (u8 i = 0; i < n; i++) {
+		u8 *e = zeropage + 0x2d0 + 20 * i;
+		u64 end = *(u64 *)e + *(u64 *)(e + 8);
+		if (*(u32 *)(e + 16) == 1 && end > top)
+			top = end;
+	}
+	if (top <= 0x100000000UL) {
+		puts("probe: high none\n");
+		return;
+	}
+	if (top > 0x100000000UL + ((u64)HIGH_PDS << 30)) {
+		puts("probe: high error RAM beyond what the probe maps\n");
+		return;
+	}
+	u64 cr3;
+	__asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+	u64 *pdpt = (u64 *)(*(u64 *)(cr3 & ~0xfffUL) & ~0xfffUL);
+	for (u64 g = 0; g < HIGH_PDS; g++) {
+		for (u64 j = 0; j < 512; j++)
+			high_pd[g][j] = (0x100000000UL + (g << 30) + (j << 21)) | 0x83;
+		pdpt[4 + g] = (u64)high_pd[g] | 3;
+	}
+	__asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory"); /* flush the TLB */
+	volatile u64 *first = (volatile u64 *)0x100000000UL;
+	volatile u64 *last = (volatile u64 *)(top - 8);
+	*first = 0x7468617768696768UL; /* "thawhigh" little-endian reversed */
+	*last = top;
+	int ok = *first == 0x7468617768696768UL && *last == top;
+	puts(ok ? "probe: high ok top=" : "probe: high mismatch top=");
+	puthex(top);
+	putc('\n');
+}
+
+void probe_main(u8 *zeropage)
+{
+	const char *cmdline = (const char *)(u64)*(u32 *)(zeropage + 0x228);
+	puts("probe: boot cmdline=\"");
+	puts(cmdline);
+	puts("\"\n");
+
+	u64 ram = 0;
+	u8 n = zeropage[0x1e8];
+	for (u8 i = 0; i < n; i++) {
+		u8 *e = zeropage + 0x2d0 + 20 * i;
+		if (*(u32 *)(e + 16) == 1)
+			ram += *(u64 *)(e + 8);
+	}
+	puts("probe: ram ");
+	putdec(ram);
+	putc('\n');
+
+	if (param(cmdline, "probe.high", 0))
+		high(zeropage);
+	u64 n_exits = param(cmdline, "probe.exits", 0);
+	if (n_exits) {
+		/* Port 0x80 (the POST code port Linux uses for I/O delays) is
+		 * unclaimed: each write is one exit through the VMM's port bus. */
+		puts("probe: exits start\n");
+		for (u64 i = 0; i < n_exits; i++)
+			outb(0x80, (u8)i);
+		puts("probe: exits done\n");
+	}
+	u64 n_chaos = param(cmdline, "probe.chaos", 0);
+	if (n_chaos)
+		chaos(n_chaos, ram);
+	if (param(cmdline, "probe.triple", 0)) {
+		puts("probe: triple fault\n");
+		/* An empty IDT turns the #UD into #DF, then a triple fault. */
+		struct idtr none = {0, 0};
+		__asm__ volatile("lidt %0; ud2" : : "m"(none));
+	}
+	if (param(cmdline, "probe.hang", 0)) {
+		puts("probe: hang\n");
+		for (;;)
+			__asm__ volatile("cli; hlt");
+	}
+
+	u64 base;
+	if (virtio_find(cmdline, 2, &base))
+		virtio_blk_run(cmdline, base);
+	if (virtio_find(cmdline, 19, &base))
+		virtio_vsock_start(cmdline, base);
+
+	u64 pages = param(cmdline, "probe.pages", 256);
+	u64 want = param(cmdline, "probe.ticks", 3);
+	u64 spin = param(cmdline, "probe.spin", 100000);
+	if (PATTERN_BASE + pages * 4096 > ram) {
+		puts("probe: error pattern does not fit in RAM\n");
+		pages = 0;
+	}
+	volatile u64 *p = (volatile u64 *)PATTERN_BASE;
+	for (u64 i = 0; i < pages * 512; i++)
+		p[i] = i * 0x9e3779b97f4a7c15UL;
+	u64 sum = checksum(pages);
+	puts("probe: pattern pages=");
+	putdec(pages);
+	puts(" sum=");
+	puthex(sum);
+	putc('\n');
+
+	u8 prev = 0;
+	while (want == 0 || ticks < want) {
+		for (volatile u64 i = 0; i < spin; i++)
+			virtio_vsock_poll();
+		/* Echo serial input (LSR bit 0: data ready). */
+		while (inb(COM1 + 5) & 1) {
+			puts("probe: serial ");
+			puthexn(inb(COM1), 2);
+			putc('\n');
+		}
+		/* Poll the keyboard controller: status bit 0 = data waiting. */
+		while (inb(0x64) & 1) {
+			u8 k = inb(0x60);
+			puts("probe: key ");
+			puthexn(k, 2);
+			putc('\n');
+			if (prev == 0xe0 && k == 0x71) { /* Delete, after Ctrl and Alt */
+				puts("probe: ctrl-alt-del\n");
+				outb(0x64, 0xfe);
+			}
+			prev = k;
+		}
+		ticks++;
+		puts("probe: tick ");
+		putdec(ticks);
+		puts(" sum=");
+		puthex(checksum(pages));
+		putc('\n');
+	}
+	puts("probe: done\n");
+	/* Pulse the CPU reset line through the i8042 controller. */
+	outb(0x64, 0xfe);
+	for (;;)
+		__asm__ volatile("hlt");
+}

@@ -1,0 +1,248 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/thawvm/thaw/internal/fcapi"
+	"github.com/thawvm/thaw/internal/testenv"
+	"github.com/thawvm/thaw/internal/uffd"
+)
+
+var tickLine = regexp.MustCompile(`probe: tick (\d+) sum=([0-9a-f]+)\n`)
+
+// snapshotProbe boots the probe in a thaw-vmm, pauses it after a few ticks
+// and snapshots it through the API into dir; it returns the paths and the
+// last tick and sum the guest printed.
+func snapshotProbe(t *testing.T, dir string) (statePath, memPath string, tick int, sum string) {
+	t.Helper()
+	p := startVMM(t, "--id", "template")
+	c := p.client(t)
+	if err := c.PutBootSource(ctx(t), fcapi.BootSource{KernelImagePath: probeELF(t), BootArgs: "probe.pages=64 probe.ticks=0 probe.spin=2000"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PutMachineConfig(ctx(t), fcapi.MachineConfig{VcpuCount: 2, MemSizeMib: 64}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.InstanceStart(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	p.waitOutput(t, "probe: tick 2 ", 30*time.Second)
+	statePath, memPath = filepath.Join(dir, "vmstate"), filepath.Join(dir, "mem")
+	create := fcapi.SnapshotCreateParams{SnapshotType: fcapi.SnapshotFull, SnapshotPath: statePath, MemFilePath: memPath}
+	var apiErr *fcapi.APIError
+	if err := c.CreateSnapshot(ctx(t), create); !errors.As(err, &apiErr) || apiErr.StatusCode != 400 {
+		t.Errorf("PUT /snapshot/create on a running VM: got %v, want a 400", err)
+	}
+	if err := c.Pause(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CreateSnapshot(ctx(t), create); err != nil {
+		t.Fatal(err)
+	}
+	m := tickLine.FindAllStringSubmatch(p.stdout.String(), -1)
+	if len(m) == 0 {
+		t.Fatalf("no tick before the snapshot:\n%s", p.stdout.String())
+	}
+	fmt.Sscan(m[len(m)-1][1], &tick)
+	return statePath, memPath, tick, m[len(m)-1][2]
+}
+
+// servePagesE2E runs an internal/uffd page server for memPath until the
+// test ends and returns its socket.
+func servePagesE2E(t *testing.T, memPath string) string {
+	t.Helper()
+	testenv.RequireUFFD(t)
+	sock := filepath.Join(t.TempDir(), "uffd.sock")
+	l, err := uffd.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		hs, err := l.Accept(c)
+		if err != nil {
+			return
+		}
+		src, err := uffd.OpenFile(memPath)
+		if err != nil {
+			hs.Close()
+			t.Error(err)
+			return
+		}
+		defer src.Close()
+		srv, err := uffd.NewServer(uffd.ServerParams{Handshake: hs, Source: src})
+		if err != nil {
+			hs.Close()
+			t.Error(err)
+			return
+		}
+		defer srv.Close()
+		srv.Serve(c)
+	}()
+	t.Cleanup(func() { cancel(); l.Close(); wg.Wait() })
+	return sock
+}
+
+// TestSnapshotThroughAPI snapshots the probe guest through one thaw-vmm's
+// API and restores it into fresh thaw-vmm processes, with
+// PUT /snapshot/load (resume_vm) as their first call, from the memory file
+// and from a page server: each guest continues its tick count with the
+// snapshot's checksum and resets cleanly (exit 0) on Ctrl+Alt+Del.
+func TestSnapshotThroughAPI(t *testing.T) {
+	statePath, memPath, tick, sum := snapshotProbe(t, t.TempDir())
+	for _, backend := range []fcapi.MemBackendType{fcapi.MemBackendFile, fcapi.MemBackendUffd} {
+		t.Run(string(backend), func(t *testing.T) {
+			b := &fcapi.MemBackend{BackendType: backend, BackendPath: memPath}
+			if backend == fcapi.MemBackendUffd {
+				b.BackendPath = servePagesE2E(t, memPath)
+			}
+			p := startVMM(t, "--id", "clone")
+			c := p.client(t)
+			start := time.Now()
+			if err := c.LoadSnapshot(ctx(t), fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: b, ResumeVM: true}); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("PUT /snapshot/load (%s, resume) took %v", backend, time.Since(start))
+			if info, err := c.InstanceInfo(ctx(t)); err != nil || info.State != fcapi.StateRunning {
+				t.Errorf("GET / after load with resume_vm: got %+v, %v, want %q", info, err, fcapi.StateRunning)
+			}
+			p.waitOutput(t, fmt.Sprintf("probe: tick %d sum=%s\n", tick+2, sum), 30*time.Second)
+			if strings.Contains(p.stdout.String(), "probe: boot") {
+				t.Errorf("the restored guest booted again:\n%s", p.stdout.String())
+			}
+			if err := c.SendCtrlAltDel(ctx(t)); err != nil {
+				t.Fatal(err)
+			}
+			if code := p.wait(t, 30*time.Second); code != 0 {
+				t.Errorf("exit code after the restored guest reset: got %d, want 0", code)
+			}
+		})
+	}
+}
+
+// TestFailedLoadEndsProcess checks Firecracker's rule: a failed
+// PUT /snapshot/load is answered with a 400 naming the problem and the
+// process exits (status 1) with the error on stderr.
+func TestFailedLoadEndsProcess(t *testing.T) {
+	dir := t.TempDir()
+	statePath, memPath, _, _ := snapshotProbe(t, dir)
+	truncated := filepath.Join(dir, "truncated")
+	data, err := os.ReadFile(memPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(truncated, data[:len(data)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		b    fcapi.MemBackend
+		want string
+	}{
+		{"truncated memory file", fcapi.MemBackend{BackendType: fcapi.MemBackendFile, BackendPath: truncated}, "truncated"},
+		{"no page server", fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: filepath.Join(dir, "nobody.sock")}, "page server"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startVMM(t)
+			c := p.client(t)
+			err := c.LoadSnapshot(ctx(t), fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &tt.b, ResumeVM: true})
+			var apiErr *fcapi.APIError
+			if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("PUT /snapshot/load: got %v, want a 400 containing %q", err, tt.want)
+			}
+			if code := p.wait(t, 10*time.Second); code != 1 {
+				t.Errorf("exit code after a failed load: got %d, want 1", code)
+			}
+			if !strings.Contains(p.stderr.String(), tt.want) {
+				t.Errorf("stderr after a failed load lacks %q:\n%s", tt.want, p.stderr.String())
+			}
+		})
+	}
+}
+
+// pageServerEnv makes this test binary a page server child:
+// "<socket>:<memory file>". It serves one VMM on demand until killed.
+const pageServerEnv = "THAW_E2E_PAGESERVER"
+
+func pageServerChild(spec string) int {
+	sock, mem, ok := strings.Cut(spec, ":")
+	if !ok {
+		fmt.Fprintf(os.Stderr, "%s=%q: want socket:memfile\n", pageServerEnv, spec)
+		return 2
+	}
+	l, err := uffd.Listen(sock)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer l.Close()
+	src, err := uffd.OpenFile(mem)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer src.Close()
+	fmt.Println("ready")
+	if err := serveOne(l, src); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// TestPageServerDeathEndsVMM restores the probe into a thaw-vmm whose
+// memory a page server child serves, kills the page server (SIGKILL)
+// while the guest runs, and checks that thaw-vmm notices and exits with
+// status 1 and an error naming the page server, instead of running on
+// with memory nobody can serve.
+func TestPageServerDeathEndsVMM(t *testing.T) {
+	testenv.RequireUFFD(t)
+	dir := t.TempDir()
+	statePath, memPath, tick, sum := snapshotProbe(t, dir)
+	sock := filepath.Join(dir, "uffd.sock")
+	ps := exec.Command(os.Args[0], "-test.run=^$")
+	ps.Env = append(os.Environ(), pageServerEnv+"="+sock+":"+memPath)
+	ps.Stderr = os.Stderr
+	out, err := ps.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ps.Process.Kill(); ps.Wait() })
+	if _, err := out.Read(make([]byte, 6)); err != nil {
+		t.Fatalf("page server child: %v", err)
+	}
+
+	p := startVMM(t, "--id", "clone")
+	c := p.client(t)
+	if err := c.LoadSnapshot(ctx(t), fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: sock}, ResumeVM: true}); err != nil {
+		t.Fatal(err)
+	}
+	p.waitOutput(t, fmt.Sprintf("probe: tick %d sum=%s\n", tick+1, sum), 30*time.Second)
+	ps.Process.Kill()
+	ps.Wait()
+	killed := time.Now()
+	if code := p.wait(t, 10*time.Second); code != 1 {
+		t.Errorf("thaw-vmm exit code after its page server died: got %d, want 1", code)
+	}
+	if !strings.Contains(p.stderr.String(), "the page server exited") {
+		t.Errorf("thaw-vmm stderr lacks the page server's death:\n%s", p.stderr.String())
+	}
+	t.Logf("thaw-vmm exited %v after the page server was killed", time.Since(killed))
+}
