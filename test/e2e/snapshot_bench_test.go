@@ -142,5 +142,12 @@ func serveOne(l *uffd.Listener, src *uffd.FileSource) error {
 		return err
 	}
 	defer srv.Close()
+	if stallAfter > 0 {
+		stallCtx, stop := context.WithTimeout(ctx, stallAfter)
+		defer stop()
+		err := srv.Serve(stallCtx)
+		<-ctx.Done()
+		return err
+	}
 	return srv.Serve(ctx)
 }

@@ -25,9 +25,15 @@ var tickLine = regexp.MustCompile(`probe: tick (\d+) sum=([0-9a-f]+)\n`)
 // last tick and sum the guest printed.
 func snapshotProbe(t *testing.T, dir string) (statePath, memPath string, tick int, sum string) {
 	t.Helper()
+	return snapshotProbeWith(t, dir, "probe.pages=64 probe.ticks=0 probe.spin=2000")
+}
+
+// snapshotProbeWith is snapshotProbe with the probe's boot arguments.
+func snapshotProbeWith(t *testing.T, dir, bootArgs string) (statePath, memPath string, tick int, sum string) {
+	t.Helper()
 	p := startVMM(t, "--id", "template")
 	c := p.client(t)
-	if err := c.PutBootSource(ctx(t), fcapi.BootSource{KernelImagePath: probeELF(t), BootArgs: "probe.pages=64 probe.ticks=0 probe.spin=2000"}); err != nil {
+	if err := c.PutBootSource(ctx(t), fcapi.BootSource{KernelImagePath: probeELF(t), BootArgs: bootArgs}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.PutMachineConfig(ctx(t), fcapi.MachineConfig{VcpuCount: 2, MemSizeMib: 64}); err != nil {
@@ -175,14 +181,20 @@ func TestFailedLoadEndsProcess(t *testing.T) {
 }
 
 // pageServerEnv makes this test binary a page server child:
-// "<socket>:<memory file>". It serves one VMM on demand until killed.
+// "<socket>:<memory file>", or "<socket>:<memory file>:stall" for one that
+// serves for 300 ms and then stops answering without exiting (a hung page
+// server). It serves one VMM on demand until killed.
 const pageServerEnv = "THAW_E2E_PAGESERVER"
 
 func pageServerChild(spec string) int {
-	sock, mem, ok := strings.Cut(spec, ":")
-	if !ok {
-		fmt.Fprintf(os.Stderr, "%s=%q: want socket:memfile\n", pageServerEnv, spec)
+	parts := strings.Split(spec, ":")
+	if len(parts) < 2 || len(parts) > 3 || (len(parts) == 3 && parts[2] != "stall") {
+		fmt.Fprintf(os.Stderr, "%s=%q: want socket:memfile[:stall]\n", pageServerEnv, spec)
 		return 2
+	}
+	sock, mem := parts[0], parts[1]
+	if len(parts) == 3 {
+		stallAfter = 300 * time.Millisecond
 	}
 	l, err := uffd.Listen(sock)
 	if err != nil {
@@ -213,30 +225,14 @@ func TestPageServerDeathEndsVMM(t *testing.T) {
 	testenv.RequireUFFD(t)
 	dir := t.TempDir()
 	statePath, memPath, tick, sum := snapshotProbe(t, dir)
-	sock := filepath.Join(dir, "uffd.sock")
-	ps := exec.Command(os.Args[0], "-test.run=^$")
-	ps.Env = append(os.Environ(), pageServerEnv+"="+sock+":"+memPath)
-	ps.Stderr = os.Stderr
-	out, err := ps.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ps.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ps.Process.Kill(); ps.Wait() })
-	if _, err := out.Read(make([]byte, 6)); err != nil {
-		t.Fatalf("page server child: %v", err)
-	}
-
+	ps := startPageServerChild(t, dir, memPath, false)
 	p := startVMM(t, "--id", "clone")
 	c := p.client(t)
-	if err := c.LoadSnapshot(ctx(t), fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: sock}, ResumeVM: true}); err != nil {
+	if err := c.LoadSnapshot(ctx(t), fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: ps.sock}, ResumeVM: true}); err != nil {
 		t.Fatal(err)
 	}
 	p.waitOutput(t, fmt.Sprintf("probe: tick %d sum=%s\n", tick+1, sum), 30*time.Second)
-	ps.Process.Kill()
-	ps.Wait()
+	ps.kill()
 	killed := time.Now()
 	if code := p.wait(t, 10*time.Second); code != 1 {
 		t.Errorf("thaw-vmm exit code after its page server died: got %d, want 1", code)
@@ -245,4 +241,77 @@ func TestPageServerDeathEndsVMM(t *testing.T) {
 		t.Errorf("thaw-vmm stderr lacks the page server's death:\n%s", p.stderr.String())
 	}
 	t.Logf("thaw-vmm exited %v after the page server was killed", time.Since(killed))
+}
+
+// stallAfter, when set, makes serveOne stop answering faults after that
+// long and then wait, holding nothing, until the process is killed.
+var stallAfter time.Duration
+
+// pageServerChildProc is a page server child process.
+type pageServerChildProc struct {
+	cmd  *exec.Cmd
+	sock string
+	once sync.Once
+}
+
+// startPageServerChildProc starts this test binary as a page server for
+// memPath and waits until it listens.
+func startPageServerChild(t *testing.T, dir, memPath string, stall bool) *pageServerChildProc {
+	t.Helper()
+	p := &pageServerChildProc{sock: filepath.Join(dir, "uffd.sock")}
+	p.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	spec := p.sock + ":" + memPath
+	if stall {
+		spec += ":stall"
+	}
+	p.cmd.Env = append(os.Environ(), pageServerEnv+"="+spec)
+	p.cmd.Stderr = os.Stderr
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.kill)
+	if _, err := out.Read(make([]byte, 6)); err != nil {
+		t.Fatalf("page server child: %v", err)
+	}
+	return p
+}
+
+// kill kills the page server (SIGKILL, as in a crash) and reaps it.
+func (p *pageServerChildProc) kill() {
+	p.once.Do(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
+}
+
+// TestPageServerDeathWithBlockedVCPU restores the probe from a page
+// server that stops answering 300 ms after the handshake (hung, not dead)
+// while the guest is still faulting in its 4 MiB pattern, so a vCPU
+// blocks in KVM_RUN on a page nobody serves, which no signal can
+// interrupt; then it kills the page server. thaw-vmm must end the process
+// itself (status 1, the error on stderr) shortly after the death.
+func TestPageServerDeathWithBlockedVCPU(t *testing.T) {
+	testenv.RequireUFFD(t)
+	dir := t.TempDir()
+	// 1024 pages take the emulated probe seconds to checksum, so most are
+	// still unserved when the page server stalls.
+	statePath, memPath, _, _ := snapshotProbeWith(t, dir, "probe.pages=1024 probe.ticks=0 probe.spin=100")
+	ps := startPageServerChild(t, dir, memPath, true)
+	p := startVMM(t, "--id", "clone")
+	c := p.client(t)
+	if err := c.LoadSnapshot(ctx(t), fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: ps.sock}, ResumeVM: true}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // the server stalls at 300 ms; the vCPU blocks soon after
+	ps.kill()
+	killed := time.Now()
+	if code := p.wait(t, 15*time.Second); code != 1 {
+		t.Errorf("thaw-vmm exit code: got %d, want 1", code)
+	}
+	took := time.Since(killed)
+	if !strings.Contains(p.stderr.String(), "the page server exited") || !strings.Contains(p.stderr.String(), "vCPUs blocked on guest memory") {
+		t.Errorf("thaw-vmm stderr lacks the page server's death and the blocked vCPUs:\n%s", p.stderr.String())
+	}
+	t.Logf("thaw-vmm exited %v after the page server was killed", took)
 }

@@ -13,11 +13,14 @@ import (
 // KVM_RUN with immediate_exit set completes pending userspace I/O (an IN's
 // data, an MMIO read) and returns EINTR without entering the guest, as the
 // KVM API documentation prescribes before saving state. The vCPU must not
-// be running, and must be on the OS thread that runs it if the caller
-// pins vCPUs to threads.
+// be running. Any thread may call it: KVM only notes the thread change
+// (an RCU grace period, here and again when the vCPU's own thread next
+// runs it), which a snapshot can afford. The immediate_exit flag is left
+// as it was (a paused machine keeps it set).
 func CompleteExit(cpu *kvm.VCPU) error {
+	prev := cpu.RunData().ImmediateExit != 0
 	cpu.SetImmediateExit(true)
-	defer cpu.SetImmediateExit(false)
+	defer cpu.SetImmediateExit(prev)
 	exit, err := cpu.Run()
 	if errors.Is(err, kvm.ErrInterrupted) {
 		return nil
