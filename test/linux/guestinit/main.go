@@ -6,13 +6,23 @@
 //
 //	thaw-guestinit: ready uptime=<seconds>
 //
-// and then does what thaw.then= on the kernel command line asks:
+// and then uses the devices the kernel command line names:
+//
+//   - thaw.disk=1: mount the ext4 drive /dev/vda, hash the host's host.bin
+//     on it, write guest.txt naming thaw.seed and that hash, sync, unmount;
+//   - thaw.vsock=listen: echo framed payloads (test/linux/wire) on vsock
+//     port wire.GuestPort; thaw.vsock=both also connects to the host's
+//     wire.HostPort and sends the pattern for thaw.seed+1, which the host
+//     must answer with its SHA-256;
+//
+// and then does what thaw.then= asks:
 //
 //   - reboot: sync and reboot at once (with reboot=k the VMM sees an i8042
 //     reset and exits);
 //   - tick: start a child process that prints
 //     "thaw-guestinit: tick <n> mono=<ns> real=<ns>" every 100 ms from a
-//     timer, then read lines from the console and reboot on "reboot".
+//     timer, then read lines from the console and reboot on "reboot";
+//   - wait: read lines from the console and reboot on "reboot".
 //
 // The ticker is a separate process with its own timer so that a restored
 // snapshot shows both processes and timers continuing.
@@ -59,17 +69,22 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("reading /proc/cmdline: %w", err)
 	}
+	if err := devices(string(cmdline)); err != nil {
+		return err
+	}
 	then := param(string(cmdline), "thaw.then")
 	switch then {
 	case "reboot":
 		return nil
-	case "tick":
-		t := exec.Command("/proc/self/exe", "-ticker")
-		t.Stdout, t.Stderr = os.Stdout, os.Stderr
-		if err := t.Start(); err != nil {
-			return fmt.Errorf("starting the ticker: %w", err)
+	case "tick", "wait":
+		if then == "tick" {
+			t := exec.Command("/proc/self/exe", "-ticker")
+			t.Stdout, t.Stderr = os.Stdout, os.Stderr
+			if err := t.Start(); err != nil {
+				return fmt.Errorf("starting the ticker: %w", err)
+			}
+			fmt.Printf("thaw-guestinit: ticker pid %d\n", t.Process.Pid)
 		}
-		fmt.Printf("thaw-guestinit: ticker pid %d\n", t.Process.Pid)
 		sc := bufio.NewScanner(os.Stdin)
 		for sc.Scan() {
 			if strings.TrimSpace(sc.Text()) == "reboot" {
@@ -79,8 +94,41 @@ func run() error {
 		}
 		return fmt.Errorf("console input ended: %v", sc.Err())
 	default:
-		return fmt.Errorf("thaw.then=%q on the kernel command line: want reboot or tick", then)
+		return fmt.Errorf("thaw.then=%q on the kernel command line: want reboot, tick or wait", then)
 	}
+}
+
+// devices does what thaw.disk and thaw.vsock ask, before thaw.then.
+func devices(cmdline string) error {
+	d, vs := param(cmdline, "thaw.disk"), param(cmdline, "thaw.vsock")
+	if d == "1" {
+		seed, err := seedParam(cmdline)
+		if err != nil {
+			return err
+		}
+		if err := disk(seed); err != nil {
+			return err
+		}
+	} else if d != "" {
+		return fmt.Errorf("thaw.disk=%q on the kernel command line: want 1", d)
+	}
+	switch vs {
+	case "":
+	case "listen", "both":
+		if err := listenVsock(); err != nil {
+			return err
+		}
+		if vs == "both" {
+			seed, err := seedParam(cmdline)
+			if err != nil {
+				return err
+			}
+			return dialHost(seed + 1)
+		}
+	default:
+		return fmt.Errorf("thaw.vsock=%q on the kernel command line: want listen or both", vs)
+	}
+	return nil
 }
 
 // ticker prints a numbered tick with both clocks from a timer, forever.
