@@ -69,6 +69,7 @@ type Results struct {
 
 type config struct {
 	vmm, kernel, initrd, disk, results, work string
+	steps                                    string
 	vcpus, memMiB                            int
 	timeout                                  time.Duration
 }
@@ -83,6 +84,7 @@ func main() {
 	flag.StringVar(&c.work, "work", "", "directory for sockets and snapshot files (default: a new one under $TMPDIR)")
 	flag.IntVar(&c.vcpus, "vcpus", 2, "guest vCPUs")
 	flag.IntVar(&c.memMiB, "mem", 128, "guest memory in MiB")
+	flag.StringVar(&c.steps, "steps", "", "comma-separated steps to run, in their usual order (default: all)")
 	flag.DurationVar(&c.timeout, "step-timeout", 90*time.Second, "how long one guest step may take")
 	flag.Parse()
 	if c.results == "" {
@@ -149,7 +151,23 @@ func run(ctx context.Context, c config, r *Results) error {
 		{"devices", devicesStep},
 		{"snapshot+restore", snapshotAndRestore},
 	}
+	want := map[string]bool{}
+	if c.steps != "" {
+		known := map[string]bool{}
+		for _, s := range steps {
+			known[s.name] = true
+		}
+		for _, name := range strings.Split(c.steps, ",") {
+			if !known[name] {
+				return fmt.Errorf("-steps %q: no step named %q (the steps are boot, devices, snapshot+restore)", c.steps, name)
+			}
+			want[name] = true
+		}
+	}
 	for _, s := range steps {
+		if c.steps != "" && !want[s.name] {
+			continue
+		}
 		fmt.Printf("driver: step %s\n", s.name)
 		if err := s.fn(ctx, c, r); err != nil {
 			return fmt.Errorf("step %s: %w", s.name, err)
