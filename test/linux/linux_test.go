@@ -37,6 +37,7 @@ type results struct {
 	FastBootMS            float64  `json:"fast_boot_to_marker_ms"`
 	VsockGuestToHostMiBps float64  `json:"vsock_guest_to_host_mib_s"`
 	VsockEchoMiBps        float64  `json:"vsock_echo_mib_s"`
+	AgentProtocol         int      `json:"agent_protocol"`
 	PauseMS               float64  `json:"pause_ms"`
 	SnapshotCreateMS      float64  `json:"snapshot_create_ms"`
 	MemFileMiB            float64  `json:"mem_file_mib"`
@@ -59,9 +60,10 @@ func TestLinuxGuest(t *testing.T) {
 	kernel := nested.GuestKernel(t)
 	dir := t.TempDir()
 	for bin, pkg := range map[string]string{
-		"thaw-vmm":  "github.com/thawvm/thaw/cmd/thaw-vmm",
-		"driver":    "github.com/thawvm/thaw/test/linux/driver",
-		"guestinit": "github.com/thawvm/thaw/test/linux/guestinit",
+		"thaw-vmm":   "github.com/thawvm/thaw/cmd/thaw-vmm",
+		"driver":     "github.com/thawvm/thaw/test/linux/driver",
+		"guestinit":  "github.com/thawvm/thaw/test/linux/guestinit",
+		"thaw-agent": "github.com/thawvm/thaw/cmd/thaw-agent",
 	} {
 		goBuild(t, pkg, filepath.Join(dir, bin))
 	}
@@ -72,9 +74,11 @@ func TestLinuxGuest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	initrd(t, filepath.Join(dir, "guestinit"), filepath.Join(dir, "initrd.cpio"))
-	if err := os.Remove(filepath.Join(dir, "guestinit")); err != nil {
-		t.Fatal(err)
+	initrd(t, filepath.Join(dir, "guestinit"), filepath.Join(dir, "thaw-agent"), filepath.Join(dir, "initrd.cpio"))
+	for _, f := range []string{"guestinit", "thaw-agent"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	copyFile(t, kernel, filepath.Join(dir, "vmlinux"))
 	hostSum := dataDisk(t, filepath.Join(dir, "disk.ext4"))
@@ -113,6 +117,9 @@ func TestLinuxGuest(t *testing.T) {
 	guestTxt := debugfsCat(t, filepath.Join(r.Files, "disk.ext4"), "/guest.txt")
 	if want := fmt.Sprintf("seed=%d host.bin sha256=%x\n", wire.Seed, hostSum); guestTxt != want {
 		t.Errorf("guest.txt on the drive after shutdown: got %q, want %q", guestTxt, want)
+	}
+	if res.AgentProtocol == 0 {
+		t.Errorf("the guest agent's health reported no protocol version")
 	}
 	if res.UffdFaultsServed == 0 {
 		t.Errorf("the Uffd restore ran with no page fault served: the page server was not in the path")
@@ -172,15 +179,28 @@ func goBuild(t *testing.T, pkg, out string) {
 	}
 }
 
-// initrd writes an uncompressed newc initramfs holding init as /init. The
-// kernel's built-in initramfs already provides /dev/console, which init's
-// standard streams need before devtmpfs is mounted.
-func initrd(t *testing.T, init, out string) {
+// initrd writes an uncompressed newc initramfs holding init as /init, the
+// agent as /thaw-agent, and an /etc/passwd and /etc/group naming root (the
+// agent looks owners up there). The kernel's built-in initramfs already
+// provides /dev/console, which init's standard streams need before
+// devtmpfs is mounted.
+func initrd(t *testing.T, init, agent, out string) {
 	t.Helper()
 	root := t.TempDir()
 	copyFile(t, init, filepath.Join(root, "init"))
-	if err := os.Chmod(filepath.Join(root, "init"), 0o755); err != nil {
+	copyFile(t, agent, filepath.Join(root, "thaw-agent"))
+	for _, f := range []string{"init", "thaw-agent"} {
+		if err := os.Chmod(filepath.Join(root, f), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(root, "etc"), 0o755); err != nil {
 		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"passwd": "root:x:0:0:root:/:/init\n", "group": "root:x:0:\n"} {
+		if err := os.WriteFile(filepath.Join(root, "etc", name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	f, err := os.Create(out)
 	if err != nil {
@@ -189,7 +209,7 @@ func initrd(t *testing.T, init, out string) {
 	defer f.Close()
 	cmd := exec.CommandContext(t.Context(), "cpio", "--quiet", "-o", "-H", "newc", "--owner=0:0", "--reproducible")
 	cmd.Dir = root
-	cmd.Stdin = strings.NewReader("init\n")
+	cmd.Stdin = strings.NewReader("init\nthaw-agent\netc\netc/passwd\netc/group\n")
 	cmd.Stdout = f
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

@@ -20,7 +20,8 @@ import (
 // devicesStep boots a guest with an ext4 drive and a vsock device. The
 // guest writes a file to the drive and sends a payload to the host over a
 // connection it opens (forwarded to <uds>_<port>); the host sends one over
-// a connection it opens (CONNECT <port>) and checks the echo. After the
+// a connection it opens (CONNECT <port>) and checks the echo; the real
+// guest agent answers health and round-trips a file. After the
 // guest reboots, the drive goes to the results for the host to read.
 func devicesStep(ctx context.Context, c config, r *Results) error {
 	img := filepath.Join(c.work, "disk.ext4")
@@ -47,7 +48,7 @@ func devicesStep(ctx context.Context, c config, r *Results) error {
 	if err := v.client.PutVsock(ctx, fcapi.Vsock{GuestCID: 3, UDSPath: uds}); err != nil {
 		return err
 	}
-	if _, err := boot(ctx, v, c, fmt.Sprintf(fast+" thaw.disk=1 thaw.vsock=both thaw.then=wait thaw.seed=%d", wire.Seed)); err != nil {
+	if _, err := boot(ctx, v, c, fmt.Sprintf(fast+" thaw.disk=1 thaw.vsock=both thaw.agent=1 thaw.then=wait thaw.seed=%d", wire.Seed)); err != nil {
 		return err
 	}
 	if _, err := v.waitFor(regexp.MustCompile(`thaw-guestinit: disk ok`), c.timeout); err != nil {
@@ -66,6 +67,9 @@ func devicesStep(ctx context.Context, c config, r *Results) error {
 	}
 	if err := echoThroughGuest(ctx, uds, r); err != nil {
 		return fmt.Errorf("host-initiated vsock: %w", err)
+	}
+	if err := agentRoundTrip(ctx, uds, r); err != nil {
+		return fmt.Errorf("thaw-agent over vsock: %w", err)
 	}
 	if err := rebootByConsole(v, c.timeout); err != nil {
 		return err
@@ -153,4 +157,37 @@ func copyFile(src, dst string) error {
 		return fmt.Errorf("copying %s to %s: %w", src, dst, err)
 	}
 	return out.Close()
+}
+
+// agentRoundTrip talks to the guest's thaw-agent the way thawd does
+// (agentapi over Firecracker's vsock socket): health, then a 1.5 MiB file
+// uploaded and downloaded again, byte for byte.
+func agentRoundTrip(ctx context.Context, uds string, r *Results) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	ac := agentapi.NewClient(agentapi.VsockDialer(uds, agentapi.DefaultVsockPort))
+	defer ac.Close()
+	h, err := ac.WaitReady(ctx, 100*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	p := wire.Pattern(wire.Seed+4, wire.PayloadSize)
+	if _, err := ac.Upload(ctx, "/agent.bin", bytes.NewReader(p), agentapi.UploadOptions{}); err != nil {
+		return err
+	}
+	rc, _, err := ac.Download(ctx, "/agent.bin")
+	if err != nil {
+		return err
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, p) {
+		return fmt.Errorf("downloaded %d bytes differing at byte %d from the %d uploaded", len(got), firstDiff(got, p), len(p))
+	}
+	r.AgentProtocol = h.Protocol
+	fmt.Printf("driver: thaw-agent (protocol %d, %s) answered health and round-tripped %d bytes\n", h.Protocol, h.Version, len(p))
+	return nil
 }

@@ -9,6 +9,7 @@
 //     it back from the image after the guest reboots: disk.ext4 in the
 //     results), and vsock both ways with 1.5 MiB payloads checked byte for
 //     byte: guest-initiated to <uds>_<port>, host-initiated with CONNECT;
+//     the real thaw-agent answers health and round-trips a file;
 //  3. snapshot: boot a guest (with the fast arguments: kernel log off) whose ticker process
 //     prints from a timer, pause, Full snapshot;
 //  4. restore with the File backend and with the Uffd backend (pages
@@ -64,6 +65,7 @@ type Results struct {
 	TickGapMaxMS          float64 `json:"tick_gap_max_ms"`           // largest monotonic gap between ticks across a restore
 	TemplateTickAtSnp     int     `json:"template_tick_at_snap"`     // last tick printed before the snapshot
 	VsockGuestToHostMiBps float64 `json:"vsock_guest_to_host_mib_s"` // guest-initiated connection, one payload
+	AgentProtocol         int     `json:"agent_protocol"`            // the guest agent's protocol version, once it answered
 	VsockEchoMiBps        float64 `json:"vsock_echo_mib_s"`          // host-initiated, payload out and back, both counted
 }
 

@@ -10,10 +10,14 @@
 //
 //   - thaw.disk=1: mount the ext4 drive /dev/vda, hash the host's host.bin
 //     on it, write guest.txt naming thaw.seed and that hash, sync, unmount;
+//
 //   - thaw.vsock=listen: echo framed payloads (test/linux/wire) on vsock
 //     port wire.GuestPort; thaw.vsock=both also connects to the host's
 //     wire.HostPort and sends the pattern for thaw.seed+1, which the host
 //     must answer with its SHA-256;
+//
+//   - thaw.agent=1: start /thaw-agent (cmd/thaw-agent) as a child
+//     listening on vsock port 10000;
 //
 // and then does what thaw.then= asks:
 //
@@ -71,6 +75,19 @@ func run() error {
 	}
 	if err := devices(string(cmdline)); err != nil {
 		return err
+	}
+	switch a := param(string(cmdline), "thaw.agent"); a {
+	case "":
+	case "1":
+		// The real guest agent, as a child: thawd's side of a sandbox.
+		agent := exec.Command("/thaw-agent", "-listen", "vsock:10000")
+		agent.Stdout, agent.Stderr = os.Stdout, os.Stderr
+		if err := agent.Start(); err != nil {
+			return fmt.Errorf("starting /thaw-agent: %w", err)
+		}
+		fmt.Printf("thaw-guestinit: agent pid %d\n", agent.Process.Pid)
+	default:
+		return fmt.Errorf("thaw.agent=%q on the kernel command line: want 1", a)
 	}
 	then := param(string(cmdline), "thaw.then")
 	switch then {
