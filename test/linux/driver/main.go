@@ -258,6 +258,11 @@ func snapshotAndRestore(ctx context.Context, c config, r *Results) error {
 	return nil
 }
 
+// makeSnapshot boots the template with the fast arguments and a ticking
+// init, pauses it after its fifth tick, writes a Full snapshot and checks
+// nothing was printed while paused; then it resumes the template, which
+// must go on ticking and reboot on console input. It returns the last
+// tick printed before the snapshot.
 func makeSnapshot(ctx context.Context, c config, r *Results, statePath, memPath string) (tick, error) {
 	v, err := startVM(ctx, c.vmm, c.work, c.results, "template")
 	if err != nil {
