@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -10,32 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/thawvm/thaw/internal/daemon/disk/disktest"
 	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/testenv"
 	"github.com/thawvm/thaw/internal/thawapi"
 )
-
-// syncBuffer collects thawd's log safely across goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func noEnv(string) (string, bool) { return "", false }
 
@@ -55,7 +36,7 @@ func TestServesAndStops(t *testing.T) {
 	args := []string{"-config", "/dev/null", "-data-dir", data, "-socket", sock, "-max-concurrent-restores", "3"}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var logs syncBuffer
+	var logs testenv.Buffer
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, args, noEnv, []string{"THAW_UFFD_PREFTCH=0"}, &logs) }()
 

@@ -28,12 +28,12 @@ func TestMain(m *testing.M) {
 // thawdProc is a thawd binary running as its own process.
 type thawdProc struct {
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *testenv.Buffer
 }
 
 func startThawd(t *testing.T, bins, data, sock string) *thawdProc {
 	t.Helper()
-	p := &thawdProc{logs: &syncBuffer{}}
+	p := &thawdProc{logs: &testenv.Buffer{}}
 	p.cmd = exec.Command(filepath.Join(bins, "thawd"), "-config", "/dev/null", "-data-dir", data, "-socket", sock,
 		"-shim", filepath.Join(bins, "thaw-shim"), "-vmm", filepath.Join(bins, "thaw-vmm"), "-reconcile-interval", "1h")
 	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}

@@ -23,7 +23,7 @@ func TestDevicePlacement(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	m := New(Config{Kernel: probePath(t), Cmdline: "probe.pages=1 probe.ticks=1 probe.spin=10", MemMiB: 32, Serial: out}, testLogger(t))
 	t.Cleanup(func() { m.Close() })
 	for _, d := range []fcapi.Drive{
@@ -128,9 +128,9 @@ func TestRestoreVirtioErrors(t *testing.T) {
 }
 
 // startProbeWith starts the probe after configure has set up m.
-func startProbeWith(t *testing.T, cmdline string, configure func(*Machine)) (*Machine, *syncBuffer) {
+func startProbeWith(t *testing.T, cmdline string, configure func(*Machine)) (*Machine, *testenv.Buffer) {
 	t.Helper()
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	m := New(Config{Kernel: probePath(t), Cmdline: cmdline, MemMiB: 32, Serial: out}, testLogger(t))
 	t.Cleanup(func() { m.Close() })
 	configure(m)

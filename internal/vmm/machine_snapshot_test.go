@@ -77,9 +77,9 @@ func servePages(t *testing.T, memPath string) string {
 }
 
 // loadProbe loads a snapshot into a fresh machine and resumes it.
-func loadProbe(t *testing.T, p fcapi.SnapshotLoadParams) (*Machine, *syncBuffer) {
+func loadProbe(t *testing.T, p fcapi.SnapshotLoadParams) (*Machine, *testenv.Buffer) {
 	t.Helper()
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	m := New(Config{Serial: out}, testLogger(t))
 	t.Cleanup(func() {
 		if err := m.invariants(); err != nil {

@@ -1,7 +1,6 @@
 package vmm
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -18,26 +17,8 @@ import (
 	"github.com/thawvm/thaw/internal/testenv"
 )
 
-// syncBuffer collects serial output from vCPU threads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // waitFor polls out until it contains want or the deadline passes.
-func waitFor(t *testing.T, out *syncBuffer, want string, timeout time.Duration) {
+func waitFor(t *testing.T, out *testenv.Buffer, want string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !strings.Contains(out.String(), want) {
@@ -68,10 +49,10 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func startProbe(t *testing.T, cmdline string, vcpus int, memMiB uint64) (*Machine, *syncBuffer) {
+func startProbe(t *testing.T, cmdline string, vcpus int, memMiB uint64) (*Machine, *testenv.Buffer) {
 	t.Helper()
 	testenv.RequireKVM(t)
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	m := New(Config{Kernel: probePath(t), Cmdline: cmdline, VCPUs: vcpus, MemMiB: memMiB, Serial: out}, testLogger(t))
 	t.Cleanup(func() {
 		if err := m.invariants(); err != nil {

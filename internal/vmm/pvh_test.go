@@ -76,7 +76,7 @@ func TestPVHBoot(t *testing.T) {
 	if err := os.WriteFile(path, pvhELF(code), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	m := New(Config{Kernel: path, MemMiB: 32, Serial: out}, testLogger(t))
 	defer m.Close()
 	if err := m.Start(context.Background()); err != nil {

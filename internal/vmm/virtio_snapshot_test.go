@@ -86,7 +86,7 @@ func TestSnapshotVirtioDevices(t *testing.T) {
 	wantSum := fmt.Sprintf("%x", fnv1a(disk[:8*512]))
 	uds := filepath.Join(dir, "v.sock")
 
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	src := New(Config{
 		Kernel: probePath(t), Cmdline: "probe.pages=16 probe.ticks=0 probe.spin=300 probe.blk.every=2",
 		VCPUs: 1, MemMiB: 32, Serial: out,
@@ -185,7 +185,7 @@ func TestRestoreWithSwappedDrive(t *testing.T) {
 	_, smallPath := write("small.img", 3, 32<<10)
 	tmplSum, ownSum := fmt.Sprintf("%x", fnv1a(tmpl[:4096])), fmt.Sprintf("%x", fnv1a(own[:4096]))
 
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	src := New(Config{
 		Kernel: probePath(t), Cmdline: "probe.pages=4 probe.ticks=0 probe.spin=300 probe.blk.every=1",
 		VCPUs: 1, MemMiB: 32, Serial: out,
@@ -208,12 +208,12 @@ func TestRestoreWithSwappedDrive(t *testing.T) {
 	}
 	src.Close()
 
-	m := New(Config{Serial: &syncBuffer{}}, testLogger(t))
+	m := New(Config{Serial: &testenv.Buffer{}}, testLogger(t))
 	t.Cleanup(func() { m.Close() })
 	if err := m.UpdateDrive(fcapi.PartialDrive{DriveID: "rootfs", PathOnHost: ownPath}); !errors.Is(err, ErrState) {
 		t.Errorf("UpdateDrive before load: got %v, want ErrState", err)
 	}
-	out2 := &syncBuffer{}
+	out2 := &testenv.Buffer{}
 	m = New(Config{Serial: out2}, testLogger(t))
 	t.Cleanup(func() { m.Close() })
 	if err := m.LoadSnapshot(context.Background(), fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendFile, BackendPath: memPath}}); err != nil {

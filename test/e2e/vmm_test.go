@@ -73,30 +73,12 @@ func probeELF(t testing.TB) string {
 	return p
 }
 
-// syncBuffer collects a process's output as it arrives.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // vmmProc is a running thaw-vmm.
 type vmmProc struct {
 	cmd    *exec.Cmd
 	sock   string
-	stdout *syncBuffer
-	stderr *syncBuffer
+	stdout *testenv.Buffer
+	stderr *testenv.Buffer
 	done   chan struct{}
 	err    error // the process's exit, once done is closed
 }
@@ -106,7 +88,7 @@ type vmmProc struct {
 func startVMM(t *testing.T, args ...string) *vmmProc {
 	t.Helper()
 	testenv.RequireKVM(t)
-	p := &vmmProc{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &vmmProc{stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{}, done: make(chan struct{})}
 	dir := t.TempDir()
 	if !contains(args, "--no-api") {
 		p.sock = filepath.Join(dir, "api.sock")
@@ -325,7 +307,7 @@ func TestSignalAndStdin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &vmmProc{cmd: cmd, sock: sock, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &vmmProc{cmd: cmd, sock: sock, stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
