@@ -19,7 +19,9 @@ func TestBuildRoutes(t *testing.T) {
 	if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	post := func(body string) (int, []byte) { return f.do(t, "POST", "/v1/templates", "application/json", []byte(body)) }
+	post := func(body string) (int, []byte) {
+		return f.do(t, "POST", "/v1/templates", "application/json", []byte(body))
+	}
 
 	for _, tc := range []struct{ name, body, want string }{
 		{"missing image", `{"name":"web","image":{"kind":"ext4","path":"/nonexistent/root.ext4"},"vcpus":1,"memory_mib":128}`, "no such file"},
