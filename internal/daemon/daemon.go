@@ -25,6 +25,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/metrics"
 	"github.com/thawvm/thaw/internal/daemon/sandbox"
 	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/daemon/template"
 )
 
 // Version is thawd's version, set at link time
@@ -102,8 +103,16 @@ func Run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		}
 		log.Info("reconciled at start", "actions", len(plan.Actions), "deferred", len(plan.Deferred))
 	}
+	var builds *template.Runs
+	if mgr != nil {
+		b := &template.Builder{Store: st, Layout: lay, Kernel: cfg.KernelPath(), Agent: cfg.AgentPath(),
+			Boot: mgr.BootSnapshot, Record: mgr.RecordFunc()}
+		bctx, stopBuilds := context.WithCancel(context.WithoutCancel(ctx))
+		defer stopBuilds()
+		builds = template.NewRuns(bctx, b, log)
+	}
 	srv, err := api.New(api.Options{Store: st, Layout: lay, Settings: settings, Logger: log, Version: Version,
-		Metrics: met.Handler(), Sandboxes: mgr})
+		Metrics: met.Handler(), Sandboxes: mgr, Builds: builds})
 	if err != nil {
 		return err
 	}
