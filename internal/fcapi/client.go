@@ -166,6 +166,11 @@ func (c *Client) PutDrive(ctx context.Context, d Drive) error {
 	return c.put(ctx, http.MethodPut, "/drives/"+url.PathEscape(d.DriveID), d)
 }
 
+// PatchDrive calls PATCH /drives/{drive_id} (post-boot only).
+func (c *Client) PatchDrive(ctx context.Context, d PartialDrive) error {
+	return c.put(ctx, http.MethodPatch, "/drives/"+url.PathEscape(d.DriveID), d)
+}
+
 // PutVsock calls PUT /vsock (pre-boot only).
 func (c *Client) PutVsock(ctx context.Context, v Vsock) error {
 	return c.put(ctx, http.MethodPut, "/vsock", v)

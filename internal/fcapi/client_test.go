@@ -75,6 +75,8 @@ func TestClientRequests(t *testing.T) {
 			return c.PutDrive(ctx, Drive{DriveID: "rootfs", PathOnHost: "/r", IsRootDevice: true})
 		},
 			request{"PUT", "/drives/rootfs", `{"drive_id":"rootfs","path_on_host":"/r","is_root_device":true}`}},
+		{"patch drive", func(c *Client) error { return c.PatchDrive(ctx, PartialDrive{DriveID: "rootfs", PathOnHost: "/s/r"}) },
+			request{"PATCH", "/drives/rootfs", `{"drive_id":"rootfs","path_on_host":"/s/r"}`}},
 		{"vsock", func(c *Client) error { return c.PutVsock(ctx, Vsock{GuestCID: 3, UDSPath: "/v"}) },
 			request{"PUT", "/vsock", `{"guest_cid":3,"uds_path":"/v"}`}},
 		{"net", func(c *Client) error {

@@ -145,6 +145,29 @@ func (d Drive) Validate() error {
 	return nil
 }
 
+// PartialDrive is the body of PATCH /drives/{drive_id} (post-boot only):
+// it points an existing drive at another backing file, e.g. a restored
+// sandbox's own copy-on-write disk before the VM resumes.
+type PartialDrive struct {
+	DriveID    string `json:"drive_id" fc:"required"`
+	PathOnHost string `json:"path_on_host,omitempty"`
+}
+
+func (PartialDrive) notImplemented() map[string][]string {
+	return map[string][]string{"rate_limiter": nil}
+}
+
+// Validate reports what is wrong with d.
+func (d PartialDrive) Validate() error {
+	if err := CheckID(d.DriveID); err != nil {
+		return fmt.Errorf("drive_id: %w", err)
+	}
+	if d.PathOnHost == "" {
+		return fmt.Errorf("drive %q: path_on_host is empty: it is the only field thaw-vmm updates; give the new backing file", d.DriveID)
+	}
+	return nil
+}
+
 // Vsock is the body of PUT /vsock: a virtio-vsock device whose host side is
 // the unix socket uds_path (host-initiated connections: connect to it and
 // write "CONNECT <port>\n"; guest-initiated: the VMM connects to

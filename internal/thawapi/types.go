@@ -120,10 +120,15 @@ type ReadyCheck struct {
 // snapshot's files (absolute host paths, readable by thawd) and the machine
 // it was taken of. It becomes a new build, the template's current one.
 type RegisterTemplate struct {
-	VMState   string      `json:"vmstate"`
-	Memory    string      `json:"memory"`
-	Rootfs    string      `json:"rootfs"`
-	Kernel    string      `json:"kernel,omitempty"`
+	VMState string `json:"vmstate"`
+	Memory  string `json:"memory"`
+	Rootfs  string `json:"rootfs"`
+	Kernel  string `json:"kernel,omitempty"`
+	// RootDrive is the drive_id of the snapshot's root drive, if the
+	// snapshot records it by an absolute path: each sandbox's clone of
+	// Rootfs replaces it (PATCH /drives) before the VM resumes. Empty: the
+	// snapshot names its drive by the relative "rootfs.ext4" (or has none).
+	RootDrive string      `json:"root_drive,omitempty"`
 	VCPUs     int         `json:"vcpus"`
 	MemoryMiB int         `json:"memory_mib"`
 	Ready     *ReadyCheck `json:"ready,omitempty"`

@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/thawvm/thaw/internal/fcapi"
@@ -41,8 +42,16 @@ type VsockConfig struct {
 // virtioDev is one virtio device on the MMIO bus and its interrupt.
 type virtioDev struct {
 	name string
+	dev  virtio.Device // *blk.Device or *vsock.Device; owned by mmio
 	mmio *virtio.MMIO
 	irq  *irqfd
+	addr uint64
+	gsi  uint32
+}
+
+// virtioSlot returns the MMIO window and GSI of the n-th virtio device.
+func virtioSlot(n int) (addr uint64, gsi uint32) {
+	return uint64(VirtioMMIOBase + n*VirtioWindowSize), uint32(VirtioFirstGSI + n)
 }
 
 // addVirtio places dev in the next MMIO window with the next GSI and
@@ -53,21 +62,37 @@ func (m *Machine) addVirtio(hw *hardware, name string, dev virtio.Device) (strin
 		dev.Close()
 		return "", fmt.Errorf("%s: more than %d virtio devices", name, MaxVirtioDevices)
 	}
-	addr := uint64(VirtioMMIOBase + n*VirtioWindowSize)
-	gsi := uint32(VirtioFirstGSI + n)
+	addr, gsi := virtioSlot(n)
+	err := m.attachVirtio(hw, name, dev, addr, gsi, func(irq *irqfd) (*virtio.MMIO, error) {
+		return virtio.NewMMIO(dev, hw.mem, irq, m.log.With("device", name)), nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("virtio_mmio.device=4K@%#x:%d", addr, gsi), nil
+}
+
+// attachVirtio registers an irqfd for gsi, builds dev's transport with
+// newMMIO and puts it on the MMIO bus at addr. dev is closed on failure.
+func (m *Machine) attachVirtio(hw *hardware, name string, dev virtio.Device, addr uint64, gsi uint32, newMMIO func(*irqfd) (*virtio.MMIO, error)) error {
 	irq, err := newIRQFD(hw.vm, gsi)
 	if err != nil {
 		dev.Close()
-		return "", fmt.Errorf("%s: %w", name, err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	t := virtio.NewMMIO(dev, hw.mem, irq, m.log.With("device", name))
+	t, err := newMMIO(irq)
+	if err != nil {
+		dev.Close()
+		irq.Close()
+		return fmt.Errorf("%s: %w", name, err)
+	}
 	if err := hw.mmio.Add(name, addr, VirtioWindowSize, t); err != nil {
 		t.Close()
 		irq.Close()
-		return "", err
+		return err
 	}
-	hw.virtio = append(hw.virtio, virtioDev{name: name, mmio: t, irq: irq})
-	return fmt.Sprintf("virtio_mmio.device=4K@%#x:%d", addr, gsi), nil
+	hw.virtio = append(hw.virtio, virtioDev{name: name, dev: dev, mmio: t, irq: irq, addr: addr, gsi: gsi})
+	return nil
 }
 
 // addDevices creates the configured virtio devices (the root drive first,
@@ -178,4 +203,40 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// UpdateDrive implements api.Machine: PATCH /drives/{id}, after Start or
+// LoadSnapshot. It switches the drive to the backing file d.PathOnHost,
+// which must hold at least the capacity the guest was told. A restored
+// sandbox uses it, between the load and the resume, to put its own
+// copy-on-write disk behind the template's drive.
+func (m *Machine) UpdateDrive(d fcapi.PartialDrive) error {
+	if err := d.Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.state != Running && m.state != Paused {
+		return fmt.Errorf("%w: drives are updated on a started or restored machine, this one is %s (use PUT /drives before boot)", ErrState, m.state)
+	}
+	for _, v := range m.hw.virtio {
+		b, ok := v.dev.(*blk.Device)
+		if !ok || b.Config().ID != d.DriveID {
+			continue
+		}
+		if err := b.SetPath(d.PathOnHost); err != nil {
+			return err
+		}
+		// A fresh slice: Config's callers may hold the old one.
+		drives := slices.Clone(m.cfg.Drives)
+		for i := range drives {
+			if drives[i].ID == d.DriveID {
+				drives[i].Path = d.PathOnHost
+			}
+		}
+		m.cfg.Drives = drives
+		m.log.Info("drive updated", "drive", d.DriveID, "path_on_host", d.PathOnHost)
+		return nil
+	}
+	return fmt.Errorf("drive %q: the machine has no such drive", d.DriveID)
 }

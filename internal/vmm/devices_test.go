@@ -65,18 +65,22 @@ func startAndWait(t *testing.T, m *Machine) {
 	}
 }
 
-// TestSnapshotRefusesVirtio checks that a machine with virtio devices is
-// not snapshotted without them: the snapshot would restore a different
-// machine.
-func TestSnapshotRefusesVirtio(t *testing.T) {
+// TestRestoreVirtioErrors: a snapshot whose drive file is gone or shrank,
+// or whose vsock socket path is taken, does not load, and the error says
+// what to fix; the machine stays fresh.
+func TestRestoreVirtioErrors(t *testing.T) {
 	testenv.RequireKVM(t)
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.img")
 	if err := os.WriteFile(disk, make([]byte, 64<<10), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	uds := filepath.Join(dir, "v.sock")
 	m, out := startProbeWith(t, "probe.pages=1 probe.ticks=0 probe.spin=1000", func(m *Machine) {
 		if err := m.SetDrive(fcapi.Drive{DriveID: "disk", PathOnHost: disk}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.SetVsock(fcapi.Vsock{GuestCID: 3, UDSPath: uds}); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -84,12 +88,42 @@ func TestSnapshotRefusesVirtio(t *testing.T) {
 	if err := m.Pause(); err != nil {
 		t.Fatal(err)
 	}
-	err := m.CreateSnapshot(t.Context(), fcapi.SnapshotCreateParams{SnapshotPath: filepath.Join(dir, "vm.state"), MemFilePath: filepath.Join(dir, "vm.mem")})
-	if err == nil || !strings.Contains(err.Error(), "virtio devices (drive disk)") {
-		t.Fatalf("CreateSnapshot with a drive: got %v, want an error naming the virtio device", err)
+	statePath, memPath := filepath.Join(dir, "vm.state"), filepath.Join(dir, "vm.mem")
+	if err := m.CreateSnapshot(t.Context(), fcapi.SnapshotCreateParams{SnapshotPath: statePath, MemFilePath: memPath}); err != nil {
+		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "vm.state")); !os.IsNotExist(err) {
-		t.Errorf("a refused snapshot left a state file: %v", err)
+	load := func(override string) error {
+		c := New(Config{}, testLogger(t))
+		defer c.Close()
+		p := fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendFile, BackendPath: memPath}}
+		if override != "" {
+			p.VsockOverride = &fcapi.VsockOverride{UDSPath: override}
+		}
+		err := c.LoadSnapshot(t.Context(), p)
+		if got := c.State(); got != NotStarted {
+			t.Errorf("state after a failed load: got %s, want %s", got, NotStarted)
+		}
+		return err
+	}
+	// The source still listens on uds.
+	if err := load(""); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("load while the socket path is taken: got %v, want an error saying it exists", err)
+	}
+	free := filepath.Join(dir, "free.sock")
+	if err := os.Truncate(disk, 32<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := load(free); err == nil || !strings.Contains(err.Error(), "give the snapshot's drive file back") {
+		t.Errorf("load with a shrunken drive: got %v, want an error about its size", err)
+	}
+	if err := os.Remove(disk); err != nil {
+		t.Fatal(err)
+	}
+	if err := load(free); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("load with the drive file gone: got %v, want an error naming the missing file", err)
+	}
+	if _, err := os.Lstat(free); !os.IsNotExist(err) {
+		t.Errorf("a failed load left its vsock socket behind: %v", err)
 	}
 }
 

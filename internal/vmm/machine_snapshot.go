@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	kabi "github.com/thawvm/thaw/internal/abi/kvm"
@@ -28,9 +27,11 @@ const (
 
 // CreateSnapshot implements api.Machine: PUT /snapshot/create. It writes a
 // Full snapshot of the paused machine: the VM state (vCPUs, in-kernel
-// irqchip, PIT and clock, legacy devices) to p.SnapshotPath in
-// internal/vmm/vmstate's format, and guest memory to p.MemFilePath
-// (the regions, raw, concatenated; sparse). The machine stays paused.
+// irqchip, PIT and clock, legacy devices, virtio devices with their
+// transports) to p.SnapshotPath in internal/vmm/vmstate's format, and guest
+// memory to p.MemFilePath (the regions, raw, concatenated; sparse). The
+// machine stays paused. Live vsock connections are reset, as in
+// Firecracker: the transports are paused while their state is read.
 func (m *Machine) CreateSnapshot(ctx context.Context, p fcapi.SnapshotCreateParams) error {
 	if err := p.Validate(); err != nil {
 		return err
@@ -44,8 +45,7 @@ func (m *Machine) CreateSnapshot(ctx context.Context, p fcapi.SnapshotCreatePara
 	m.ctl.Lock()
 	defer m.ctl.Unlock()
 	m.mu.Lock()
-	state, hw := m.state, m.hw
-	cfg := m.cfg.withDefaults()
+	state, hw, drives := m.state, m.hw, m.cfg.Drives
 	m.mu.Unlock()
 	if state != Paused {
 		return fmt.Errorf("%w: snapshots are taken of a paused machine, this one is %s (PATCH /vm Paused first)", ErrState, state)
@@ -54,7 +54,7 @@ func (m *Machine) CreateSnapshot(ctx context.Context, p fcapi.SnapshotCreatePara
 		return err
 	}
 	start := time.Now()
-	st, err := captureMachine(hw, cfg)
+	st, err := captureMachine(hw, drives)
 	if err != nil {
 		return fmt.Errorf("capturing the VM state: %w", err)
 	}
@@ -70,16 +70,7 @@ func (m *Machine) CreateSnapshot(ctx context.Context, p fcapi.SnapshotCreatePara
 }
 
 // captureMachine reads the state of a paused machine's hardware.
-func captureMachine(hw *hardware, cfg Config) (*vmstate.State, error) {
-	if len(hw.virtio) > 0 {
-		// Their queues and connections would be lost on restore: refuse
-		// rather than write a snapshot that restores a different machine.
-		names := make([]string, len(hw.virtio))
-		for i, d := range hw.virtio {
-			names[i] = d.name
-		}
-		return nil, fmt.Errorf("the machine has virtio devices (%s), whose state snapshots do not carry yet", strings.Join(names, ", "))
-	}
+func captureMachine(hw *hardware, drives []DriveConfig) (*vmstate.State, error) {
 	st := &vmstate.State{Machine: vmstate.Machine{VCPUCount: len(hw.vcpus), MemSizeMib: int(hw.mem.Size() >> 20)}}
 	for _, r := range hw.mem.Regions() {
 		st.Memory = append(st.Memory, vmstate.Region{GuestPhysAddr: r.GPA, Size: r.Size, FileOffset: r.FileOffset})
@@ -118,6 +109,11 @@ func captureMachine(hw *hardware, cfg Config) (*vmstate.State, error) {
 	st.Devices = append(st.Devices,
 		vmstate.Device{Kind: devSerial, ID: idCOM1, State: ser},
 		vmstate.Device{Kind: devI8042, ID: devI8042, State: kbd})
+	devs, err := captureVirtio(hw, drives)
+	if err != nil {
+		return nil, err
+	}
+	st.Devices = append(st.Devices, devs...)
 	return st, nil
 }
 
@@ -125,8 +121,11 @@ func captureMachine(hw *hardware, cfg Config) (*vmstate.State, error) {
 // call on a fresh machine. It rebuilds the VM from the snapshot instead of
 // booting: guest memory from p.MemBackend (File: the memory file mapped
 // MAP_PRIVATE; Uffd: a page server on the backend's socket, see
-// snapshot.LoadMemory), then the in-kernel devices, the legacy devices and
-// every vCPU's state. The machine is left Paused with its vCPU threads
+// snapshot.LoadMemory), then the in-kernel devices, the legacy devices,
+// every vCPU's state and the virtio devices at their saved MMIO windows and
+// GSIs (drives reopen their saved path_on_host, which PATCH /drives can
+// change before the machine resumes; vsock listens on its saved uds_path or
+// p.VsockOverride's). The machine is left Paused with its vCPU threads
 // parked; the API server resumes it when resume_vm is set.
 //
 // With the Uffd backend the machine watches the page server for the rest
@@ -143,9 +142,6 @@ func (m *Machine) LoadSnapshot(ctx context.Context, p fcapi.SnapshotLoadParams) 
 	}
 	if len(p.NetworkOverrides) > 0 {
 		return fmt.Errorf("network_overrides: the snapshot has no network interface %q (thaw-vmm has no network devices yet)", p.NetworkOverrides[0].IfaceID)
-	}
-	if p.VsockOverride != nil {
-		return errors.New("vsock_override: the snapshot has no vsock device (snapshots of machines with virtio devices are not supported yet)")
 	}
 	m.ctl.Lock()
 	defer m.ctl.Unlock()
@@ -167,11 +163,12 @@ func (m *Machine) LoadSnapshot(ctx context.Context, p fcapi.SnapshotLoadParams) 
 		return err
 	}
 	cfg := m.cfg.withDefaults()
-	hw, err := m.restoreHardware(cfg, st, loaded)
+	hw, devs, err := m.restoreHardware(cfg, st, loaded, p.VsockOverride)
 	if err != nil {
 		return err
 	}
 	m.cfg.VCPUs, m.cfg.MemMiB = st.Machine.VCPUCount, uint64(st.Machine.MemSizeMib)
+	m.cfg.Drives, m.cfg.Vsock = devs.drives, devs.vsock
 	m.hw = hw
 	m.nvcpus = len(hw.vcpus)
 	m.state = Paused
@@ -188,7 +185,7 @@ func (m *Machine) LoadSnapshot(ctx context.Context, p fcapi.SnapshotLoadParams) 
 // and writes the snapshot's state into it. It mirrors build (keep the two
 // in step) minus the kernel load; on failure it releases everything,
 // loaded included.
-func (m *Machine) restoreHardware(cfg Config, st *vmstate.State, loaded *snapshot.Loaded) (_ *hardware, err error) {
+func (m *Machine) restoreHardware(cfg Config, st *vmstate.State, loaded *snapshot.Loaded, vo *fcapi.VsockOverride) (_ *hardware, _ restoredDevices, err error) {
 	hw := &hardware{mem: loaded.Memory, restored: &restored{loaded: loaded}}
 	defer func() {
 		if err != nil {
@@ -196,60 +193,70 @@ func (m *Machine) restoreHardware(cfg Config, st *vmstate.State, loaded *snapsho
 		}
 	}()
 	if hw.sys, err = kvm.Open(cfg.KVMPath); err != nil {
-		return nil, err
+		return nil, restoredDevices{}, err
 	}
 	if hw.vm, err = hw.sys.CreateVM(); err != nil {
-		return nil, err
+		return nil, restoredDevices{}, err
 	}
 	for i, r := range hw.mem.Regions() {
 		if err = hw.vm.SetUserMemoryRegion(kabi.UserspaceMemoryRegion{
 			Slot: uint32(i), GuestPhysAddr: r.GPA, MemorySize: r.Size, UserspaceAddr: r.HostAddr(),
 		}); err != nil {
-			return nil, err
+			return nil, restoredDevices{}, err
 		}
 	}
 	if err = hw.vm.SetTSSAddr(tssAddr); err != nil {
-		return nil, err
+		return nil, restoredDevices{}, err
 	}
 	if err = hw.vm.CreateIRQChip(); err != nil {
-		return nil, err
+		return nil, restoredDevices{}, err
 	}
 	if err = hw.vm.CreatePIT2(kabi.KVM_PIT_SPEAKER_DUMMY); err != nil {
-		return nil, err
+		return nil, restoredDevices{}, err
 	}
 	hw.serial = serial.New(cfg.Serial, irqLine{hw.vm, COM1IRQ})
 	if err = hw.pio.Add("serial", COM1Port, serial.Size, hw.serial); err != nil {
-		return nil, err
+		return nil, restoredDevices{}, err
 	}
 	hw.i8042 = i8042.New(irqLine{hw.vm, I8042IRQ}, func() {
 		m.stop(Exit{Reason: "guest reset through the i8042"})
 	})
 	if err = hw.pio.Add("i8042", i8042.Base, i8042.Size, hw.i8042); err != nil {
-		return nil, err
+		return nil, restoredDevices{}, err
 	}
 	for _, d := range st.Devices {
+		if isVirtio(d.Kind) {
+			continue
+		}
 		if err := restoreLegacy(hw, d); err != nil {
-			return nil, err
+			return nil, restoredDevices{}, err
 		}
 	}
 	for i := range st.Machine.VCPUCount {
 		cpu, err := hw.vm.CreateVCPU(i)
 		if err != nil {
-			return nil, err
+			return nil, restoredDevices{}, err
 		}
 		hw.vcpus = append(hw.vcpus, &vcpu{cpu: cpu})
 	}
 	// Per-VM state after the vCPUs exist (their LAPICs are part of the
 	// irqchip) and before their state, as Firecracker restores.
 	if err = snapshot.RestoreVM(hw.vm, st.VM); err != nil {
-		return nil, err
+		return nil, restoredDevices{}, err
 	}
 	for i, v := range hw.vcpus {
 		if err = snapshot.RestoreVCPU(v.cpu, st.VCPUs[i]); err != nil {
-			return nil, err
+			return nil, restoredDevices{}, err
 		}
 	}
-	return hw, nil
+	// Virtio devices last: re-activating one starts its work on guest
+	// memory and may raise its pending interrupt, which must land in the
+	// restored irqchip.
+	devs, err := m.restoreVirtio(hw, st.Devices, vo)
+	if err != nil {
+		return nil, restoredDevices{}, err
+	}
+	return hw, devs, nil
 }
 
 // restoreLegacy restores one legacy device's state; devices this build

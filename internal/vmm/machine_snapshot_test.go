@@ -161,7 +161,6 @@ func TestLoadSnapshotErrors(t *testing.T) {
 		want string
 	}{
 		{"missing vmstate", fcapi.SnapshotLoadParams{SnapshotPath: filepath.Join(dir, "none"), MemBackend: file}, "no such file"},
-		{"vsock override", fcapi.SnapshotLoadParams{SnapshotPath: "s", MemBackend: file, VsockOverride: &fcapi.VsockOverride{UDSPath: "/v"}}, "no vsock device"},
 		{"network override", fcapi.SnapshotLoadParams{SnapshotPath: "s", MemBackend: file, NetworkOverrides: []fcapi.NetworkOverride{{IfaceID: "eth0", HostDevName: "tap0"}}}, "eth0"},
 		{"dirty tracking", fcapi.SnapshotLoadParams{SnapshotPath: "s", MemBackend: file, TrackDirtyPages: true}, "track_dirty_pages"},
 	}

@@ -18,7 +18,9 @@
  * probe.spin=<n> (loop iterations between ticks, default 100000).
  * Virtio devices announced on the command line are driven by polling
  * (virtio.c, vsock.c): a block device is read (and with probe.blk.write=1
- * written), a vsock device serves an echo port between ticks.
+ * written; with probe.blk.every=<n> re-read every n ticks, printing
+ * "probe: blk reread tick=<n> status=<s> sum=<hex>"), a vsock device
+ * serves an echo port between ticks.
  * Misbehaviour, to prove a guest cannot crash or hang the VMM:
  * probe.chaos=<n> does n reads and writes of 1-8 bytes at pseudo-random
  * ports and unclaimed MMIO addresses, then prints "probe: chaos done";
@@ -324,6 +326,7 @@ void probe_main(u8 *zeropage)
 			prev = k;
 		}
 		ticks++;
+		virtio_blk_tick(ticks);
 		puts("probe: tick ");
 		putdec(ticks);
 		puts(" sum=");

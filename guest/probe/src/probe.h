@@ -52,6 +52,7 @@ void vq_set_desc(struct vq *q, u16 i, void *addr, u32 len, u16 flags, u16 next);
 void vq_submit(struct vq *q, u16 head);
 void vq_notify(struct vq *q);
 void virtio_blk_run(const char *cmdline, u64 base);
+void virtio_blk_tick(u64 tick);
 /* vsock.c */
 void virtio_vsock_start(const char *cmdline, u64 base);
 void virtio_vsock_poll(void);

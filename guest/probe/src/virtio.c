@@ -200,6 +200,9 @@ static u64 fnv(const u8 *p, u64 n)
 	return h;
 }
 
+/* Set by virtio_blk_run for virtio_blk_tick. */
+static u64 blk_every, blk_sectors;
+
 /* virtio_blk_run reads the first sectors and prints their checksum, and
  * with probe.blk.write=1 writes a pattern to the last sector, reads it back
  * and flushes. */
@@ -264,5 +267,24 @@ void virtio_blk_run(const char *cmdline, u64 base)
 	s = blk_request(BLK_T_IN, cap, 512);
 	puts("probe: blk read past end status=");
 	putdec((u64)s);
+	putc('\n');
+	blk_sectors = n;
+	blk_every = param(cmdline, "probe.blk.every", 0);
+}
+
+/* virtio_blk_tick re-reads the first sectors every probe.blk.every ticks
+ * (0: never), through the queue set up at boot: after a snapshot restore
+ * this proves the device and its ring positions came back. */
+void virtio_blk_tick(u64 tick)
+{
+	if (!blk_every || tick % blk_every)
+		return;
+	int s = blk_request(BLK_T_IN, 0, (u32)(blk_sectors * 512));
+	puts("probe: blk reread tick=");
+	putdec(tick);
+	puts(" status=");
+	putdec((u64)s);
+	puts(" sum=");
+	puthex(fnv(blk_buf, blk_sectors * 512));
 	putc('\n');
 }

@@ -96,7 +96,7 @@ func (s *Server) registerTemplate(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	rr := template.RegisterRequest{Name: name, VMState: req.VMState, Memory: req.Memory, Rootfs: req.Rootfs, Kernel: req.Kernel,
-		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB}
+		RootDrive: req.RootDrive, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB}
 	if req.Ready != nil {
 		rr.Ready = store.ReadyCheck{Kind: store.ReadyKind(req.Ready.Kind), Marker: req.Ready.Marker}
 	}

@@ -229,7 +229,15 @@ func (c *creation) load(ctx context.Context) (phases.Undo, error) {
 	if agentReady(c.build.Ready) {
 		p.VsockOverride = &fcapi.VsockOverride{UDSPath: filepath.Join(c.dir, VsockName)}
 	}
+	if c.build.RootDrive != "" {
+		// The snapshot names the template's disk by an absolute path:
+		// keep the VM paused until the drive is the sandbox's own.
+		p.ResumeVM = false
+	}
 	err := loadSnapshot(ctx, c.handle, p, c.m.opts.LoadTimeout)
+	if err == nil && c.build.RootDrive != "" {
+		err = swapRootDrive(ctx, c.handle, c.build.RootDrive, filepath.Join(c.dir, DiskName), c.m.opts.LoadTimeout)
+	}
 	if err != nil && c.uffd {
 		// A page server that refused the handshake kills the VMM, so
 		// the load fails too; the shim knows why.
@@ -242,6 +250,26 @@ func (c *creation) load(ctx context.Context) (phases.Undo, error) {
 		}
 	}
 	return nil, err
+}
+
+// swapRootDrive points the loaded, paused VM's drive driveID at path
+// (Firecracker's PATCH /drives/{drive_id}) and resumes it.
+func swapRootDrive(ctx context.Context, h *shim.Handle, driveID, path string, bound time.Duration) error {
+	vc := fcapi.NewClient(h.APISocket)
+	defer vc.Close()
+	if err := vc.PatchDrive(ctx, fcapi.PartialDrive{DriveID: driveID, PathOnHost: path}); err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return errdefs.DeadlineExceeded("PATCH /drives/%s did not answer within %v", driveID, bound)
+		}
+		return fmt.Errorf("pointing drive %q at the sandbox's disk: %w%s", driveID, err, vmmTail(h.Dir))
+	}
+	if err := vc.Resume(ctx); err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return errdefs.DeadlineExceeded("PATCH /vm Resumed did not answer within %v", bound)
+		}
+		return fmt.Errorf("resuming after the drive swap: %w%s", err, vmmTail(h.Dir))
+	}
+	return nil
 }
 
 // loadSnapshot sends PUT /snapshot/load to the VMM under h. A load past

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/thawvm/thaw/internal/daemon/disk"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/shim"
@@ -17,12 +18,13 @@ import (
 
 // RecordFunc returns the recording run template registration uses, or nil
 // when prefetch (and so recording) is off.
-func (m *Manager) RecordFunc() func(ctx context.Context, vmstate, memory, logPath string, ready store.ReadyCheck) (int, error) {
+func (m *Manager) RecordFunc() func(ctx context.Context, vmstate, memory, rootfs, rootDrive, logPath string, ready store.ReadyCheck) (int, error) {
 	if !m.opts.Prefetch {
 		return nil
 	}
-	return func(ctx context.Context, vmstate, memory, logPath string, ready store.ReadyCheck) (int, error) {
-		return m.Record(ctx, RecordRequest{VMState: vmstate, Memory: memory, Log: logPath, Ready: ready, Max: m.opts.RecordMax})
+	return func(ctx context.Context, vmstate, memory, rootfs, rootDrive, logPath string, ready store.ReadyCheck) (int, error) {
+		return m.Record(ctx, RecordRequest{VMState: vmstate, Memory: memory, Rootfs: rootfs, RootDrive: rootDrive,
+			Log: logPath, Ready: ready, Max: m.opts.RecordMax})
 	}
 }
 
@@ -30,6 +32,11 @@ func (m *Manager) RecordFunc() func(ctx context.Context, vmstate, memory, logPat
 type RecordRequest struct {
 	// VMState and Memory are the build's snapshot files (absolute).
 	VMState, Memory string
+	// Rootfs is the build's disk (absolute); the run's VM gets a clone of
+	// it, as a sandbox does, so the guest never writes the build's files.
+	Rootfs string
+	// RootDrive is the build's store.Build.RootDrive.
+	RootDrive string
 	// Log is where the access log is written (absolute).
 	Log   string
 	Ready store.ReadyCheck
@@ -54,6 +61,11 @@ func (m *Manager) Record(ctx context.Context, r RecordRequest) (pages int, err e
 	}
 	defer os.RemoveAll(dir)
 	log := m.log.With("vm", id)
+	if r.Rootfs != "" {
+		if err := disk.Clone(r.Rootfs, filepath.Join(dir, DiskName)); err != nil {
+			return 0, fmt.Errorf("recording run: cloning the disk: %w", err)
+		}
+	}
 	h, err := shim.Start(ctx, m.opts.Shim, shim.Config{ID: id, Dir: dir, VMM: m.opts.VMM, Pages: shim.PagesRecord,
 		MemFile: r.Memory, RecordLog: r.Log, SettleMax: r.Max, StopGrace: m.opts.StopGrace,
 		HandshakeTimeout: m.opts.LoadTimeout + m.opts.ReadyTimeout})
@@ -74,8 +86,14 @@ func (m *Manager) Record(ctx context.Context, r RecordRequest) (pages int, err e
 	if agentReady(r.Ready) {
 		p.VsockOverride = &fcapi.VsockOverride{UDSPath: filepath.Join(dir, VsockName)}
 	}
+	if r.RootDrive != "" {
+		p.ResumeVM = false
+	}
 	lctx, cancel := context.WithTimeout(ctx, m.opts.LoadTimeout)
 	err = loadSnapshot(lctx, h, p, m.opts.LoadTimeout)
+	if err == nil && r.RootDrive != "" {
+		err = swapRootDrive(lctx, h, r.RootDrive, filepath.Join(dir, DiskName), m.opts.LoadTimeout)
+	}
 	cancel()
 	if err != nil {
 		return 0, fmt.Errorf("recording run: %w", err)

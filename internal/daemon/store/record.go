@@ -283,9 +283,16 @@ type Build struct {
 	// Dir is the build's directory (absolute): <data>/templates/<name>/<id>.
 	Dir       string    `json:"dir"`
 	Artifacts Artifacts `json:"artifacts"`
-	VCPUs     int       `json:"vcpus"`
-	MemoryMiB int       `json:"memory_mib"`
-	DiskMiB   int       `json:"disk_mib"`
+	// RootDrive is the drive_id of the snapshot's root drive when the
+	// snapshot records it by an absolute path: a create loads with
+	// resume_vm false, points it at the sandbox's clone with
+	// PATCH /drives/{drive_id} and then resumes. Empty: the snapshot names
+	// its drive by the relative DiskName, which the VMM's working directory
+	// (the sandbox's) resolves to the clone.
+	RootDrive string `json:"root_drive,omitempty"`
+	VCPUs     int    `json:"vcpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	DiskMiB   int    `json:"disk_mib"`
 	// Ready says how its sandboxes are checked after restore.
 	Ready ReadyCheck `json:"ready,omitzero"`
 	// MemoryBytes and RootfsBytes are the artifact sizes; AccessLogPages

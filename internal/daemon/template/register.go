@@ -22,6 +22,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/fcapi"
 )
 
 // Artifact names inside a build directory.
@@ -37,7 +38,11 @@ const (
 // Recorder runs a build's recording run on the staged snapshot files and
 // writes the access log to logPath, returning the pages recorded
 // (internal/daemon/sandbox's Manager.Record).
-type Recorder func(ctx context.Context, vmstate, memory, logPath string, ready store.ReadyCheck) (pages int, err error)
+//
+// rootfs is the staged disk, which the run must give the VM instead of the
+// snapshot's (a clone named like a sandbox's), and rootDrive the build's
+// RootDrive.
+type Recorder func(ctx context.Context, vmstate, memory, rootfs, rootDrive, logPath string, ready store.ReadyCheck) (pages int, err error)
 
 // RegisterRequest names an existing snapshot's files (absolute host paths)
 // and the machine it was taken of.
@@ -47,7 +52,10 @@ type RegisterRequest struct {
 	Memory  string
 	Rootfs  string
 	// Kernel is optional (a snapshot does not need it to restore).
-	Kernel    string
+	Kernel string
+	// RootDrive is optional: the snapshot's root drive_id, which sandboxes
+	// point at their own disk (store.Build.RootDrive).
+	RootDrive string
 	VCPUs     int
 	MemoryMiB int
 	Ready     store.ReadyCheck
@@ -79,6 +87,11 @@ func (r RegisterRequest) Validate() error {
 			errs = append(errs, errdefs.InvalidArgument("%s: %v", f.field, err))
 		} else if !fi.Mode().IsRegular() {
 			errs = append(errs, errdefs.InvalidArgument("%s %s is not a regular file", f.field, f.path))
+		}
+	}
+	if r.RootDrive != "" {
+		if err := fcapi.CheckID(r.RootDrive); err != nil {
+			errs = append(errs, errdefs.InvalidArgument("root_drive: %v", err))
 		}
 	}
 	if r.VCPUs < 1 || r.VCPUs > 32 {
@@ -120,7 +133,7 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 	}()
 	b := store.Build{ID: buildID, State: store.BuildReady, Dir: lay.BuildDir(r.Name, buildID),
 		Artifacts: store.Artifacts{VMState: VMStateName, Memory: MemoryName, Rootfs: RootfsName},
-		VCPUs:     r.VCPUs, MemoryMiB: r.MemoryMiB, Ready: r.Ready, CreatedAt: started}
+		RootDrive: r.RootDrive, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Ready: r.Ready, CreatedAt: started}
 	files := []struct{ src, name string }{{r.VMState, VMStateName}, {r.Memory, MemoryName}, {r.Rootfs, RootfsName}}
 	if r.Kernel != "" {
 		files = append(files, struct{ src, name string }{r.Kernel, KernelName})
@@ -145,7 +158,8 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 	copied := time.Now()
 	b.Timings = []store.Phase{{Name: "copy", Duration: copied.Sub(started)}}
 	if r.Record != nil {
-		pages, err := r.Record(ctx, filepath.Join(staging, VMStateName), filepath.Join(staging, MemoryName), filepath.Join(staging, AccessLogName), r.Ready)
+		pages, err := r.Record(ctx, filepath.Join(staging, VMStateName), filepath.Join(staging, MemoryName), filepath.Join(staging, RootfsName),
+			r.RootDrive, filepath.Join(staging, AccessLogName), r.Ready)
 		if err != nil {
 			return store.Template{}, fmt.Errorf("registering template %q: %w", r.Name, err)
 		}

@@ -131,6 +131,20 @@ func (m *fakeMachine) SetDrive(d fcapi.Drive) error {
 	return err
 }
 
+func (m *fakeMachine) UpdateDrive(d fcapi.PartialDrive) error {
+	err := m.enter("UpdateDrive", fcapi.StateRunning, fcapi.StatePaused)
+	if err == nil {
+		if o, ok := m.drives[d.DriveID]; ok {
+			o.PathOnHost = d.PathOnHost
+			m.drives[d.DriveID] = o
+		} else {
+			err = fmt.Errorf("drive %q: the machine has no such drive", d.DriveID)
+		}
+	}
+	m.leave("", err)
+	return err
+}
+
 func (m *fakeMachine) SetVsock(v fcapi.Vsock) error {
 	err := m.preBoot("SetVsock")
 	if err == nil {

@@ -21,7 +21,8 @@ import (
 //   - LoadSnapshot only on a fresh machine: nothing configured, not started;
 //   - SendCtrlAltDel, Pause, Resume only after Start or LoadSnapshot; Pause
 //     only when running and Resume only when paused;
-//   - CreateSnapshot only when paused.
+//   - CreateSnapshot only when paused;
+//   - UpdateDrive only after Start or LoadSnapshot (running or paused).
 //
 // A Machine rejects values it cannot honour (more vCPUs or memory than it
 // supports, a Diff snapshot, huge pages, ...) with an error saying so; the
@@ -41,6 +42,9 @@ type Machine interface {
 	// The server keeps Firecracker's rule of at most one root drive.
 	SetDrive(fcapi.Drive) error
 	SetVsock(fcapi.Vsock) error
+	// UpdateDrive switches an existing drive to another backing file
+	// (PATCH /drives/{drive_id}); an unknown drive is an error.
+	UpdateDrive(fcapi.PartialDrive) error
 	// Start boots the configured VM (InstanceStart); when it returns nil the
 	// vCPUs are running.
 	Start(ctx context.Context) error

@@ -74,6 +74,7 @@ func TestSpecMatchesTypes(t *testing.T) {
 		"MachineConfiguration": fcapi.MachineConfig{},
 		"BootSource":           fcapi.BootSource{},
 		"Drive":                fcapi.Drive{},
+		"PartialDrive":         fcapi.PartialDrive{},
 		"Vsock":                fcapi.Vsock{},
 		"NetworkInterface":     fcapi.NetworkInterface{},
 		"InstanceActionInfo":   fcapi.InstanceActionInfo{},

@@ -23,6 +23,7 @@ var routes = []route{
 	{http.MethodPut, "/machine-config", (*Server).putMachineConfig},
 	{http.MethodPut, "/boot-source", (*Server).putBootSource},
 	{http.MethodPut, "/drives/{drive_id}", (*Server).putDrive},
+	{http.MethodPatch, "/drives/{drive_id}", (*Server).patchDrive},
 	{http.MethodPut, "/vsock", (*Server).putVsock},
 	{http.MethodPut, "/network-interfaces/{iface_id}", (*Server).putNetworkInterface},
 	{http.MethodPut, "/actions", (*Server).putAction},
@@ -125,6 +126,26 @@ func (s *Server) putDrive(_ context.Context, r *http.Request, body []byte) (any,
 		return nil, err
 	}
 	return nil, s.setDriveLocked(d)
+}
+
+// patchDrive is PATCH /drives/{drive_id}: post-boot only, as in
+// Firecracker; a restored sandbox uses it before resuming to swap in its
+// own disk.
+func (s *Server) patchDrive(_ context.Context, r *http.Request, body []byte) (any, error) {
+	var d fcapi.PartialDrive
+	if err := decode(body, &d); err != nil {
+		return nil, err
+	}
+	if err := pathID(r, "drive_id", d.DriveID); err != nil {
+		return nil, err
+	}
+	if s.info.State == fcapi.StateNotStarted {
+		return nil, errPreBoot
+	}
+	if err := s.m.UpdateDrive(d); err != nil {
+		return nil, machineError("Unable to patch the block device", err)
+	}
+	return nil, nil
 }
 
 func (s *Server) setDriveLocked(d fcapi.Drive) error {

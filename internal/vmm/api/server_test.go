@@ -268,6 +268,7 @@ func TestWrongState(t *testing.T) {
 		{"resume before start", fresh, step{"PATCH", "/vm", resumeBody}, preBoot},
 		{"ctrl-alt-del before start", fresh, step{"PUT", "/actions", cadBody}, preBoot},
 		{"flush metrics before start", fresh, step{"PUT", "/actions", flushBody}, preBoot},
+		{"patch drive before start", fresh, step{"PATCH", "/drives/rootfs", `{"drive_id":"rootfs","path_on_host":"/d2"}`}, preBoot},
 		{"snapshot before start", fresh, step{"PUT", "/snapshot/create", createBody}, preBoot},
 		{"snapshot while running", running, step{"PUT", "/snapshot/create", createBody}, "the microVM is running; pause it first"},
 		{"flush metrics when running", running, step{"PUT", "/actions", flushBody}, "no metrics sink"},
@@ -290,6 +291,31 @@ func TestWrongState(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPatchDrive: PATCH /drives/{drive_id} after a load (and after a boot)
+// reaches the Machine with the new path; a mismatched id, an empty path and
+// a rate limiter are refused before it; the Machine's error comes back.
+func TestPatchDrive(t *testing.T) {
+	h := newHarness(t)
+	for _, s := range [][3]string{{"PUT", "/boot-source", bootBody}, {"PUT", "/drives/rootfs", driveBody}, {"PUT", "/actions", startBody}, {"PATCH", "/vm", pauseBody}} {
+		if status, body := h.do(s[0], s[1], s[2]); status != 204 {
+			t.Fatalf("setup %s %s: %d %s", s[0], s[1], status, body)
+		}
+	}
+	if status, body := h.do("PATCH", "/drives/rootfs", `{"drive_id":"rootfs","path_on_host":"/sandbox/disk"}`); status != 204 {
+		t.Fatalf("PATCH /drives/rootfs: got %d %s, want 204", status, body)
+	}
+	h.m.mu.Lock()
+	got := h.m.drives["rootfs"].PathOnHost
+	h.m.mu.Unlock()
+	if got != "/sandbox/disk" {
+		t.Errorf("drive path after PATCH: got %q, want /sandbox/disk", got)
+	}
+	h.fault("PATCH", "/drives/other", `{"drive_id":"rootfs","path_on_host":"/x"}`, "does not match the id from the body")
+	h.fault("PATCH", "/drives/rootfs", `{"drive_id":"rootfs"}`, "path_on_host is empty")
+	h.fault("PATCH", "/drives/rootfs", `{"drive_id":"rootfs","path_on_host":"/x","rate_limiter":{"bandwidth":{"size":1,"refill_time":1}}}`, "rate_limiter")
+	h.fault("PATCH", "/drives/nope", `{"drive_id":"nope","path_on_host":"/x"}`, "Unable to patch the block device: drive \"nope\": the machine has no such drive")
 }
 
 // TestBadRequests checks bodies, paths and methods Firecracker refuses.

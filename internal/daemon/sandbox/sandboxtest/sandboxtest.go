@@ -76,9 +76,26 @@ type Snapshot struct {
 
 // ProbeSnapshot boots the probe guest in a thaw-vmm, lets it tick, pauses
 // it and takes a Full snapshot into dir through the API. Rootfs is a small
-// placeholder disk (thaw-vmm has no virtio-blk yet, so the probe does not
-// open it; a sandbox still gets its reflink clone).
+// placeholder disk the probe does not open (it has no drive); a sandbox
+// still gets its reflink clone.
 func ProbeSnapshot(t testing.TB, dir string) Snapshot {
+	t.Helper()
+	return probeSnapshot(t, dir, "")
+}
+
+// RootDriveID is the drive_id of ProbeSnapshotWithDrive's root drive.
+const RootDriveID = "rootfs"
+
+// ProbeSnapshotWithDrive is ProbeSnapshot with a root drive backed by
+// drive (an absolute path the snapshot records), which the probe re-reads
+// on every tick, printing "probe: blk reread tick=<n> status=<s>
+// sum=<FNV-1a of the first 4 KiB>".
+func ProbeSnapshotWithDrive(t testing.TB, dir, drive string) Snapshot {
+	t.Helper()
+	return probeSnapshot(t, dir, drive)
+}
+
+func probeSnapshot(t testing.TB, dir, drive string) Snapshot {
 	t.Helper()
 	testenv.RequireKVM(t)
 	if testenv.KVMIsPVM() {
@@ -119,7 +136,14 @@ func ProbeSnapshot(t testing.TB, dir string) Snapshot {
 	if err := c.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.PutBootSource(ctx, fcapi.BootSource{KernelImagePath: kernel, BootArgs: "probe.pages=64 probe.ticks=0 probe.spin=2000"}); err != nil {
+	args := "probe.pages=64 probe.ticks=0 probe.spin=2000"
+	if drive != "" {
+		args += " probe.blk.every=1"
+		if err := c.PutDrive(ctx, fcapi.Drive{DriveID: RootDriveID, PathOnHost: drive, IsRootDevice: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.PutBootSource(ctx, fcapi.BootSource{KernelImagePath: kernel, BootArgs: args}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: ProbeVCPUs, MemSizeMib: ProbeMemMiB}); err != nil {

@@ -67,8 +67,13 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 	return d, nil
 }
 
-// Config returns the configuration the device was built from.
-func (d *Device) Config() Config { return d.cfg }
+// Config returns the configuration the device was built from, with the
+// backing file SetPath last switched to.
+func (d *Device) Config() Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg
+}
 
 // Sectors returns the capacity in 512-byte sectors.
 func (d *Device) Sectors() uint64 { return d.sectors }

@@ -376,3 +376,53 @@ func TestConcurrentNotify(t *testing.T) {
 		t.Errorf("completed %d requests, want 200", completed)
 	}
 }
+
+// TestSetPath switches an active drive to another file: reads then come
+// from the new file; a smaller file or a missing one is refused and the
+// drive keeps its old file.
+func TestSetPath(t *testing.T) {
+	r := newRig(t, Config{ID: "rootfs"}, v1)
+	d := r.drv
+	dir := t.TempDir()
+	other := make([]byte, (sectors+1)*512)
+	for i := range other {
+		other[i] = byte(255 - i%251)
+	}
+	otherPath, smallPath := filepath.Join(dir, "other.img"), filepath.Join(dir, "small.img")
+	if err := os.WriteFile(otherPath, other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(smallPath, other[:(sectors-1)*512], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	read := func() []byte {
+		buf, st := d.Writable(512), d.Writable(1)
+		if _, s := r.submit(t, d.Readable(header(abi.BlkTIn, 1)), buf, st); s != abi.BlkSOK {
+			t.Fatalf("read: status %d, want 0", s)
+		}
+		return append([]byte{}, d.Bytes(buf.Addr, 512)...)
+	}
+	for _, tt := range []struct{ path, want string }{
+		{smallPath, "does not resize drives"},
+		{filepath.Join(dir, "missing.img"), "no such file"},
+	} {
+		if err := r.dev.SetPath(tt.path); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("SetPath(%s): got %v, want an error containing %q", tt.path, err, tt.want)
+		}
+	}
+	if got, want := read(), pattern(sectors * 512)[512:1024]; !bytes.Equal(got, want) {
+		t.Error("after refused SetPaths: read does not return the original file's bytes")
+	}
+	if err := r.dev.SetPath(otherPath); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.dev.Config().Path; got != otherPath {
+		t.Errorf("Config().Path: got %q, want %q", got, otherPath)
+	}
+	if got := read(); !bytes.Equal(got, other[512:1024]) {
+		t.Error("after SetPath: read does not return the new file's bytes")
+	}
+	if got := r.dev.State().Sectors; got != sectors {
+		t.Errorf("capacity after SetPath to a larger file: got %d sectors, want the guest's %d", got, sectors)
+	}
+}

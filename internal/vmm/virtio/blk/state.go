@@ -3,6 +3,8 @@ package blk
 import (
 	"fmt"
 	"log/slog"
+
+	abi "github.com/thawvm/thaw/internal/abi/virtio"
 )
 
 // State is the block device's guest-visible state, plain data for
@@ -39,4 +41,29 @@ func Restore(cfg Config, st State, log *slog.Logger) (*Device, error) {
 	}
 	d.sectors = st.Sectors
 	return d, nil
+}
+
+// SetPath switches the drive to another backing file (Firecracker's PATCH
+// /drives/{drive_id}), opened as the drive was (read-only or not). The
+// guest keeps the capacity it was told, so path must hold at least that
+// many sectors; requests in flight finish on the old file, which is then
+// closed.
+func (d *Device) SetPath(path string) error {
+	nd, err := New(Config{ID: d.cfg.ID, Path: path, ReadOnly: d.cfg.ReadOnly, Root: d.cfg.Root}, d.log)
+	if err != nil {
+		return err
+	}
+	if nd.sectors < d.sectors {
+		nd.Close()
+		return fmt.Errorf("drive %q: %s holds %d sectors, the guest was told %d (%d bytes); thaw-vmm does not resize drives, give a file at least that large",
+			d.cfg.ID, path, nd.sectors, d.sectors, d.sectors*abi.BlkSectorSize)
+	}
+	d.mu.Lock()
+	old := d.file
+	d.file, d.cfg.Path = nd.file, path
+	d.mu.Unlock()
+	if err := old.Close(); err != nil {
+		return fmt.Errorf("closing drive %q's old file: %w", d.cfg.ID, err)
+	}
+	return nil
 }
