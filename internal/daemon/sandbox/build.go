@@ -63,7 +63,7 @@ func (m *Manager) BootSnapshot(ctx context.Context, r template.BootRequest, log 
 			return fc.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: r.VCPUs, MemSizeMib: r.MemoryMiB})
 		}},
 		{"PUT /drives/rootfs", func() error {
-			return fc.PutDrive(ctx, fcapi.Drive{DriveID: "rootfs", PathOnHost: rel(r.Rootfs), IsRootDevice: true})
+			return fc.PutDrive(ctx, fcapi.Drive{DriveID: template.RootDriveID, PathOnHost: rel(r.Rootfs), IsRootDevice: true})
 		}},
 		{"PUT /vsock", func() error { return fc.PutVsock(ctx, fcapi.Vsock{GuestCID: 3, UDSPath: VsockName}) }},
 		{"InstanceStart", func() error { return fc.InstanceStart(ctx) }},

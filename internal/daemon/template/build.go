@@ -121,13 +121,18 @@ func (s ImageSource) source() image.Source {
 	return nil
 }
 
+// RootDriveID is the build VM's root drive_id, recorded as the build's
+// RootDrive so that sandboxes point it at their own disk.
+const RootDriveID = "rootfs"
+
 // BootRequest is what a Booter boots: the disk (a file in Dir the VM may
 // write), the machine, and what to run once the agent answers.
 type BootRequest struct {
 	// ID is the ephemeral VM's id (store.EphemeralPrefix...).
 	ID string
-	// Dir is the VM's scratch directory; Rootfs is in it, and the
-	// snapshot is written to VMState and Memory in it.
+	// Dir is the VM's scratch directory; Rootfs is in it (drive
+	// RootDriveID), and the snapshot is written to VMState and Memory in
+	// it.
 	Dir, Rootfs     string
 	VMState, Memory string
 	Kernel          string
@@ -223,7 +228,7 @@ func (b *Builder) Build(ctx context.Context, id string, spec BuildSpec, log io.W
 	}
 	say("snapshot taken; publishing (recording run: %v)", b.Record != nil)
 	t, err := Register(ctx, b.Store, b.Layout, RegisterRequest{Name: spec.Name, VMState: br.VMState, Memory: br.Memory, Rootfs: rootfs,
-		Kernel: b.Kernel, VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, Ready: spec.Ready, Record: b.Record})
+		Kernel: b.Kernel, RootDrive: RootDriveID, VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, Ready: spec.Ready, Record: b.Record})
 	if err != nil {
 		return store.Template{}, err
 	}

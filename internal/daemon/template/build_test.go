@@ -193,8 +193,8 @@ func TestBuildPublishes(t *testing.T) {
 		return nil
 	})
 	recorded := false
-	b.Record = func(_ context.Context, vmstate, memory, logPath string, _ store.ReadyCheck) (int, error) {
-		recorded = true
+	b.Record = func(_ context.Context, vmstate, memory, rootfs, rootDrive, logPath string, _ store.ReadyCheck) (int, error) {
+		recorded = rootDrive == RootDriveID && filepath.Base(rootfs) == RootfsName
 		return 7, os.WriteFile(logPath, []byte("log"), 0o600)
 	}
 	s := ext4Spec(t)
@@ -212,10 +212,10 @@ func TestBuildPublishes(t *testing.T) {
 		t.Errorf("got log %q, want the boot's output and the publish line", log.String())
 	}
 	if !recorded {
-		t.Error("no recording run")
+		t.Error("no recording run, or one without the build's root drive")
 	}
 	stored, err := st.Template("web")
-	if err != nil || stored.Current != tpl.Current || len(stored.Builds) != 1 || stored.Builds[0].AccessLogPages != 7 {
+	if err != nil || stored.Current != tpl.Current || len(stored.Builds) != 1 || stored.Builds[0].AccessLogPages != 7 || stored.Builds[0].RootDrive != RootDriveID {
 		t.Fatalf("got stored template %+v, %v, want one recorded build", stored, err)
 	}
 	dir := lay.BuildDir("web", tpl.Current)
