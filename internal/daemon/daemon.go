@@ -108,8 +108,10 @@ func Run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		b := &template.Builder{Store: st, Layout: lay, Kernel: cfg.KernelPath(), Agent: cfg.AgentPath(),
 			Boot: mgr.BootSnapshot, Record: mgr.RecordFunc()}
 		bctx, stopBuilds := context.WithCancel(context.WithoutCancel(ctx))
-		defer stopBuilds()
 		builds = template.NewRuns(bctx, b, log)
+		// A build cut off by the stop still stops its VM before thawd
+		// exits: nothing else would (build VMs are never stored).
+		defer func() { stopBuilds(); builds.Wait() }()
 	}
 	srv, err := api.New(api.Options{Store: st, Layout: lay, Settings: settings, Logger: log, Version: Version,
 		Metrics: met.Handler(), Sandboxes: mgr, Builds: builds})

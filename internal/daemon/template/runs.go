@@ -44,6 +44,7 @@ type Runs struct {
 	log *slog.Logger
 	ctx context.Context
 
+	wg   sync.WaitGroup
 	mu   sync.Mutex
 	runs map[string]*run // guarded by mu
 }
@@ -89,7 +90,9 @@ func (rs *Runs) Start(spec BuildSpec) (RunInfo, error) {
 	rs.runs[r.info.ID] = r
 	rs.mu.Unlock()
 	rs.log.Info("template build started", "template", spec.Name, "vm", r.info.ID)
+	rs.wg.Add(1)
 	go func() {
+		defer rs.wg.Done()
 		t, err := rs.b.Build(rs.ctx, r.info.ID, spec, r)
 		r.finish(t, err)
 		i := r.snapshot()
@@ -97,6 +100,11 @@ func (rs *Runs) Start(spec BuildSpec) (RunInfo, error) {
 	}()
 	return r.snapshot(), nil
 }
+
+// Wait waits until every build has ended. Cancel the context given to
+// NewRuns first to end them early: each stops its VM on the way out, which
+// must happen before thawd exits (the reconciler ignores build VMs).
+func (rs *Runs) Wait() { rs.wg.Wait() }
 
 // Get returns the run id of template name.
 func (rs *Runs) Get(name, id string) (RunInfo, error) {

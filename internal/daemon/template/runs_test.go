@@ -81,3 +81,30 @@ func TestRunLogCap(t *testing.T) {
 		t.Errorf("got a %d-byte log ending %q, want at most the cap and a cut note", len(r.buf), r.buf[len(r.buf)-30:])
 	}
 }
+
+func TestRunsWaitAfterCancel(t *testing.T) {
+	started, stopped := make(chan struct{}), make(chan struct{})
+	b, _, _ := newBuilder(t, func(ctx context.Context, _ BootRequest, _ io.Writer) error {
+		close(started)
+		<-ctx.Done()
+		close(stopped) // the VM is stopped on the way out
+		return ctx.Err()
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	rs := NewRuns(ctx, b, nil)
+	info, err := rs.Start(ext4Spec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	cancel()
+	rs.Wait()
+	select {
+	case <-stopped:
+	default:
+		t.Fatal("Wait returned before the build VM was stopped")
+	}
+	if got, _ := rs.Get(info.Name, info.ID); got.State != RunFailed || !strings.Contains(got.Reason, "context canceled") {
+		t.Errorf("got %+v, want failed: context canceled", got)
+	}
+}
