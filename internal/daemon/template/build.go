@@ -216,7 +216,15 @@ func (b *Builder) Build(ctx context.Context, id string, spec BuildSpec, log io.W
 		say("building the root filesystem from %s (%d MiB)", src, spec.DiskMiB)
 		res, err := image.Build(ctx, image.Config{DiskSize: int64(spec.DiskMiB) << 20, AgentPath: b.Agent, TempDir: dir}, src, rootfs)
 		if err != nil {
-			return store.Template{}, errdefs.InvalidArgument("building the root filesystem from %s: %v", src, err)
+			err = fmt.Errorf("building the root filesystem from %s: %w", src, err)
+			switch {
+			case errors.Is(err, image.ErrBadAgent):
+				err = errdefs.Mark(err, errdefs.ErrUnavailable) // thawd's agent setting, not the request
+			case errors.Is(err, image.ErrTooLarge), errors.Is(err, image.ErrBadLayer),
+				errors.Is(err, image.ErrUnsafePath), errors.Is(err, image.ErrUnsupportedArch):
+				err = errdefs.Mark(err, errdefs.ErrInvalidArgument)
+			}
+			return store.Template{}, err
 		}
 		say("root filesystem: %d entries, %d bytes of content", res.Entries, res.ContentBytes)
 	}

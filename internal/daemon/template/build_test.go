@@ -144,7 +144,7 @@ func TestBuildRefusedBeforeBooting(t *testing.T) {
 	}
 }
 
-func TestBuildImageFailureLeavesNothing(t *testing.T) {
+func TestBuildBadAgentLeavesNothing(t *testing.T) {
 	b, st, lay := newBuilder(t, func(context.Context, BootRequest, io.Writer) error {
 		t.Error("booted a VM although the image build failed")
 		return nil
@@ -152,8 +152,10 @@ func TestBuildImageFailureLeavesNothing(t *testing.T) {
 	s := goodSpec(t)
 	s.Source = ImageSource{Kind: SourceTar, Path: writeFile(t, filepath.Join(t.TempDir(), "bad.tar"), 700)}
 	_, err := b.Build(t.Context(), "build-x", s, io.Discard)
-	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "building the root filesystem") {
-		t.Errorf("got %v, want an invalid argument about the root filesystem", err)
+	// The fixture's agent is not an executable: the host's fault, not
+	// the request's.
+	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "building the root filesystem") || !strings.Contains(err.Error(), "agent") {
+		t.Errorf("got %v, want unavailable naming the agent binary", err)
 	}
 	if ts, _ := st.Templates(); len(ts) != 0 {
 		t.Errorf("got templates %v, want none", ts)
