@@ -5,9 +5,9 @@
 // error.
 //
 // Verbs: version, ls, inspect, create, exec, cp, pause, resume, rm,
-// template ls|inspect|register|rm, settings, daemon. exec streams and exits
-// with the command's exit code. template build (from an image) waits for
-// thawd's build route.
+// template ls|inspect|build|register|rm, settings, daemon. exec streams and
+// exits with the command's exit code; template build shows the build log as
+// its progress.
 package cli
 
 import (
@@ -59,6 +59,9 @@ commands:
   rm ID...                delete sandboxes
   template ls             list templates
   template inspect NAME   show a template and its builds
+  template build NAME --image PATH [--kind dir|tar|oci|docker|ext4] [--ref REF] [--run CMD]... [--env K=V]...
+                 [--workdir DIR] [--start CMD] [--ready-serial TEXT] [--vcpus N] [--memory-mib N] [--disk-mib N]
+                          build a template from an image: steps, start command, snapshot; the log is the progress
   template register NAME --vmstate F --memory F --rootfs F --vcpus N --memory-mib N [--kernel F] [--ready-serial TEXT]
                           register an existing snapshot as the template's current build
   template rm [--force] NAME
@@ -209,7 +212,7 @@ func (g globals) client() (*thawapi.Client, error) {
 
 func (g globals) template(ctx context.Context, c *thawapi.Client, p printer, args []string) error {
 	if len(args) == 0 {
-		return usagef("template needs a subcommand: ls, inspect, register or rm")
+		return usagef("template needs a subcommand: ls, inspect, build, register or rm")
 	}
 	switch args[0] {
 	case "ls":
@@ -233,7 +236,7 @@ func (g globals) template(ctx context.Context, c *thawapi.Client, p printer, arg
 	case "register":
 		return register(ctx, c, p, args[1:])
 	case "build":
-		return fmt.Errorf("template build is not available yet: thawd has no image build route; register an existing snapshot with thaw template register")
+		return build(ctx, c, p, args[1:])
 	case "rm":
 		fs := newFlags("template rm")
 		force := fs.Bool("force", false, "delete the template's sandboxes first")

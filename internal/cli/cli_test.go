@@ -15,6 +15,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/live"
 	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/daemon/template"
 	"github.com/thawvm/thaw/internal/thawapi"
 )
 
@@ -23,6 +24,13 @@ var t0 = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 // serve runs the real API server over a real store with template "py" and
 // sandboxes "sb1" (running) and "sb2" (failed), and returns its socket.
 func serve(t *testing.T) string {
+	t.Helper()
+	return serveBuilds(t, nil)
+}
+
+// serveBuilds is serve with template builds whose VM is boot (none if
+// nil).
+func serveBuilds(t *testing.T, boot template.Booter) string {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(filepath.Join(dir, "thawd.db"), store.Options{})
@@ -60,7 +68,18 @@ func serve(t *testing.T) string {
 	if err := lay.Init(); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := api.New(api.Options{Store: st, Layout: lay, Settings: settings, Version: "9.9"})
+	opts := api.Options{Store: st, Layout: lay, Settings: settings, Version: "9.9"}
+	if boot != nil {
+		bin := t.TempDir()
+		for _, n := range []string{"vmlinux", "thaw-agent"} {
+			if err := os.WriteFile(filepath.Join(bin, n), []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b := &template.Builder{Store: st, Layout: lay, Kernel: filepath.Join(bin, "vmlinux"), Agent: filepath.Join(bin, "thaw-agent"), Boot: boot}
+		opts.Builds = template.NewRuns(t.Context(), b, nil)
+	}
+	srv, err := api.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/metrics"
 	"github.com/thawvm/thaw/internal/daemon/sandbox"
 	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/daemon/template"
 )
 
 // Version is thawd's version, set at link time
@@ -102,8 +103,18 @@ func Run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		}
 		log.Info("reconciled at start", "actions", len(plan.Actions), "deferred", len(plan.Deferred))
 	}
+	var builds *template.Runs
+	if mgr != nil {
+		b := &template.Builder{Store: st, Layout: lay, Kernel: cfg.KernelPath(), Agent: cfg.AgentPath(),
+			Boot: mgr.BootSnapshot, Record: mgr.RecordFunc()}
+		bctx, stopBuilds := context.WithCancel(context.WithoutCancel(ctx))
+		builds = template.NewRuns(bctx, b, log)
+		// A build cut off by the stop still stops its VM before thawd
+		// exits: nothing else would (build VMs are never stored).
+		defer func() { stopBuilds(); builds.Wait() }()
+	}
 	srv, err := api.New(api.Options{Store: st, Layout: lay, Settings: settings, Logger: log, Version: Version,
-		Metrics: met.Handler(), Sandboxes: mgr})
+		Metrics: met.Handler(), Sandboxes: mgr, Builds: builds})
 	if err != nil {
 		return err
 	}

@@ -175,3 +175,16 @@ func (c *Client) ResumeSandbox(ctx context.Context, id string) (Sandbox, error) 
 	var sb Sandbox
 	return sb, c.do(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/resume", nil, &sb)
 }
+
+// BuildTemplate starts a template build; it runs in thawd's background.
+// Follow it with BuildLog and BuildRun.
+func (c *Client) BuildTemplate(ctx context.Context, r BuildTemplate) (BuildRun, error) {
+	var b BuildRun
+	return b, c.do(ctx, "POST", "/v1/templates", r, &b)
+}
+
+// BuildRun returns the status of build run id of template name.
+func (c *Client) BuildRun(ctx context.Context, name, id string) (BuildRun, error) {
+	var b BuildRun
+	return b, c.do(ctx, "GET", "/v1/templates/"+url.PathEscape(name)+"/builds/"+url.PathEscape(id), nil, &b)
+}

@@ -126,3 +126,21 @@ func (c *Client) Download(ctx context.Context, id, path string) (io.ReadCloser, 
 	}
 	return resp.Body, nil
 }
+
+// BuildLog copies the log of build run id of template name to w; with
+// follow it returns once the build has ended (or ctx ends).
+func (c *Client) BuildLog(ctx context.Context, name, id string, follow bool, w io.Writer) error {
+	path := "/v1/templates/" + url.PathEscape(name) + "/builds/" + url.PathEscape(id) + "/log"
+	if follow {
+		path += "?follow=true"
+	}
+	resp, err := c.send(ctx, "GET", path, "", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("reading the build log: %w", err)
+	}
+	return nil
+}

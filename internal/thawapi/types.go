@@ -174,3 +174,50 @@ type FileInfo struct {
 	Size int64  `json:"size"`
 	Mode uint32 `json:"mode"`
 }
+
+// ImageSource is a template build's root filesystem: Kind is "dir",
+// "tar", "oci" (an OCI image layout directory), "docker" (a `docker save`
+// archive) or "ext4" (a prebuilt image with the agent as init); Path is an
+// absolute host path readable by thawd; Ref picks an image in an OCI layout
+// or a docker archive holding several.
+type ImageSource struct {
+	Kind string `json:"kind"`
+	Path string `json:"path"`
+	Ref  string `json:"ref,omitempty"`
+}
+
+// BuildStep is one shell command run in the build VM; a non-zero exit
+// fails the build.
+type BuildStep struct {
+	Run     string   `json:"run"`
+	Env     []string `json:"env,omitempty"`
+	Workdir string   `json:"workdir,omitempty"`
+}
+
+// BuildTemplate is POST /v1/templates' body.
+type BuildTemplate struct {
+	Name  string      `json:"name"`
+	Image ImageSource `json:"image"`
+	Steps []BuildStep `json:"steps,omitempty"`
+	// Start is run detached after the steps (/bin/sh -c) and is running
+	// in every sandbox.
+	Start     string      `json:"start,omitempty"`
+	Ready     *ReadyCheck `json:"ready,omitempty"`
+	VCPUs     int         `json:"vcpus"`
+	MemoryMiB int         `json:"memory_mib"`
+	// DiskMiB is the root filesystem's size (ignored for "ext4").
+	DiskMiB int `json:"disk_mib,omitempty"`
+}
+
+// BuildRun is a template build in progress or ended: State is "building",
+// "ready" (Build is the published build) or "failed" (Reason says why).
+// Runs live in thawd's memory until it restarts.
+type BuildRun struct {
+	ID         string     `json:"id"`
+	Template   string     `json:"template"`
+	State      string     `json:"state"`
+	Reason     string     `json:"reason,omitempty"`
+	Build      string     `json:"build,omitempty"`
+	StartedAt  time.Time  `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/live"
 	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/daemon/template"
 	"github.com/thawvm/thaw/internal/errdefs"
 	"github.com/thawvm/thaw/internal/thawapi"
 )
@@ -30,6 +31,8 @@ type fixture struct {
 	settings *live.Settings
 	client   *http.Client
 	sock     string
+	// boot ends the fixture's fake build VM boot with its error.
+	boot chan error
 }
 
 // newFixture serves a Server over a real unix socket, backed by a real store
@@ -82,7 +85,27 @@ func newFixture(t *testing.T) *fixture {
 	if err := lay.Init(); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Options{Store: st, Layout: lay, Settings: settings, Version: "test"})
+	boot := make(chan error)
+	bin := t.TempDir()
+	for _, n := range []string{"vmlinux", "thaw-agent"} {
+		if err := os.WriteFile(filepath.Join(bin, n), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Build VMs "boot" until the test sends their outcome on boot.
+	b := &template.Builder{Store: st, Layout: lay, Kernel: filepath.Join(bin, "vmlinux"), Agent: filepath.Join(bin, "thaw-agent"),
+		Boot: func(ctx context.Context, _ template.BootRequest, log io.Writer) error {
+			io.WriteString(log, "booted\n")
+			select {
+			case err := <-boot:
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}}
+	bctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	srv, err := New(Options{Store: st, Layout: lay, Settings: settings, Version: "test", Builds: template.NewRuns(bctx, b, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +118,7 @@ func newFixture(t *testing.T) *fixture {
 	hs := NewHTTPServer(loadSpec(t).Handler(srv, func(err error) { t.Errorf("OpenAPI: %v", err) }))
 	go hs.Serve(l)
 	t.Cleanup(func() { hs.Close() })
-	return &fixture{srv: srv, layout: lay, settings: settings, sock: sock, client: unixClient(sock)}
+	return &fixture{srv: srv, layout: lay, settings: settings, sock: sock, client: unixClient(sock), boot: boot}
 }
 
 func unixClient(sock string) *http.Client {

@@ -10,7 +10,9 @@
 // snapshot), deleting a template no sandbox uses, the sandbox lifecycle
 // (create, inspect, delete, pause, resume, through internal/daemon/sandbox;
 // exec and file transfer proxied to the guest agent, streamed) and
-// metrics. Template builds from images are not served yet.
+// metrics, and template builds from images (POST /v1/templates, run in the
+// background by internal/daemon/template's Runs; their status and log,
+// followable, at /v1/templates/{name}/builds/{id}[/log]).
 package api
 
 import (
@@ -22,6 +24,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/live"
 	"github.com/thawvm/thaw/internal/daemon/sandbox"
 	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/daemon/template"
 	"github.com/thawvm/thaw/internal/errdefs"
 )
 
@@ -41,6 +44,9 @@ type Options struct {
 	// Sandboxes runs the sandbox lifecycle; nil answers its routes with
 	// "unavailable".
 	Sandboxes *sandbox.Manager
+	// Builds runs template builds from images; nil answers POST
+	// /v1/templates with "unavailable".
+	Builds *template.Runs
 }
 
 // Server routes API requests. Create it with New; it is safe for concurrent
@@ -53,6 +59,7 @@ type Server struct {
 	version  string
 	metrics  http.Handler
 	sandbox  *sandbox.Manager
+	builds   *template.Runs
 	mux      *http.ServeMux
 }
 
@@ -70,6 +77,9 @@ var routes = []route{
 	{"GET", "/v1/settings", (*Server).getSettings},
 	{"PATCH", "/v1/settings", (*Server).patchSettings},
 	{"GET", "/v1/templates", (*Server).listTemplates},
+	{"POST", "/v1/templates", (*Server).buildTemplate},
+	{"GET", "/v1/templates/{name}/builds/{id}", (*Server).getBuildRun},
+	{"GET", "/v1/templates/{name}/builds/{id}/log", (*Server).getBuildLog},
 	{"GET", "/v1/templates/{name}", (*Server).getTemplate},
 	{"PUT", "/v1/templates/{name}", (*Server).registerTemplate},
 	{"DELETE", "/v1/templates/{name}", (*Server).deleteTemplate},
@@ -94,7 +104,7 @@ func New(opts Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{store: opts.Store, layout: opts.Layout, settings: opts.Settings, log: log, version: opts.Version, metrics: opts.Metrics, sandbox: opts.Sandboxes, mux: http.NewServeMux()}
+	s := &Server{store: opts.Store, layout: opts.Layout, settings: opts.Settings, log: log, version: opts.Version, metrics: opts.Metrics, sandbox: opts.Sandboxes, builds: opts.Builds, mux: http.NewServeMux()}
 	for _, rt := range routes {
 		s.mux.HandleFunc(rt.method+" "+rt.path, func(w http.ResponseWriter, r *http.Request) {
 			if err := rt.handler(s, w, r); err != nil {

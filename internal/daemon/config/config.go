@@ -38,6 +38,9 @@ type Config struct {
 	// Kernel is the guest kernel for template builds; empty means
 	// <DataDir>/kernel/vmlinux.
 	Kernel string
+	// Agent is the static thaw-agent binary injected into template
+	// images; empty means <DataDir>/agent/thaw-agent.
+	Agent string
 	// UFFD restores guest memory lazily through a page server; off loads
 	// the memory file with the File backend. It can also be switched at
 	// run time through the API.
@@ -92,6 +95,14 @@ func (c *Config) KernelPath() string {
 	return filepath.Join(c.DataDir, "kernel", "vmlinux")
 }
 
+// AgentPath returns the agent binary's path, resolving the default.
+func (c *Config) AgentPath() string {
+	if c.Agent != "" {
+		return c.Agent
+	}
+	return filepath.Join(c.DataDir, "agent", "thaw-agent")
+}
+
 // Limits on values, shared by Validate and the docs.
 const (
 	maxRestoresLimit = 4096
@@ -138,6 +149,7 @@ func (c *Config) Validate() error {
 		bad("shim", "must be set")
 	}
 	absPath("kernel", c.Kernel, true)
+	absPath("agent", c.Agent, true)
 	if c.UFFDRecordMax <= 0 || c.UFFDRecordMax > maxRecordLimit {
 		bad("uffd_record_max", "%v is out of range: must be above 0 and at most %v", c.UFFDRecordMax, maxRecordLimit)
 	}

@@ -43,6 +43,7 @@ var settings = []Setting{
 	{"vmm", "VMM binary: thaw-vmm or firecracker (name in PATH or absolute path)", func(c *Config) any { return &c.VMM }},
 	{"shim", "thaw-shim binary (name in PATH or absolute path)", func(c *Config) any { return &c.Shim }},
 	{"kernel", "guest kernel for template builds (default <data_dir>/kernel/vmlinux)", func(c *Config) any { return &c.Kernel }},
+	{"agent", "static thaw-agent binary injected into template images (default <data_dir>/agent/thaw-agent)", func(c *Config) any { return &c.Agent }},
 	{"uffd", "restore memory lazily through a userfaultfd page server (off: File backend)", func(c *Config) any { return &c.UFFD }},
 	{"uffd_prefetch", "prefetch pages in recorded order after restore (off also disables recording)", func(c *Config) any { return &c.UFFDPrefetch }},
 	{"uffd_record_max", "maximum length of a template build's recording run", func(c *Config) any { return &c.UFFDRecordMax }},

@@ -2,8 +2,9 @@
 // publishes a build from an existing snapshot (VM state, memory file, disk,
 // optionally the kernel it was booted from): the way to bring a template
 // made elsewhere, and the way tests on hosts where a Linux guest cannot
-// boot directly make probe-guest templates. Building a template from an
-// image (POST /templates with steps) is not here yet.
+// boot directly make probe-guest templates. Builder builds a template from
+// an image: root filesystem (internal/image), a build VM booted by a Booter
+// (steps, start command, ready check, Full snapshot), then Register.
 package template
 
 import (

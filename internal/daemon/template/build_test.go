@@ -1,0 +1,232 @@
+package template
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/thawvm/thaw/internal/daemon/layout"
+	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/errdefs"
+)
+
+func writeFile(t *testing.T, p string, size int) string {
+	t.Helper()
+	if err := os.WriteFile(p, bytes.Repeat([]byte("x"), size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func goodSpec(t *testing.T) BuildSpec {
+	src := t.TempDir()
+	return BuildSpec{Name: "web", Source: ImageSource{Kind: SourceDir, Path: src},
+		Steps: []Step{{Shell: "echo hi", Workdir: "/"}}, Start: "sleep 1000", VCPUs: 1, MemoryMiB: 128, DiskMiB: 64}
+}
+
+func TestBuildSpecValidate(t *testing.T) {
+	file := writeFile(t, filepath.Join(t.TempDir(), "img.tar"), 10)
+	if err := goodSpec(t).Validate(); err != nil {
+		t.Fatalf("a good spec: %v", err)
+	}
+	tests := []struct {
+		name   string
+		change func(*BuildSpec)
+		want   string
+	}{
+		{"bad name", func(s *BuildSpec) { s.Name = "a/b" }, "template name"},
+		{"reserved name", func(s *BuildSpec) { s.Name = "build-1" }, "reserved"},
+		{"unknown source kind", func(s *BuildSpec) { s.Source.Kind = "iso" }, `source.kind "iso"`},
+		{"relative source", func(s *BuildSpec) { s.Source.Path = "img" }, "want an absolute path on the host"},
+		{"missing image", func(s *BuildSpec) { s.Source.Path = "/nonexistent/img" }, "no such file"},
+		{"dir source is a file", func(s *BuildSpec) { s.Source.Path = file }, "a dir source is a directory"},
+		{"tar source is a dir", func(s *BuildSpec) { s.Source.Kind = SourceTar }, "a tar source is a file"},
+		{"ref on a dir", func(s *BuildSpec) { s.Source.Ref = "latest" }, "only oci and docker"},
+		{"empty step", func(s *BuildSpec) { s.Steps = []Step{{}} }, "steps[0].run is empty"},
+		{"relative workdir", func(s *BuildSpec) { s.Steps[0].Workdir = "src" }, "steps[0].workdir"},
+		{"no vcpus", func(s *BuildSpec) { s.VCPUs = 0 }, "vcpus 0"},
+		{"tiny memory", func(s *BuildSpec) { s.MemoryMiB = 8 }, "memory_mib 8"},
+		{"tiny disk", func(s *BuildSpec) { s.DiskMiB = 1 }, "disk_mib 1"},
+		{"bad ready", func(s *BuildSpec) { s.Ready.Kind = "ping" }, `kind "ping"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := goodSpec(t)
+			tc.change(&s)
+			err := s.Validate()
+			if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want an invalid argument saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func newBuilder(t *testing.T, boot Booter) (*Builder, *store.Store, layout.Layout) {
+	t.Helper()
+	lay, err := layout.New(filepath.Join(t.TempDir(), "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lay.Init(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(lay.Store(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	bin := t.TempDir()
+	return &Builder{Store: st, Layout: lay, Kernel: writeFile(t, filepath.Join(bin, "vmlinux"), 100),
+		Agent: writeFile(t, filepath.Join(bin, "thaw-agent"), 100), Boot: boot}, st, lay
+}
+
+// leftovers lists what a build left in the data directory's template and
+// scratch areas.
+func leftovers(t *testing.T, lay layout.Layout) []string {
+	t.Helper()
+	var got []string
+	for _, d := range []string{"templates", "tmp"} {
+		filepath.WalkDir(filepath.Join(lay.Root(), d), func(p string, de os.DirEntry, err error) error {
+			if err == nil && p != filepath.Join(lay.Root(), d) {
+				got = append(got, p)
+			}
+			return nil
+		})
+	}
+	return got
+}
+
+func ext4Spec(t *testing.T) BuildSpec {
+	img := writeFile(t, filepath.Join(t.TempDir(), "root.ext4"), 1<<20)
+	return BuildSpec{Name: "web", Source: ImageSource{Kind: SourceExt4, Path: img}, VCPUs: 1, MemoryMiB: 64}
+}
+
+func TestBuildRefusedBeforeBooting(t *testing.T) {
+	booted := false
+	boot := func(context.Context, BootRequest, io.Writer) error { booted = true; return nil }
+	tests := []struct {
+		name   string
+		change func(*Builder, *BuildSpec)
+		is     func(error) bool
+		want   string
+	}{
+		{"unknown kernel", func(b *Builder, _ *BuildSpec) { b.Kernel = "/nonexistent/vmlinux" }, errdefs.IsUnavailable, "guest kernel"},
+		{"no kernel", func(b *Builder, _ *BuildSpec) { b.Kernel = "" }, errdefs.IsUnavailable, "no guest kernel configured"},
+		{"no agent", func(b *Builder, _ *BuildSpec) { b.Agent = "" }, errdefs.IsUnavailable, "no agent binary"},
+		{"no VMM", func(b *Builder, _ *BuildSpec) { b.Boot = nil }, errdefs.IsUnavailable, "need a VMM"},
+		{"missing image", func(_ *Builder, s *BuildSpec) { s.Source.Path = "/nonexistent/root.ext4" }, errdefs.IsInvalidArgument, "source.path"},
+		{"bad spec", func(_ *Builder, s *BuildSpec) { s.VCPUs = 99 }, errdefs.IsInvalidArgument, "vcpus 99"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b, st, lay := newBuilder(t, boot)
+			s := ext4Spec(t)
+			tc.change(b, &s)
+			_, err := b.Build(t.Context(), "build-x", s, io.Discard)
+			if !tc.is(err) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want an error saying %q", err, tc.want)
+			}
+			if booted {
+				t.Error("the build VM was booted")
+			}
+			if ts, _ := st.Templates(); len(ts) != 0 {
+				t.Errorf("got templates %v, want none", ts)
+			}
+			if l := leftovers(t, lay); len(l) != 0 {
+				t.Errorf("left behind %v", l)
+			}
+		})
+	}
+}
+
+func TestBuildBadAgentLeavesNothing(t *testing.T) {
+	b, st, lay := newBuilder(t, func(context.Context, BootRequest, io.Writer) error {
+		t.Error("booted a VM although the image build failed")
+		return nil
+	})
+	s := goodSpec(t)
+	s.Source = ImageSource{Kind: SourceTar, Path: writeFile(t, filepath.Join(t.TempDir(), "bad.tar"), 700)}
+	_, err := b.Build(t.Context(), "build-x", s, io.Discard)
+	// The fixture's agent is not an executable: the host's fault, not
+	// the request's.
+	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "building the root filesystem") || !strings.Contains(err.Error(), "agent") {
+		t.Errorf("got %v, want unavailable naming the agent binary", err)
+	}
+	if ts, _ := st.Templates(); len(ts) != 0 {
+		t.Errorf("got templates %v, want none", ts)
+	}
+	if l := leftovers(t, lay); len(l) != 0 {
+		t.Errorf("left behind %v", l)
+	}
+}
+
+func TestBuildBootFailureLeavesNothing(t *testing.T) {
+	b, st, lay := newBuilder(t, func(_ context.Context, r BootRequest, _ io.Writer) error {
+		writeFile(t, r.VMState, 10) // a half-written snapshot
+		return errors.New("agent never became healthy")
+	})
+	_, err := b.Build(t.Context(), "build-x", ext4Spec(t), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "build VM build-x: agent never became healthy") {
+		t.Errorf("got %v, want the boot's error", err)
+	}
+	if ts, _ := st.Templates(); len(ts) != 0 {
+		t.Errorf("got templates %v, want none", ts)
+	}
+	if l := leftovers(t, lay); len(l) != 0 {
+		t.Errorf("left behind %v", l)
+	}
+}
+
+// TestBuildPublishes drives the pipeline with a booter that writes a
+// snapshot as a VM would: the request it gets and the published build are
+// what the spec says.
+func TestBuildPublishes(t *testing.T) {
+	var got BootRequest
+	b, st, lay := newBuilder(t, func(_ context.Context, r BootRequest, log io.Writer) error {
+		got = r
+		io.WriteString(log, "step output\n")
+		writeFile(t, r.VMState, 10)
+		writeFile(t, r.Memory, 64<<20)
+		return nil
+	})
+	recorded := false
+	b.Record = func(_ context.Context, vmstate, memory, rootfs, rootDrive, logPath string, _ store.ReadyCheck) (int, error) {
+		recorded = rootDrive == RootDriveID && filepath.Base(rootfs) == RootfsName
+		return 7, os.WriteFile(logPath, []byte("log"), 0o600)
+	}
+	s := ext4Spec(t)
+	s.Steps = []Step{{Shell: "apt-get install -y nginx", Env: []string{"A=1"}}}
+	s.Start = "nginx"
+	var log bytes.Buffer
+	tpl, err := b.Build(t.Context(), "build-x", s, &log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Kernel != b.Kernel || got.VCPUs != 1 || got.MemoryMiB != 64 || got.Start != "nginx" || len(got.Steps) != 1 || got.Steps[0].Env[0] != "A=1" {
+		t.Errorf("got boot request %+v, want the spec's machine, steps and start", got)
+	}
+	if !strings.Contains(log.String(), "step output") || !strings.Contains(log.String(), "published") {
+		t.Errorf("got log %q, want the boot's output and the publish line", log.String())
+	}
+	if !recorded {
+		t.Error("no recording run, or one without the build's root drive")
+	}
+	stored, err := st.Template("web")
+	if err != nil || stored.Current != tpl.Current || len(stored.Builds) != 1 || stored.Builds[0].AccessLogPages != 7 || stored.Builds[0].RootDrive != RootDriveID {
+		t.Fatalf("got stored template %+v, %v, want one recorded build", stored, err)
+	}
+	dir := lay.BuildDir("web", tpl.Current)
+	for _, n := range []string{VMStateName, MemoryName, RootfsName, KernelName, AccessLogName} {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			t.Errorf("published build lacks %s: %v", n, err)
+		}
+	}
+	if _, err := os.Stat(got.Dir); !os.IsNotExist(err) {
+		t.Errorf("build VM directory %s still there (%v)", got.Dir, err)
+	}
+}
