@@ -152,6 +152,18 @@ func (e *HangError) Error() string {
 		e.Step, e.Timeout, e.Serial, strings.Join(e.Tail, "\n"))
 }
 
+// CrashError says L1 ended (QEMU exited, or L1's kernel powered off or
+// panicked) before the payload finished. Like a hang, it is the emulation
+// under the payload failing, not the payload, so Run retries it once.
+type CrashError struct {
+	Step string
+	Err  error // QEMU's exit status; nil when L1 powered off cleanly
+}
+
+func (e *CrashError) Error() string {
+	return fmt.Sprintf("L1 ended during step %q before the payload finished (QEMU: %v)", e.Step, e.Err)
+}
+
 // Harness boots L1s. It holds no processes between runs.
 type Harness struct {
 	cfg Config
@@ -193,7 +205,7 @@ func MissingTools() []string {
 	return missing
 }
 
-// Run boots L1 with p, retrying once if a step hangs, and returns what came
+// Run boots L1 with p, retrying once if a step hangs or L1 ends early, and returns what came
 // back. workDir receives the disks, serial logs and result files; the
 // caller owns it. A payload that exits non-zero is a Result, not an error.
 func (h *Harness) Run(ctx context.Context, p Payload, workDir string) (*Result, error) {
@@ -223,10 +235,19 @@ func (h *Harness) Run(ctx context.Context, p Payload, workDir string) (*Result, 
 	for attempt := 1; ; attempt++ {
 		dir := filepath.Join(workDir, fmt.Sprintf("attempt-%d", attempt))
 		r, err := h.boot(ctx, bootSpec{kernel: k.vmlinuz, initrd: initrd, payload: payloadImg, dir: dir, timeouts: timeouts})
-		var hang *HangError
-		if errors.As(err, &hang) && attempt < h.cfg.Attempts && ctx.Err() == nil {
-			h.log.Warn("L1 hung; retrying", "step", hang.Step, "attempt", attempt, "serial", hang.Serial)
-			continue
+		var (
+			hang  *HangError
+			crash *CrashError
+		)
+		if attempt < h.cfg.Attempts && ctx.Err() == nil {
+			switch {
+			case errors.As(err, &hang):
+				h.log.Warn("L1 hung; retrying", "step", hang.Step, "attempt", attempt, "serial", hang.Serial)
+				continue
+			case errors.As(err, &crash):
+				h.log.Warn("L1 ended early; retrying", "step", crash.Step, "qemu", crash.Err, "attempt", attempt)
+				continue
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("attempt %d: %w", attempt, err)

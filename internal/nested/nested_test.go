@@ -298,6 +298,19 @@ func TestHangIsRetriedThenReported(t *testing.T) {
 	}
 }
 
+func TestCrashIsRetriedThenReported(t *testing.T) {
+	h := requireHarness(t)
+	p := Payload{Dir: writePayload(t, "echo started; poweroff -f\n")}
+	_, err := h.Run(t.Context(), p, t.TempDir())
+	var crash *CrashError
+	if !errors.As(err, &crash) {
+		t.Fatalf("Run with a payload that powers L1 off: got %v, want a CrashError", err)
+	}
+	if crash.Step != StepPayload || !strings.HasPrefix(err.Error(), "attempt 2:") || !strings.Contains(err.Error(), "started") {
+		t.Errorf("got %q (step %q), want step %q on attempt 2 with the payload's output in the serial tail", err, crash.Step, StepPayload)
+	}
+}
+
 func TestFindPVHNote(t *testing.T) {
 	le := binary.LittleEndian
 	note := func(name string, typ uint32, desc []byte) []byte {
@@ -407,6 +420,12 @@ func TestProgress(t *testing.T) {
 		err := p.exitErr(nil)
 		if tt.exitErr == "" && err != nil || tt.exitErr != "" && (err == nil || !strings.Contains(err.Error(), tt.exitErr)) {
 			t.Errorf("%s: exitErr = %v, want %q", tt.name, err, tt.exitErr)
+		}
+		// Only L1 ending under a payload that did not finish is retried;
+		// an init that reported its own failure is not.
+		var crash *CrashError
+		if wantCrash := strings.HasPrefix(tt.exitErr, "during step"); errors.As(err, &crash) != wantCrash {
+			t.Errorf("%s: exitErr = %v: CrashError %v, want %v", tt.name, err, crash != nil, wantCrash)
 		}
 	}
 	p := newProgress(to, false, start)

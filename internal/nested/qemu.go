@@ -222,7 +222,7 @@ func (p *progress) exitErr(werr error) error {
 	case p.initErr != "":
 		return fmt.Errorf("L1 init failed in step %q: %s", p.step, p.initErr)
 	case !p.done:
-		return fmt.Errorf("QEMU exited (%v) during step %q", werr, p.step)
+		return &CrashError{Step: p.step, Err: werr}
 	case werr != nil:
 		return fmt.Errorf("QEMU exited with %w after the payload finished", werr)
 	}
