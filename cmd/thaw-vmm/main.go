@@ -8,6 +8,7 @@
 //
 // It exits 0 when the guest shuts down or resets (as Firecracker does) or
 // on SIGINT/SIGTERM, and 1 when the VM fails or the configuration is bad.
+// THAW_VMM_XSAVE=false hides XSAVE and AVX from the guest (see XSAVEEnv).
 package main
 
 import (
