@@ -103,7 +103,7 @@ func Normalize(supported []kabi.CPUIDEntry2, o Options) ([]kabi.CPUIDEntry2, err
 	if err != nil {
 		return nil, err
 	}
-	out = xsave
+	out = topologyLeaves(xsave)
 	for i := range out {
 		e := &out[i]
 		switch e.Function {
@@ -183,6 +183,31 @@ const (
 	avx7EDX  = 1<<2 | 1<<3 | 1<<8 | 1<<22 | 1<<23 | 1<<24 | 1<<25                   // 4VNNIW, 4FMAPS, VP2INTERSECT, AMX-BF16, FP16, AMX-TILE, AMX-INT8
 	avx71EAX = 1<<4 | 1<<5                                                          // AVX-VNNI, AVX512-BF16
 )
+
+// topologyLeaves replaces the subleaves of leaves 0xB and 0x1F, where
+// offered, with subleaves 0 (SMT), 1 (core) and 2 (the invalid level that
+// ends the list): KVM may offer subleaf 0 alone, and a guest reading the
+// missing core level would see zeros and count every vCPU as a package.
+// topology fills them in.
+func topologyLeaves(es []kabi.CPUIDEntry2) []kabi.CPUIDEntry2 {
+	var leaves []uint32
+	out := es[:0]
+	for _, e := range es {
+		if e.Function == leafTopology || e.Function == leafTopology2 {
+			if !slices.Contains(leaves, e.Function) {
+				leaves = append(leaves, e.Function)
+			}
+			continue
+		}
+		out = append(out, e)
+	}
+	for _, f := range leaves {
+		for sub := range uint32(3) {
+			out = append(out, kabi.CPUIDEntry2{Function: f, Index: sub, Flags: kabi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX})
+		}
+	}
+	return out
+}
 
 // topology fills subleaf e.Index of leaf 0xB or 0x1F: level 0 is SMT
 // (one thread per core), level 1 is the core level (all vCPUs), and every

@@ -51,10 +51,10 @@ func TestNormalizeTopology(t *testing.T) {
 			}
 			for sub := uint32(0); sub < 2; sub++ {
 				for _, leaf := range []uint32{leafTopology, leafTopology2} {
-					e := find(out, leaf, sub)
-					if e == nil || e.Index != sub {
-						continue
+					if find(h.in, leaf, 0) == nil {
+						continue // not offered, so not added
 					}
+					e := mustFind(t, out, leaf, sub)
 					if e.EDX != id {
 						t.Errorf("%s %+v: leaf %#x.%d x2APIC ID %d, want %d", h.name, c, leaf, sub, e.EDX, id)
 					}
@@ -65,6 +65,14 @@ func TestNormalizeTopology(t *testing.T) {
 					if sub == 1 && 1<<e.EAX < count {
 						t.Errorf("%s %+v: leaf %#x.1 shift %d does not cover %d cores", h.name, c, leaf, e.EAX, count)
 					}
+				}
+			}
+			for _, leaf := range []uint32{leafTopology, leafTopology2} {
+				if find(h.in, leaf, 0) == nil {
+					continue
+				}
+				if e := mustFind(t, out, leaf, 2); e.EBX != 0 || e.ECX>>8&0xff != 0 || e.EDX != id {
+					t.Errorf("%s %+v: leaf %#x.2 %+v, want the invalid level ending the list", h.name, c, leaf, e)
 				}
 			}
 			if a := mustFind(t, out, leafPMU, 0); a != (kabi.CPUIDEntry2{Function: leafPMU}) {
