@@ -8,6 +8,7 @@
 //
 // It exits 0 when the guest shuts down or resets (as Firecracker does) or
 // on SIGINT/SIGTERM, and 1 when the VM fails or the configuration is bad.
+// THAW_VMM_XSAVE=false hides XSAVE and AVX from the guest (see XSAVEEnv).
 package main
 
 import (
@@ -23,10 +24,16 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/thawvm/thaw/internal/conf"
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/vmm"
 	"github.com/thawvm/thaw/internal/vmm/api"
 )
+
+// XSAVEEnv, set to false, hides XSAVE and AVX from the guest: needed where
+// KVM cannot track the guest's XCR0 (KVM nested under QEMU TCG, whose
+// emulated SVM does not intercept XSETBV), and harmless elsewhere but slower.
+const XSAVEEnv = "THAW_VMM_XSAVE"
 
 // version is reported by --version and GET /.
 const version = "0.1.0"
@@ -147,7 +154,14 @@ func serve(o options, stdout io.Writer, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	m := vmm.New(vmm.Config{Serial: stdout}, log)
+	xsave, err := conf.EnvBool(XSAVEEnv, true)
+	if err != nil {
+		return err
+	}
+	if !xsave {
+		log.Info("hiding XSAVE and AVX from the guest", "env", XSAVEEnv)
+	}
+	m := vmm.New(vmm.Config{Serial: stdout, NoXSAVE: !xsave}, log)
 	defer func() {
 		if err := m.Close(); err != nil {
 			log.Error("closing the machine", "err", err)

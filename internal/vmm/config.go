@@ -36,6 +36,10 @@ type Config struct {
 	Drives []DriveConfig
 	// Vsock is the virtio-vsock device, if any.
 	Vsock *VsockConfig
+	// NoXSAVE hides XSAVE and AVX from the guest (see cpuid.Options):
+	// for hosts whose KVM cannot track the guest's XCR0, such as KVM
+	// nested under QEMU TCG.
+	NoXSAVE bool
 }
 
 // withDefaults fills unset fields with Firecracker's defaults.

@@ -13,6 +13,7 @@ import (
 	kabi "github.com/thawvm/thaw/internal/abi/kvm"
 	"github.com/thawvm/thaw/internal/vmm/boot"
 	"github.com/thawvm/thaw/internal/vmm/bus"
+	"github.com/thawvm/thaw/internal/vmm/cpuid"
 	"github.com/thawvm/thaw/internal/vmm/i8042"
 	"github.com/thawvm/thaw/internal/vmm/kvm"
 	"github.com/thawvm/thaw/internal/vmm/memory"
@@ -233,17 +234,21 @@ func (m *Machine) build(cfg Config) (_ *hardware, err error) {
 		return nil, err
 	}
 
-	cpuid, err := hw.sys.SupportedCPUID()
+	supported, err := hw.sys.SupportedCPUID()
 	if err != nil {
 		return nil, err
 	}
 	for i := range cfg.VCPUs {
+		entries, err := cpuid.Normalize(supported, cpuid.Options{ID: i, Count: cfg.VCPUs, NoXSAVE: cfg.NoXSAVE})
+		if err != nil {
+			return nil, err
+		}
 		cpu, err := hw.vm.CreateVCPU(i)
 		if err != nil {
 			return nil, err
 		}
 		hw.vcpus = append(hw.vcpus, &vcpu{cpu: cpu})
-		if err := boot.SetupVCPU(cpu, entry, cpuid, true); err != nil {
+		if err := boot.SetupVCPU(cpu, entry, entries, true); err != nil {
 			return nil, fmt.Errorf("setting up vcpu %d: %w", i, err)
 		}
 	}

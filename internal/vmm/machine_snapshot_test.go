@@ -12,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	kabi "github.com/thawvm/thaw/internal/abi/kvm"
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/testenv"
 	"github.com/thawvm/thaw/internal/uffd"
+	"github.com/thawvm/thaw/internal/vmm/vmstate"
 )
 
 var tickRE = regexp.MustCompile(`probe: tick (\d+) sum=([0-9a-f]+)\n`)
@@ -125,6 +127,7 @@ func TestSnapshotRestoreProbe(t *testing.T) {
 		t.Fatal(err)
 	}
 	tick, sum := lastTick(t, out.String())
+	checkSavedCPUID(t, statePath, 2)
 
 	for _, b := range []fcapi.MemBackend{
 		{BackendType: fcapi.MemBackendFile, BackendPath: memPath},
@@ -220,5 +223,49 @@ func TestSnapshotOfRestoredMachine(t *testing.T) {
 	waitFor(t, out2, fmt.Sprintf("probe: tick %d sum=%s\n", tick2+1, sum), 30*time.Second)
 	if n, _ := lastTick(t, out2.String()); n <= tick2 {
 		t.Errorf("second-generation clone's tick: got %d, want more than %d", n, tick2)
+	}
+}
+
+// checkSavedCPUID checks that the snapshot at statePath holds each vCPU's
+// normalised CPUID (internal/vmm/cpuid), not KVM's supported table.
+func checkSavedCPUID(t *testing.T, statePath string, vcpus int) {
+	t.Helper()
+	st, err := vmstate.ReadFile(statePath, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.VCPUs) != vcpus {
+		t.Fatalf("snapshot has %d vCPUs, want %d", len(st.VCPUs), vcpus)
+	}
+	for i, v := range st.VCPUs {
+		es := make([]kabi.CPUIDEntry2, len(v.CPUID))
+		for j, e := range v.CPUID {
+			es[j] = kabi.CPUIDEntry2{Function: e.Function, Index: e.Index, Flags: e.Flags, EAX: e.EAX, EBX: e.EBX, ECX: e.ECX, EDX: e.EDX}
+		}
+		checkVCPUCPUID(t, fmt.Sprintf("saved vCPU %d", i), i, vcpus, es)
+	}
+}
+
+// checkVCPUCPUID checks the marks of normalisation in one vCPU's table:
+// leaf 1 carries its APIC ID and the vCPU count, and the PMU leaf is empty.
+func checkVCPUCPUID(t *testing.T, what string, id, vcpus int, es []kabi.CPUIDEntry2) {
+	t.Helper()
+	var leaf1, pmu bool
+	for _, e := range es {
+		switch e.Function {
+		case 1:
+			leaf1 = true
+			if got, gotN := e.EBX>>24, e.EBX>>16&0xff; got != uint32(id) || gotN != uint32(vcpus) {
+				t.Errorf("%s: leaf 1 APIC ID %d, count %d; want %d, %d", what, got, gotN, id, vcpus)
+			}
+		case 0xa:
+			pmu = true
+			if e.EAX != 0 {
+				t.Errorf("%s: leaf 0xA EAX %#x, want 0 (no PMU)", what, e.EAX)
+			}
+		}
+	}
+	if !leaf1 || !pmu {
+		t.Errorf("%s: leaf 1 present %v, leaf 0xA present %v; want both", what, leaf1, pmu)
 	}
 }

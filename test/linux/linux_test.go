@@ -82,7 +82,12 @@ func TestLinuxGuest(t *testing.T) {
 	}
 	copyFile(t, kernel, filepath.Join(dir, "vmlinux"))
 	hostSum := dataDisk(t, filepath.Join(dir, "disk.ext4"))
-	run := "#!/bin/sh\nexec ./driver -vmm ./thaw-vmm -kernel ./vmlinux -initrd ./initrd.cpio -disk ./disk.ext4 -results \"$THAW_RESULTS\"\n"
+	// In L1 (THAW_NESTED=1) KVM runs on QEMU TCG's emulated SVM, which
+	// does not pass the guest's XSETBV to KVM: KVM then reports XSAVE
+	// sizes for an XCR0 the guest did not set (the guest kernel's "XSAVE
+	// consistency problem" dump) and reloads a stale XCR0 on entry. Hide
+	// XSAVE there; on hardware KVM the guest keeps it.
+	run := "#!/bin/sh\n[ \"$THAW_NESTED\" = 1 ] && export THAW_VMM_XSAVE=false\nexec ./driver -vmm ./thaw-vmm -kernel ./vmlinux -initrd ./initrd.cpio -disk ./disk.ext4 -results \"$THAW_RESULTS\"\n"
 	if err := os.WriteFile(filepath.Join(dir, "run"), []byte(run), 0o755); err != nil {
 		t.Fatal(err)
 	}

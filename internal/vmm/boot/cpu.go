@@ -81,9 +81,10 @@ func segment(sel uint16) kabi.Segment {
 
 // SetupVCPU puts cpu in the state its boot protocol asks for. The boot vCPU
 // (id 0) starts at e; the others stay in wait-for-SIPI until the guest
-// starts them through its local APIC, as on real hardware.
+// starts them through its local APIC, as on real hardware. cpuid is the
+// vCPU's own table (cpuid.Normalize), set as given.
 func SetupVCPU(cpu *kvm.VCPU, e Entry, cpuid []kabi.CPUIDEntry2, lapic bool) error {
-	if err := cpu.SetCPUID2(vcpuCPUID(cpuid, cpu.ID())); err != nil {
+	if err := cpu.SetCPUID2(cpuid); err != nil {
 		return err
 	}
 	msrs := []kabi.MSREntry{
@@ -160,21 +161,4 @@ func setupLINTs(cpu *kvm.VCPU) error {
 	v1 := le.Uint32(l.Regs[lvtLINT1:])
 	le.PutUint32(l.Regs[lvtLINT1:], v1&^deliveryMask|modeNMI)
 	return cpu.SetLAPIC(l)
-}
-
-// vcpuCPUID adapts KVM's supported CPUID for vCPU id: its APIC ID in leaf
-// 1 and in the x2APIC topology leaves, and the hypervisor bit.
-func vcpuCPUID(in []kabi.CPUIDEntry2, id int) []kabi.CPUIDEntry2 {
-	out := append([]kabi.CPUIDEntry2(nil), in...)
-	for i := range out {
-		e := &out[i]
-		switch e.Function {
-		case 1:
-			e.EBX = e.EBX&0x00ffffff | uint32(id)<<24
-			e.ECX |= 1 << 31 // running under a hypervisor
-		case 0xb, 0x1f:
-			e.EDX = uint32(id)
-		}
-	}
-	return out
 }
