@@ -68,6 +68,8 @@ var rules = []rule{
 	{"internal/image", "image building needs no other Thaw package", except()},
 	{"internal/fcapi", "the Firecracker API types must not depend on either side",
 		under("internal/vmm", "internal/daemon", "internal/shim")},
+	{"internal/nested", "the nested harness is test infrastructure that runs payloads; it knows no Thaw component",
+		except("internal/testenv", "internal/conf")},
 }
 
 func listModule(t *testing.T) []pkg {
