@@ -4,9 +4,10 @@
 // exit code: 0 on success, 1 when the operation failed, 2 for a usage
 // error.
 //
-// Verbs so far: version, ls, inspect, template ls, template inspect,
-// template rm, settings, daemon. create, exec, cp, pause, resume, rm and
-// template build come with thawd's sandbox and build routes.
+// Verbs: version, ls, inspect, create, exec, cp, pause, resume, rm,
+// template ls|inspect|register|rm, settings, daemon. exec streams and exits
+// with the command's exit code. template build (from an image) waits for
+// thawd's build route.
 package cli
 
 import (
@@ -38,6 +39,8 @@ type Env struct {
 	Environ   []string
 	// Now is the clock for ages; nil means time.Now.
 	Now func() time.Time
+	// Stdin is what exec -i and cp - read; nil means none.
+	Stdin io.Reader
 }
 
 const usage = `usage: thaw [--socket PATH | --addr HOST:PORT --token-file FILE] [--json] COMMAND
@@ -46,9 +49,20 @@ commands:
   version                 thaw's and thawd's versions
   ls                      list sandboxes
   inspect ID              show a sandbox, with the timing of its create
+  create [--id ID] [--ttl DUR] [--env K=V]... TEMPLATE
+                          restore a new sandbox from a template; prints its create timing
+  exec [-i] [--timeout DUR] [--env K=V]... [--workdir DIR] [--user U] ID [--] CMD [ARGS...]
+                          run a command in a sandbox; exits with its exit code
+  cp [--mode 0644] SRC DST  copy a file in or out: LOCAL ID:/PATH or ID:/PATH LOCAL ('-': stdin/stdout)
+  pause ID...             snapshot sandboxes to disk and stop their VMs
+  resume ID...            restore paused sandboxes in place
+  rm ID...                delete sandboxes
   template ls             list templates
   template inspect NAME   show a template and its builds
-  template rm NAME        delete a template no sandbox uses
+  template register NAME --vmstate F --memory F --rootfs F --vcpus N --memory-mib N [--kernel F] [--ready-serial TEXT]
+                          register an existing snapshot as the template's current build
+  template rm [--force] NAME
+                          delete a template no sandbox uses (--force: delete its sandboxes first)
   settings [--uffd=on|off] [--max-concurrent-restores N]
                           show or change thawd's run-time settings
   daemon [THAWD FLAGS]    run thawd in the foreground (thaw daemon -h lists its flags)
@@ -71,9 +85,12 @@ func Run(ctx context.Context, args []string, env Env) int {
 	}
 	err := run(ctx, args, env)
 	var ue *usageError
+	var ec *exitCodeError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, &ec):
+		return ec.code
 	case errors.As(err, &ue):
 		fmt.Fprintf(env.Stderr, "thaw: %v\n\n%s", err, usage)
 		return 2
@@ -148,6 +165,16 @@ func run(ctx context.Context, args []string, env Env) error {
 			return err
 		}
 		return p.sandbox(sb)
+	case "create":
+		return create(ctx, c, p, rest)
+	case "rm":
+		return remove(ctx, c, p, env, rest)
+	case "pause", "resume":
+		return pauseResume(ctx, c, p, env, cmd, rest)
+	case "exec":
+		return execCmd(ctx, c, p, env, rest)
+	case "cp":
+		return cp(ctx, c, p, env, rest)
 	case "template":
 		return g.template(ctx, c, p, rest)
 	case "settings":
@@ -182,7 +209,7 @@ func (g globals) client() (*thawapi.Client, error) {
 
 func (g globals) template(ctx context.Context, c *thawapi.Client, p printer, args []string) error {
 	if len(args) == 0 {
-		return usagef("template needs a subcommand: ls, inspect or rm")
+		return usagef("template needs a subcommand: ls, inspect, register or rm")
 	}
 	switch args[0] {
 	case "ls":
@@ -203,11 +230,21 @@ func (g globals) template(ctx context.Context, c *thawapi.Client, p printer, arg
 			return err
 		}
 		return p.template(t)
+	case "register":
+		return register(ctx, c, p, args[1:])
+	case "build":
+		return fmt.Errorf("template build is not available yet: thawd has no image build route; register an existing snapshot with thaw template register")
 	case "rm":
-		if len(args) != 2 {
+		fs := newFlags("template rm")
+		force := fs.Bool("force", false, "delete the template's sandboxes first")
+		if err := fs.Parse(args[1:]); err != nil {
+			return usagef("template rm: %v", err)
+		}
+		if fs.NArg() != 1 {
 			return usagef("template rm takes one template name")
 		}
-		if err := c.DeleteTemplate(ctx, args[1]); err != nil {
+		args = []string{"rm", fs.Arg(0)}
+		if err := c.DeleteTemplate(ctx, args[1], *force); err != nil {
 			return err
 		}
 		if p.json {

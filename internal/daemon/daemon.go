@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"time"
 
 	"github.com/thawvm/thaw/internal/daemon/api"
@@ -21,6 +23,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/live"
 	"github.com/thawvm/thaw/internal/daemon/metrics"
+	"github.com/thawvm/thaw/internal/daemon/sandbox"
 	"github.com/thawvm/thaw/internal/daemon/store"
 )
 
@@ -75,10 +78,40 @@ func Run(ctx context.Context, args []string, lookup func(string) (string, bool),
 	if err != nil {
 		return err
 	}
+	met := metrics.New(st, settings)
+	var mgr *sandbox.Manager
+	shimBin, serr := resolveBinary(cfg.Shim)
+	vmmBin, verr := resolveBinary(cfg.VMM)
+	if serr != nil || verr != nil {
+		// thawd still serves what it has (records, templates, settings);
+		// the sandbox routes answer "unavailable" and say why.
+		log.Warn("no sandbox lifecycle: binaries not found", "shim", serr, "vmm", verr)
+	} else {
+		mgr, err = sandbox.New(sandbox.Options{Store: st, Layout: lay, Settings: settings, Observer: met, Logger: log,
+			Shim: shimBin, VMM: vmmBin, Prefetch: cfg.UFFDPrefetch, RecordMax: cfg.UFFDRecordMax, LoadTimeout: cfg.LoadTimeout,
+			MaxActions: cfg.ReconcileMaxActions})
+		if err != nil {
+			return err
+		}
+		met.SetPageSource(mgr.PageStats)
+		// Re-attach to the shims that outlived the previous thawd before
+		// serving: every record then says what is really running.
+		plan, err := mgr.Reconcile(ctx, true)
+		if err != nil {
+			log.Error("reconciling at start", "err", err)
+		}
+		log.Info("reconciled at start", "actions", len(plan.Actions), "deferred", len(plan.Deferred))
+	}
 	srv, err := api.New(api.Options{Store: st, Layout: lay, Settings: settings, Logger: log, Version: Version,
-		Metrics: metrics.New(st, settings).Handler()})
+		Metrics: met.Handler(), Sandboxes: mgr})
 	if err != nil {
 		return err
+	}
+	if mgr != nil {
+		rctx, stopReconciler := context.WithCancel(ctx)
+		reconciled := make(chan struct{})
+		go func() { defer close(reconciled); mgr.Run(rctx, cfg.ReconcileInterval) }()
+		defer func() { stopReconciler(); <-reconciled }()
 	}
 
 	var servers []*http.Server
@@ -132,4 +165,25 @@ func shutdown(servers []*http.Server) {
 	for _, hs := range servers {
 		hs.Shutdown(ctx)
 	}
+}
+
+// resolveBinary finds a helper binary: an absolute path as given, else in
+// PATH, else next to thawd's own executable (where the release puts them).
+func resolveBinary(name string) (string, error) {
+	if filepath.IsAbs(name) {
+		if _, err := os.Stat(name); err != nil {
+			return "", err
+		}
+		return name, nil
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return filepath.Abs(p)
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: not an absolute path, not in PATH and not next to thawd", name)
 }

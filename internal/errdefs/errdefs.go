@@ -241,3 +241,15 @@ func FromHTTP(status int, msg string) error {
 	}
 	return errors.New(msg)
 }
+
+// FromKindName rebuilds an error of the kind named name (Kind.Error(), as
+// an API body carries it) with message msg; an unknown or empty name gives
+// an error of no kind.
+func FromKindName(name, msg string) error {
+	for _, e := range kinds {
+		if e.kind.name == name {
+			return &marked{kind: e.kind, cause: errors.New(msg)}
+		}
+	}
+	return errors.New(msg)
+}

@@ -117,3 +117,15 @@ func TestHTTPRoundTrip(t *testing.T) {
 		t.Errorf("FromHTTP(418) has kind %v, want none", KindOf(err))
 	}
 }
+
+func TestFromKindName(t *testing.T) {
+	for _, e := range kinds {
+		err := FromKindName(e.kind.Error(), "boom")
+		if KindOf(err) != e.kind || err.Error() != "boom" {
+			t.Errorf("FromKindName(%q): got kind %v, %q, want %v, \"boom\"", e.kind.Error(), KindOf(err), err, e.kind)
+		}
+	}
+	if err := FromKindName("no such kind", "boom"); KindOf(err) != nil {
+		t.Errorf("unknown kind name: got kind %v, want none", KindOf(err))
+	}
+}

@@ -124,8 +124,14 @@ func (c *Client) Template(ctx context.Context, name string) (Template, error) {
 }
 
 // DeleteTemplate deletes the template called name and its builds' files.
-func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
-	return c.do(ctx, "DELETE", "/v1/templates/"+url.PathEscape(name), nil, nil)
+// It is refused while sandboxes use it, unless force, which deletes them
+// first.
+func (c *Client) DeleteTemplate(ctx context.Context, name string, force bool) error {
+	path := "/v1/templates/" + url.PathEscape(name)
+	if force {
+		path += "?force=true"
+	}
+	return c.do(ctx, "DELETE", path, nil, nil)
 }
 
 // Sandboxes returns every sandbox.
@@ -138,4 +144,34 @@ func (c *Client) Sandboxes(ctx context.Context) ([]Sandbox, error) {
 func (c *Client) Sandbox(ctx context.Context, id string) (Sandbox, error) {
 	var sb Sandbox
 	return sb, c.do(ctx, "GET", "/v1/sandboxes/"+url.PathEscape(id), nil, &sb)
+}
+
+// RegisterTemplate registers an existing snapshot as a new build of the
+// template called name (creating the template if needed).
+func (c *Client) RegisterTemplate(ctx context.Context, name string, r RegisterTemplate) (Template, error) {
+	var t Template
+	return t, c.do(ctx, "PUT", "/v1/templates/"+url.PathEscape(name), r, &t)
+}
+
+// CreateSandbox restores a new sandbox and returns it once it is ready.
+func (c *Client) CreateSandbox(ctx context.Context, r CreateSandbox) (Sandbox, error) {
+	var sb Sandbox
+	return sb, c.do(ctx, "POST", "/v1/sandboxes", r, &sb)
+}
+
+// DeleteSandbox stops and removes the sandbox with the given id.
+func (c *Client) DeleteSandbox(ctx context.Context, id string) error {
+	return c.do(ctx, "DELETE", "/v1/sandboxes/"+url.PathEscape(id), nil, nil)
+}
+
+// PauseSandbox snapshots a running sandbox to disk and stops its VM.
+func (c *Client) PauseSandbox(ctx context.Context, id string) (Sandbox, error) {
+	var sb Sandbox
+	return sb, c.do(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/pause", nil, &sb)
+}
+
+// ResumeSandbox restores a paused sandbox in place.
+func (c *Client) ResumeSandbox(ctx context.Context, id string) (Sandbox, error) {
+	var sb Sandbox
+	return sb, c.do(ctx, "POST", "/v1/sandboxes/"+url.PathEscape(id)+"/resume", nil, &sb)
 }

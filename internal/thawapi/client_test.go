@@ -84,7 +84,7 @@ func TestClient(t *testing.T) {
 	if sb, err := c.Sandbox(ctx, "sb1"); err != nil || sb.CreateMS != 1 {
 		t.Errorf("Sandbox = %+v, %v", sb, err)
 	}
-	if err := c.DeleteTemplate(ctx, "py"); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "sb1") {
+	if err := c.DeleteTemplate(ctx, "py", false); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "sb1") {
 		t.Errorf("DeleteTemplate(py) in use: got %v, want failed precondition naming sb1", err)
 	}
 	off, n := false, 7

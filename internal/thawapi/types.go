@@ -62,6 +62,7 @@ type Build struct {
 	RootfsBytes    int64      `json:"rootfs_bytes"`
 	AccessLogPages int64      `json:"access_log_pages"`
 	Recorded       bool       `json:"recorded"`
+	Ready          ReadyCheck `json:"ready"`
 	Timings        []Phase    `json:"timings"`
 	CreatedAt      time.Time  `json:"created_at"`
 	FinishedAt     *time.Time `json:"finished_at,omitempty"`
@@ -93,4 +94,78 @@ type Sandbox struct {
 	CreateMS  float64    `json:"create_ms"`
 	CreatedAt time.Time  `json:"created_at"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+// CreateSandbox is POST /v1/sandboxes' body.
+type CreateSandbox struct {
+	// ID is the new sandbox's id; empty lets thawd pick one.
+	ID       string `json:"id,omitempty"`
+	Template string `json:"template"`
+	// TTLSeconds, when positive, deletes the sandbox that long after its
+	// create.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
+	// Env is added to every exec's environment (templates with an agent).
+	Env []string `json:"env,omitempty"`
+}
+
+// ReadyCheck says how a build's sandboxes prove they are ready after
+// restore: "agent" (health over vsock, then init) or "serial" (Marker on
+// the guest's serial console, for guests without an agent).
+type ReadyCheck struct {
+	Kind   string `json:"kind"`
+	Marker string `json:"marker,omitempty"`
+}
+
+// RegisterTemplate is PUT /v1/templates/{name}'s body: an existing
+// snapshot's files (absolute host paths, readable by thawd) and the machine
+// it was taken of. It becomes a new build, the template's current one.
+type RegisterTemplate struct {
+	VMState   string      `json:"vmstate"`
+	Memory    string      `json:"memory"`
+	Rootfs    string      `json:"rootfs"`
+	Kernel    string      `json:"kernel,omitempty"`
+	VCPUs     int         `json:"vcpus"`
+	MemoryMiB int         `json:"memory_mib"`
+	Ready     *ReadyCheck `json:"ready,omitempty"`
+}
+
+// ExecRequest is the first line of POST /v1/sandboxes/{id}/exec's body;
+// with Stdin set, the rest of the body is the process's stdin, streamed.
+// Exactly one of Argv and Shell is set.
+type ExecRequest struct {
+	Argv  []string `json:"argv,omitempty"`
+	Shell string   `json:"shell,omitempty"`
+	Env   []string `json:"env,omitempty"`
+	Cwd   string   `json:"cwd,omitempty"`
+	User  string   `json:"user,omitempty"`
+	Stdin bool     `json:"stdin,omitempty"`
+	// TimeoutMS, when positive, kills the process after this long.
+	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+}
+
+// ExitStatus is how an exec's process ended.
+type ExitStatus struct {
+	// Code is the exit code, or -1 when a signal ended the process.
+	Code       int    `json:"code"`
+	Signal     int    `json:"signal,omitempty"`
+	SignalName string `json:"signal_name,omitempty"`
+	TimedOut   bool   `json:"timed_out,omitempty"`
+}
+
+// ExecEvent is one line of an exec's answer (newline-delimited JSON,
+// application/x-ndjson): output as it is produced, then either Exit or
+// Error (with its kind) last.
+type ExecEvent struct {
+	Stdout []byte      `json:"stdout,omitempty"`
+	Stderr []byte      `json:"stderr,omitempty"`
+	Exit   *ExitStatus `json:"exit,omitempty"`
+	Error  string      `json:"error,omitempty"`
+	Kind   string      `json:"kind,omitempty"`
+}
+
+// FileInfo describes a file written into a sandbox.
+type FileInfo struct {
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+	Mode uint32 `json:"mode"`
 }

@@ -74,11 +74,36 @@ func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) error {
 }
 
 // deleteTemplate deletes a template's record, then its build directories.
-// It is refused while sandboxes use the template or a build runs.
+// It is refused while sandboxes use the template or a build runs, unless
+// ?force=true, which deletes the template's sandboxes first.
 func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	if err := store.ValidateID("template name", name); err != nil {
 		return err
+	}
+	switch force := r.URL.Query().Get("force"); force {
+	case "", "false":
+	case "true":
+		if _, err := s.store.Template(name); err != nil {
+			return err
+		}
+		sbs, err := s.store.SandboxesUsing(name)
+		if err != nil {
+			return err
+		}
+		if len(sbs) > 0 {
+			m, err := s.manager()
+			if err != nil {
+				return err
+			}
+			for _, sb := range sbs {
+				if err := m.Delete(r.Context(), sb.ID); err != nil && !errdefs.IsNotFound(err) {
+					return fmt.Errorf("forced delete of template %q: %w", name, err)
+				}
+			}
+		}
+	default:
+		return errdefs.InvalidArgument("force=%q: want true or false", force)
 	}
 	t, err := s.store.DeleteTemplate(name)
 	if err != nil {

@@ -42,7 +42,9 @@ func TestEveryGETMatchesItsSchema(t *testing.T) {
 	f := newFixture(t)
 	params := strings.NewReplacer("{name}", "py", "{id}", "sb1")
 	for _, rt := range routes {
-		if rt.method != "GET" || rt.path == "/metrics" {
+		// /metrics is Prometheus text and /files streams a guest file
+		// (it needs a running sandbox with an agent).
+		if rt.method != "GET" || rt.path == "/metrics" || strings.HasSuffix(rt.path, "/files") {
 			continue
 		}
 		if status, body := f.do(t, "GET", params.Replace(rt.path), "", nil); status != 200 {

@@ -5,10 +5,12 @@
 // kind becomes an HTTP status (errdefs.HTTPStatus). Handlers call into the
 // store and the run-time settings; they hold no state of their own.
 //
-// Served so far: version, run-time settings (the UFFD switch and the restore
-// slot limit), listing and inspecting templates and sandboxes, deleting a
-// template no sandbox uses, and metrics. Template builds and sandbox lifecycle routes come with the sandbox
-// manager.
+// Served: version, run-time settings (the UFFD switch and the restore slot
+// limit), listing, inspecting and registering templates (from an existing
+// snapshot), deleting a template no sandbox uses, the sandbox lifecycle
+// (create, inspect, delete, pause, resume, through internal/daemon/sandbox;
+// exec and file transfer proxied to the guest agent, streamed) and
+// metrics. Template builds from images are not served yet.
 package api
 
 import (
@@ -18,6 +20,7 @@ import (
 
 	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/live"
+	"github.com/thawvm/thaw/internal/daemon/sandbox"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
 )
@@ -35,6 +38,9 @@ type Options struct {
 	Version string
 	// Metrics serves GET /metrics (Prometheus); nil answers 404.
 	Metrics http.Handler
+	// Sandboxes runs the sandbox lifecycle; nil answers its routes with
+	// "unavailable".
+	Sandboxes *sandbox.Manager
 }
 
 // Server routes API requests. Create it with New; it is safe for concurrent
@@ -46,6 +52,7 @@ type Server struct {
 	log      *slog.Logger
 	version  string
 	metrics  http.Handler
+	sandbox  *sandbox.Manager
 	mux      *http.ServeMux
 }
 
@@ -64,9 +71,17 @@ var routes = []route{
 	{"PATCH", "/v1/settings", (*Server).patchSettings},
 	{"GET", "/v1/templates", (*Server).listTemplates},
 	{"GET", "/v1/templates/{name}", (*Server).getTemplate},
+	{"PUT", "/v1/templates/{name}", (*Server).registerTemplate},
 	{"DELETE", "/v1/templates/{name}", (*Server).deleteTemplate},
 	{"GET", "/v1/sandboxes", (*Server).listSandboxes},
+	{"POST", "/v1/sandboxes", (*Server).createSandbox},
 	{"GET", "/v1/sandboxes/{id}", (*Server).getSandbox},
+	{"DELETE", "/v1/sandboxes/{id}", (*Server).deleteSandbox},
+	{"POST", "/v1/sandboxes/{id}/pause", (*Server).pauseSandbox},
+	{"POST", "/v1/sandboxes/{id}/resume", (*Server).resumeSandbox},
+	{"POST", "/v1/sandboxes/{id}/exec", (*Server).execSandbox},
+	{"GET", "/v1/sandboxes/{id}/files", (*Server).getFile},
+	{"PUT", "/v1/sandboxes/{id}/files", (*Server).putFile},
 	{"GET", "/metrics", (*Server).getMetrics},
 }
 
@@ -79,7 +94,7 @@ func New(opts Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{store: opts.Store, layout: opts.Layout, settings: opts.Settings, log: log, version: opts.Version, metrics: opts.Metrics, mux: http.NewServeMux()}
+	s := &Server{store: opts.Store, layout: opts.Layout, settings: opts.Settings, log: log, version: opts.Version, metrics: opts.Metrics, sandbox: opts.Sandboxes, mux: http.NewServeMux()}
 	for _, rt := range routes {
 		s.mux.HandleFunc(rt.method+" "+rt.path, func(w http.ResponseWriter, r *http.Request) {
 			if err := rt.handler(s, w, r); err != nil {

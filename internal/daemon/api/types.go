@@ -41,6 +41,7 @@ func templateOut(t store.Template) thawapi.Template {
 			VCPUs: b.VCPUs, MemoryMiB: b.MemoryMiB, DiskMiB: b.DiskMiB,
 			MemoryBytes: b.MemoryBytes, RootfsBytes: b.RootfsBytes, AccessLogPages: b.AccessLogPages,
 			Recorded: b.Artifacts.AccessLog != "",
+			Ready:    readyOut(b.Ready),
 			Timings:  timings, CreatedAt: b.CreatedAt, FinishedAt: timePtr(b.FinishedAt),
 		}
 	}
@@ -54,4 +55,11 @@ func sandboxOut(sb store.Sandbox) thawapi.Sandbox {
 		UFFD: sb.UFFD, ShimPID: sb.Shim.PID, Create: create, CreateMS: total,
 		CreatedAt: sb.CreatedAt, ExpiresAt: timePtr(sb.ExpiresAt),
 	}
+}
+
+func readyOut(r store.ReadyCheck) thawapi.ReadyCheck {
+	if r.Kind == "" {
+		r.Kind = store.ReadyAgent
+	}
+	return thawapi.ReadyCheck{Kind: string(r.Kind), Marker: r.Marker}
 }

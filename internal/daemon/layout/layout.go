@@ -57,6 +57,17 @@ func (l Layout) SandboxDir(id string) string { return filepath.Join(l.root, "san
 
 func (l Layout) tmp() string { return filepath.Join(l.root, "tmp") }
 
+// ScratchDir creates a fresh directory (mode 0700) in tmp whose name starts
+// with prefix, for an ephemeral VM such as a build's recording run. The
+// caller removes it; a crash leaves it for Init to clear.
+func (l Layout) ScratchDir(prefix string) (string, error) {
+	dir, err := os.MkdirTemp(l.tmp(), prefix)
+	if err != nil {
+		return "", errdefs.Mark(fmt.Errorf("creating a scratch directory: %w", err), kindOf(err))
+	}
+	return dir, nil
+}
+
 // Init creates the data directory and its subdirectories (mode 0700: they
 // hold guest memory and disks) and empties tmp of what a crash left there.
 // Call it only while holding the store's lock: a second thawd must not

@@ -15,6 +15,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/config"
 	"github.com/thawvm/thaw/internal/daemon/live"
 	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/uffd"
 )
 
 var t0 = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
@@ -133,6 +134,45 @@ func TestHandler(t *testing.T) {
 	for _, want := range []string{"thaw_sandboxes{state=\"running\"} 1", "go_goroutines", "process_resident_memory_bytes"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("scrape lacks %q", want)
+		}
+	}
+	problems, err := testutil.GatherAndLint(m.Registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// TestPageMetrics sums the page servers' counters and converts their
+// latency buckets to Prometheus' cumulative ones.
+func TestPageMetrics(t *testing.T) {
+	m, _, _ := setup(t)
+	var a, b uffd.Stats
+	a.Faults, a.FaultPages, a.ZeroPages, a.PrefetchedPages = 3, 2, 1, 70
+	b.Faults, b.PrefetchedPages = 4, 5
+	a.Latency.Buckets[0] = 1 // under 256 ns
+	a.Latency.Buckets[3] = 2 // [1024, 2048) ns
+	b.Latency.Buckets[3] = 1
+	b.Latency.Buckets[uffd.HistogramBuckets-1] = 1 // longest: only in +Inf
+	m.SetPageSource(func(context.Context) []uffd.Stats { return []uffd.Stats{a, b} })
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	out := rec.Body.String()
+	for _, want := range []string{
+		"thaw_uffd_page_servers 2",
+		"thaw_uffd_faults 7",
+		"thaw_uffd_fault_pages 2",
+		"thaw_uffd_zero_pages 1",
+		"thaw_uffd_prefetched_pages 75",
+		`thaw_uffd_fault_latency_seconds_bucket{le="2.56e-07"} 1`,
+		`thaw_uffd_fault_latency_seconds_bucket{le="2.048e-06"} 4`,
+		`thaw_uffd_fault_latency_seconds_bucket{le="+Inf"} 5`,
+		"thaw_uffd_fault_latency_seconds_count 5",
+	} {
+		if !strings.Contains(out, want+"\n") {
+			t.Errorf("scrape lacks %q:\n%s", want, out)
 		}
 	}
 	problems, err := testutil.GatherAndLint(m.Registry())

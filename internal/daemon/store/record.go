@@ -237,6 +237,43 @@ type Artifacts struct {
 	AccessLog string `json:"access_log,omitempty"`
 }
 
+// ReadyKind says how a restored sandbox of a build proves it is ready.
+type ReadyKind string
+
+// The ready checks.
+const (
+	// ReadyAgent (the default, also spelled ""): the guest agent answers
+	// its health check over vsock, then takes the post-restore init.
+	ReadyAgent ReadyKind = "agent"
+	// ReadySerial: the guest has no agent (probe guests, appliances); the
+	// sandbox is ready once Marker appears in the VMM's serial output
+	// (<sandbox dir>/vmm.log), which is fresh for every restore.
+	ReadySerial ReadyKind = "serial"
+)
+
+// ReadyCheck is how a build's sandboxes are checked after restore.
+type ReadyCheck struct {
+	Kind   ReadyKind `json:"kind,omitempty"`
+	Marker string    `json:"marker,omitempty"`
+}
+
+// Validate checks that the ready check is complete.
+func (r ReadyCheck) Validate() error {
+	switch r.Kind {
+	case "", ReadyAgent:
+		if r.Marker != "" {
+			return errdefs.InvalidArgument("ready check: marker %q is only for kind %q", r.Marker, ReadySerial)
+		}
+	case ReadySerial:
+		if r.Marker == "" || len(r.Marker) > 256 || strings.ContainsAny(r.Marker, "\n\x00") {
+			return errdefs.InvalidArgument("ready check: kind %q needs a marker of 1 to 256 bytes on one line, got %q", ReadySerial, r.Marker)
+		}
+	default:
+		return errdefs.InvalidArgument("ready check: kind %q: want %q or %q", r.Kind, ReadyAgent, ReadySerial)
+	}
+	return nil
+}
+
 // Build is one build of a template: its machine shape, where its artifacts
 // are, how big they are and how long the build's phases took.
 type Build struct {
@@ -249,6 +286,8 @@ type Build struct {
 	VCPUs     int       `json:"vcpus"`
 	MemoryMiB int       `json:"memory_mib"`
 	DiskMiB   int       `json:"disk_mib"`
+	// Ready says how its sandboxes are checked after restore.
+	Ready ReadyCheck `json:"ready,omitzero"`
 	// MemoryBytes and RootfsBytes are the artifact sizes; AccessLogPages
 	// is the number of pages the recording run saw touched.
 	MemoryBytes    int64     `json:"memory_bytes,omitempty"`
@@ -289,6 +328,9 @@ func (b *Build) Validate() error {
 	}
 	if b.MemoryBytes < 0 || b.RootfsBytes < 0 || b.AccessLogPages < 0 {
 		return errdefs.InvalidArgument("build %q: negative size", b.ID)
+	}
+	if err := b.Ready.Validate(); err != nil {
+		return fmt.Errorf("build %q: %w", b.ID, err)
 	}
 	if err := validatePhases(b.Timings); err != nil {
 		return fmt.Errorf("build %q: timings: %w", b.ID, err)

@@ -1,0 +1,611 @@
+package sandbox_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/thawvm/thaw/internal/daemon/config"
+	"github.com/thawvm/thaw/internal/daemon/disk/disktest"
+	"github.com/thawvm/thaw/internal/daemon/layout"
+	"github.com/thawvm/thaw/internal/daemon/live"
+	"github.com/thawvm/thaw/internal/daemon/proc"
+	"github.com/thawvm/thaw/internal/daemon/reconcile"
+	"github.com/thawvm/thaw/internal/daemon/sandbox"
+	"github.com/thawvm/thaw/internal/daemon/sandbox/sandboxtest"
+	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/daemon/template"
+	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/shim"
+	"github.com/thawvm/thaw/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	sandboxtest.Cleanup()
+	if snapDir != "" {
+		os.RemoveAll(snapDir)
+	}
+	os.Exit(code)
+}
+
+var (
+	snapOnce sync.Once
+	snapDir  string
+	snap     sandboxtest.Snapshot
+)
+
+// probeSnapshot takes the probe snapshot once per test binary.
+func probeSnapshot(t testing.TB) sandboxtest.Snapshot {
+	t.Helper()
+	testenv.RequireKVM(t)
+	testenv.RequireUFFD(t)
+	testenv.RequireRoot(t)
+	snapOnce.Do(func() {
+		var err error
+		if snapDir, err = os.MkdirTemp("", "thaw-probe-snap-"); err != nil {
+			t.Fatal(err)
+		}
+		snap = sandboxtest.ProbeSnapshot(t, snapDir)
+	})
+	if snap.VMState == "" {
+		t.Fatal("the probe snapshot could not be taken (see the first test's failure)")
+	}
+	return snap
+}
+
+type env struct {
+	st       *store.Store
+	lay      layout.Layout
+	settings *live.Settings
+	m        *sandbox.Manager
+	opts     sandbox.Options
+}
+
+// newEnv gives a test a data directory on a loop-mounted XFS (reflinks), a
+// real store and a Manager running the real thaw-shim and thaw-vmm, with
+// the probe registered as template "probe" (serial ready check).
+func newEnv(t testing.TB, mutate func(*sandbox.Options)) *env {
+	t.Helper()
+	probeSnapshot(t)
+	bins := sandboxtest.Binaries(t)
+	mnt := disktest.Mount(t, "xfs", 400)
+	lay, err := layout.New(filepath.Join(mnt, "d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(lay.Root(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(lay.Store(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lay.Init(); err != nil {
+		t.Fatal(err)
+	}
+	settings, err := live.New(config.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{st: st, lay: lay, settings: settings}
+	e.opts = sandbox.Options{Store: st, Layout: lay, Settings: settings, Shim: filepath.Join(bins, "thaw-shim"),
+		VMM: filepath.Join(bins, "thaw-vmm"), Prefetch: true, ReadyTimeout: 20 * time.Second, MaxActions: 10}
+	if mutate != nil {
+		mutate(&e.opts)
+	}
+	if e.m, err = sandbox.New(e.opts); err != nil {
+		t.Fatal(err)
+	}
+	e.register(t, "probe", store.ReadyCheck{Kind: store.ReadySerial, Marker: sandboxtest.ReadyMarker})
+	t.Cleanup(func() {
+		// Whatever a test left running is a leak: delete it, then check.
+		if sbs, _ := st.Sandboxes(); len(sbs) > 0 {
+			for _, sb := range sbs {
+				e.m.Delete(context.Background(), sb.ID)
+			}
+		}
+		if err := st.Check(); err != nil {
+			t.Errorf("store check: %v", err)
+		}
+		st.Close()
+	})
+	return e
+}
+
+func (e *env) register(t testing.TB, name string, ready store.ReadyCheck) store.Template {
+	t.Helper()
+	s := probeSnapshot(t)
+	tpl, err := template.Register(context.Background(), e.st, e.lay, template.RegisterRequest{Name: name, VMState: s.VMState, Memory: s.Memory,
+		Rootfs: s.Rootfs, Kernel: s.Kernel, VCPUs: sandboxtest.ProbeVCPUs, MemoryMiB: sandboxtest.ProbeMemMiB, Ready: ready})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tpl
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// processesIn lists live processes whose command line or working directory
+// mentions dir (shims and VMMs run in their sandbox directory).
+func processesIn(dir string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		if st, err := proc.ReadStat(pid); err == nil && st.State == 'Z' {
+			continue
+		}
+		if strings.Contains(string(cmdline), dir) || cwd == dir || strings.HasPrefix(cwd, dir+"/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// assertGone checks that nothing of sandbox id is left: record, directory,
+// process.
+func (e *env) assertGone(t *testing.T, id string) {
+	t.Helper()
+	if _, err := e.st.Sandbox(id); !errdefs.IsNotFound(err) {
+		t.Errorf("record of %s: got %v, want not found", id, err)
+	}
+	dir := e.lay.SandboxDir(id)
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("directory %s: got %v, want it gone", dir, err)
+	}
+	if pids := processesIn(dir); len(pids) > 0 {
+		t.Errorf("processes left for %s: %v", id, pids)
+	}
+	if n := e.settings.Slots().Stats().InUse; n != 0 {
+		t.Errorf("restore slots in use after the create: got %d, want 0", n)
+	}
+}
+
+func serialLog(t *testing.T, sb store.Sandbox) string {
+	data, err := os.ReadFile(filepath.Join(sb.Dir, shim.VMMLogName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// waitTicks waits until the sandbox's serial log has more than n ticks.
+func waitTicks(t *testing.T, sb store.Sandbox, n int) int {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c := strings.Count(serialLog(t, sb), sandboxtest.ReadyMarker); c > n {
+			return c
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("sandbox %s printed no tick beyond %d in 30s:\n%s", sb.ID, n, serialLog(t, sb))
+	return 0
+}
+
+// TestCreateDelete restores the probe template through the real shim and
+// thaw-vmm with each backend: the sandbox runs (its guest keeps ticking
+// after the restore), its record names a live shim and its create timings,
+// and delete leaves nothing.
+func TestCreateDelete(t *testing.T) {
+	for _, uffd := range []bool{true, false} {
+		t.Run("uffd="+strconv.FormatBool(uffd), func(t *testing.T) {
+			e := newEnv(t, nil)
+			e.settings.SetUFFD(uffd)
+			sb, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "one", Template: "probe"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sb.State != store.Running || sb.UFFD != uffd || sb.Shim.PID == 0 {
+				t.Errorf("record after create: got %+v, want running, uffd %v, a shim", sb, uffd)
+			}
+			var names []string
+			for _, p := range sb.Create {
+				names = append(names, p.Name)
+			}
+			t.Logf("create phases: %v", sb.Create)
+			if want := []string{"slot", "record", "dir", "disk", "shim", "load", "handshake", "ready"}; !slices.Equal(names, want) {
+				t.Errorf("create phases: got %v, want %v", names, want)
+			}
+			if alive, err := proc.Alive(sb.Shim.PID, sb.Shim.StartTime); !alive || err != nil {
+				t.Errorf("shim %d alive: got %v, %v", sb.Shim.PID, alive, err)
+			}
+			log := serialLog(t, sb)
+			if strings.Contains(log, "probe: boot") {
+				t.Errorf("the restored guest booted again:\n%s", log)
+			}
+			waitTicks(t, sb, strings.Count(log, sandboxtest.ReadyMarker))
+			if _, err := os.Stat(filepath.Join(sb.Dir, sandbox.DiskName)); err != nil {
+				t.Errorf("sandbox disk: %v", err)
+			}
+			if err := e.m.Delete(ctxT(t), sb.ID); err != nil {
+				t.Fatal(err)
+			}
+			e.assertGone(t, sb.ID)
+		})
+	}
+}
+
+// TestCreateFailures drives the failure paths of issue 7 through the real
+// shim and VMM: each ends in a clear error of the right kind and leaves no
+// process, socket, directory or record.
+func TestCreateFailures(t *testing.T) {
+	tests := []struct {
+		name    string
+		mutate  func(*sandbox.Options)
+		prepare func(t *testing.T, e *env) string // returns the template
+		uffd    bool
+		kind    *errdefs.Kind // nil: any kind
+		want    string
+	}{
+		{name: "unknown-template", uffd: true, kind: errdefs.ErrNotFound, want: `template "nope" not found`,
+			prepare: func(*testing.T, *env) string { return "nope" }},
+		{name: "vmm-exits", uffd: true, kind: errdefs.ErrUnavailable, want: "did not start",
+			mutate:  func(o *sandbox.Options) { o.VMM = "/bin/false" },
+			prepare: func(*testing.T, *env) string { return "probe" }},
+		{name: "trunc-mem-uffd", uffd: true, want: "the page server failed, so the shim stopped the VMM: page server: region 0",
+			prepare: truncateMemory},
+		{name: "trunc-mem-file", uffd: false, want: "the VMM refused the snapshot",
+			prepare: truncateMemory},
+		{name: "never-ready", uffd: true, kind: errdefs.ErrDeadlineExceeded, want: "did not appear on the serial console",
+			mutate: func(o *sandbox.Options) { o.ReadyTimeout = 2 * time.Second },
+			prepare: func(t *testing.T, e *env) string {
+				e.register(t, "silent", store.ReadyCheck{Kind: store.ReadySerial, Marker: "a line the probe never prints"})
+				return "silent"
+			}},
+		{name: "full-disk", uffd: true, kind: errdefs.ErrResourceExhausted, want: "no space left on device",
+			prepare: func(t *testing.T, e *env) string {
+				fillDisk(t, e.lay.Root())
+				return "probe"
+			}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, tc.mutate)
+			e.settings.SetUFFD(tc.uffd)
+			tpl := tc.prepare(t, e)
+			_, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "doomed", Template: tpl})
+			if err == nil {
+				t.Fatal("create succeeded, want an error")
+			}
+			t.Logf("error: %v", err)
+			if tc.kind != nil && !errors.Is(err, tc.kind) {
+				t.Errorf("error kind: got %v, want %v", errdefs.KindOf(err), tc.kind)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not say %q", err, tc.want)
+			}
+			e.assertGone(t, "doomed")
+		})
+	}
+}
+
+// truncateMemory cuts the probe build's published memory file in half.
+func truncateMemory(t *testing.T, e *env) string {
+	tpl, err := e.st.Template("probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := tpl.BuildByID(tpl.Current)
+	if err := os.Truncate(filepath.Join(b.Dir, b.Artifacts.Memory), int64(sandboxtest.ProbeMemMiB)<<19); err != nil {
+		t.Fatal(err)
+	}
+	return "probe"
+}
+
+// fillDisk writes a file until the filesystem holding dir is full.
+func fillDisk(t *testing.T, dir string) {
+	f, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			break
+		}
+	}
+	f.Sync()
+	// Small writes fill what is left.
+	for i := 0; ; i++ {
+		g, err := os.Create(filepath.Join(dir, "filler-"+strconv.Itoa(i)))
+		if err != nil {
+			break
+		}
+		_, err = g.Write(buf[:4096])
+		g.Close()
+		if err != nil {
+			break
+		}
+	}
+}
+
+// TestConcurrentDelete deletes one sandbox from two goroutines at once:
+// exactly one delete does it, the other is refused (in progress) or finds
+// nothing, and nothing is left. A delete during a create is refused.
+func TestConcurrentDelete(t *testing.T) {
+	e := newEnv(t, nil)
+	sb, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "twice", Template: "probe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = e.m.Delete(ctxT(t), sb.ID) }()
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case errdefs.IsFailedPrecondition(err), errdefs.IsNotFound(err):
+		default:
+			t.Errorf("second delete: got %v, want failed precondition or not found", err)
+		}
+	}
+	if ok != 1 {
+		t.Errorf("successful deletes: got %d (%v), want 1", ok, errs)
+	}
+	e.assertGone(t, sb.ID)
+	if err := e.m.Delete(ctxT(t), "never-created"); !errdefs.IsNotFound(err) {
+		t.Errorf("delete of an unknown sandbox: got %v, want not found", err)
+	}
+
+	// A delete during a create is refused, not raced; the create finishes
+	// and a later delete works.
+	created := make(chan error, 1)
+	go func() {
+		_, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "racing", Template: "probe"})
+		created <- err
+	}()
+	for {
+		if _, err := e.st.Sandbox("racing"); err == nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := e.m.Delete(ctxT(t), "racing"); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "create is in progress") {
+		t.Errorf("delete during the create: got %v, want failed precondition (create in progress)", err)
+	}
+	if err := <-created; err != nil {
+		t.Fatalf("the create a delete tried to interrupt: %v", err)
+	}
+	if err := e.m.Delete(ctxT(t), "racing"); err != nil {
+		t.Fatal(err)
+	}
+	e.assertGone(t, "racing")
+}
+
+// TestPauseResume pauses a running probe sandbox into its directory (no
+// process remains) and resumes it in place: the guest goes on ticking.
+func TestPauseResume(t *testing.T) {
+	e := newEnv(t, nil)
+	sb, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "nap", Template: "probe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitTicks(t, sb, 0)
+	p, err := e.m.Pause(ctxT(t), sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.State != store.Paused || !p.Shim.IsZero() {
+		t.Errorf("after pause: got state %s shim %+v, want paused, no shim", p.State, p.Shim)
+	}
+	if pids := processesIn(sb.Dir); len(pids) > 0 {
+		t.Errorf("processes of a paused sandbox: %v", pids)
+	}
+	for _, f := range []string{sandbox.PauseStateName, sandbox.PauseMemName} {
+		if _, err := os.Stat(filepath.Join(sb.Dir, f)); err != nil {
+			t.Errorf("pause snapshot: %v", err)
+		}
+	}
+	if _, err := e.m.Pause(ctxT(t), sb.ID); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("pausing a paused sandbox: got %v, want failed precondition", err)
+	}
+	before := strings.Count(serialLog(t, sb), sandboxtest.ReadyMarker)
+	r, err := e.m.Resume(ctxT(t), sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != store.Running || r.Shim.PID == 0 || r.Shim.PID == sb.Shim.PID {
+		t.Errorf("after resume: got state %s shim %+v, want running under a new shim", r.State, r.Shim)
+	}
+	waitTicks(t, r, before)
+	if err := e.m.Delete(ctxT(t), sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.assertGone(t, sb.ID)
+}
+
+// TestReconcile: a record whose shim was killed becomes failed with the
+// reason; a shim whose record is gone is stopped; live sandboxes are
+// reattached and keep running.
+func TestReconcile(t *testing.T) {
+	e := newEnv(t, nil)
+	var sbs []store.Sandbox
+	for _, id := range []string{"keep", "killed", "orphan"} {
+		sb, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: id, Template: "probe"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sbs = append(sbs, sb)
+	}
+	p, err := os.FindProcess(sbs[1].Shim.PID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Kill()
+	for alive := true; alive; {
+		alive, _ = proc.Alive(sbs[1].Shim.PID, sbs[1].Shim.StartTime)
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The orphan's record disappears behind the manager's back.
+	if _, err := e.st.UpdateSandbox("orphan", func(s *store.Sandbox) error { s.State, s.Reason = store.Failed, "test"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.DeleteSandbox("orphan"); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := e.m.Reconcile(ctxT(t), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]reconcile.Kind{}
+	for _, a := range plan.Actions {
+		got[a.Sandbox] = a.Kind
+	}
+	want := map[string]reconcile.Kind{"keep": reconcile.Reattach, "killed": reconcile.FailRecord, "orphan": reconcile.StopShim}
+	for id, k := range want {
+		if got[id] != k {
+			t.Errorf("action for %s: got %v, want %v (plan %+v)", id, got[id], k, plan)
+		}
+	}
+	if k, err := e.st.Sandbox("killed"); err != nil || k.State != store.Failed || !strings.Contains(k.Reason, "gone") {
+		t.Errorf("killed sandbox: got %+v, %v, want failed because its shim is gone", k, err)
+	}
+	if pids := processesIn(sbs[2].Dir); len(pids) > 0 {
+		t.Errorf("orphan shim still running: %v", pids)
+	}
+	keep, _ := e.st.Sandbox("keep")
+	if keep.State != store.Running {
+		t.Errorf("keep: got %s, want running", keep.State)
+	}
+	waitTicks(t, keep, strings.Count(serialLog(t, keep), sandboxtest.ReadyMarker))
+	// A second pass has nothing destructive to do.
+	if plan, err := e.m.Reconcile(ctxT(t), false); err != nil || len(plan.Actions) != 1 || plan.Actions[0].Kind != reconcile.Reattach {
+		t.Errorf("second pass: got %+v, %v, want only keep's reattach", plan, err)
+	}
+	for _, id := range []string{"keep", "killed"} {
+		if err := e.m.Delete(ctxT(t), id); err != nil {
+			t.Errorf("deleting %s: %v", id, err)
+		}
+		e.assertGone(t, id)
+	}
+	os.RemoveAll(sbs[2].Dir)
+}
+
+// TestTTLExpires: a reconciler pass after a sandbox's TTL deletes it, and
+// leaves one without a TTL alone.
+func TestTTLExpires(t *testing.T) {
+	e := newEnv(t, nil)
+	const ttl = 4 * time.Second
+	short, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "short", Template: "probe", TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if short.ExpiresAt.IsZero() || short.ExpiresAt.Sub(short.CreatedAt) != ttl {
+		t.Errorf("expiry: got %v after %v, want %v after the create", short.ExpiresAt, short.CreatedAt, ttl)
+	}
+	if _, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "long", Template: "probe"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Reconcile(ctxT(t), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.st.Sandbox("short"); err != nil && time.Until(short.ExpiresAt) > 0 {
+		t.Errorf("before its TTL: %v, want the sandbox still there", err)
+	}
+	time.Sleep(time.Until(short.ExpiresAt))
+	plan, err := e.m.Reconcile(ctxT(t), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Actions) != 2 || plan.Actions[1].Kind != reconcile.Expire || plan.Actions[1].Sandbox != "short" {
+		t.Errorf("plan after the TTL: got %+v, want long's reattach and short's expiry", plan.Actions)
+	}
+	e.assertGone(t, "short")
+	if sb, err := e.st.Sandbox("long"); err != nil || sb.State != store.Running {
+		t.Errorf("the sandbox without a TTL: got %+v, %v, want running", sb, err)
+	}
+}
+
+// TestRecordedTemplate registers the probe with a recording run: an
+// ephemeral build- VM restores it under a recording page server until the
+// settle detector converges; the build gets the access log, sandboxes
+// restored from it prefetch in its order, and nothing of the build VM is
+// left.
+func TestRecordedTemplate(t *testing.T) {
+	e := newEnv(t, func(o *sandbox.Options) { o.RecordMax = 5 * time.Second })
+	s := probeSnapshot(t)
+	tpl, err := template.Register(ctxT(t), e.st, e.lay, template.RegisterRequest{Name: "rec", VMState: s.VMState, Memory: s.Memory,
+		Rootfs: s.Rootfs, VCPUs: sandboxtest.ProbeVCPUs, MemoryMiB: sandboxtest.ProbeMemMiB,
+		Ready: store.ReadyCheck{Kind: store.ReadySerial, Marker: sandboxtest.ReadyMarker}, Record: e.m.RecordFunc()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := tpl.BuildByID(tpl.Current)
+	if b.Artifacts.AccessLog != template.AccessLogName || b.AccessLogPages <= 0 {
+		t.Fatalf("build after a recording run: got access log %q with %d pages, want %q with some", b.Artifacts.AccessLog, b.AccessLogPages, template.AccessLogName)
+	}
+	data, err := os.ReadFile(filepath.Join(b.Dir, b.Artifacts.AccessLog))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Count(string(data), "\n"); int64(lines) != b.AccessLogPages+1 {
+		t.Errorf("access log: %d lines, want a header and %d pages", lines, b.AccessLogPages)
+	}
+	if names := phaseNames(b.Timings); !slices.Equal(names, []string{"copy", "record"}) {
+		t.Errorf("build timings: got %v, want copy, record", names)
+	}
+	if pids := processesIn(filepath.Join(e.lay.Root(), "tmp")); len(pids) > 0 {
+		t.Errorf("processes of the build VM left: %v", pids)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.lay.Root(), "tmp")); len(ents) > 0 {
+		t.Errorf("left in tmp after the build: %v", ents)
+	}
+	sb, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "replayed", Template: "rec"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitTicks(t, sb, strings.Count(serialLog(t, sb), sandboxtest.ReadyMarker))
+	// With an access log the prefetcher copies only the logged pages;
+	// without one it would copy all 16384.
+	h, err := shim.Attach(ctxT(t), sb.Shim.ControlSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var st shim.PageStats
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if st, err = h.Stats(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+		if st.PrefetchedPages+st.ZeroPages > 0 {
+			break
+		}
+	}
+	t.Logf("recorded %d pages; the replayed sandbox: %d prefetched, %d by faults, %d zero", b.AccessLogPages, st.PrefetchedPages, st.FaultPages, st.ZeroPages)
+	if st.PrefetchedPages+st.ZeroPages == 0 || st.PrefetchedPages > uint64(b.AccessLogPages) {
+		t.Errorf("prefetched pages: got %d (stats %+v), want some and at most the %d logged", st.PrefetchedPages, st.Stats, b.AccessLogPages)
+	}
+}
+
+func phaseNames(ps []store.Phase) []string {
+	var names []string
+	for _, p := range ps {
+		names = append(names, p.Name)
+	}
+	return names
+}

@@ -1,0 +1,203 @@
+// Package template makes template builds available to sandboxes. Register
+// publishes a build from an existing snapshot (VM state, memory file, disk,
+// optionally the kernel it was booted from): the way to bring a template
+// made elsewhere, and the way tests on hosts where a Linux guest cannot
+// boot directly make probe-guest templates. Building a template from an
+// image (POST /templates with steps) is not here yet.
+package template
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/thawvm/thaw/internal/daemon/disk"
+	"github.com/thawvm/thaw/internal/daemon/layout"
+	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/errdefs"
+)
+
+// Artifact names inside a build directory.
+const (
+	VMStateName = "vmstate"
+	MemoryName  = "memory"
+	RootfsName  = "rootfs.ext4"
+	KernelName  = "vmlinux"
+	// AccessLogName is the recording run's page order.
+	AccessLogName = "access.log"
+)
+
+// Recorder runs a build's recording run on the staged snapshot files and
+// writes the access log to logPath, returning the pages recorded
+// (internal/daemon/sandbox's Manager.Record).
+type Recorder func(ctx context.Context, vmstate, memory, logPath string, ready store.ReadyCheck) (pages int, err error)
+
+// RegisterRequest names an existing snapshot's files (absolute host paths)
+// and the machine it was taken of.
+type RegisterRequest struct {
+	Name    string
+	VMState string
+	Memory  string
+	Rootfs  string
+	// Kernel is optional (a snapshot does not need it to restore).
+	Kernel    string
+	VCPUs     int
+	MemoryMiB int
+	Ready     store.ReadyCheck
+	// Record, if set, runs the recording run before the build is
+	// published; a failed recording fails the registration. Nil skips it
+	// (THAW_UFFD_PREFETCH off): sandboxes then prefetch in file order.
+	Record Recorder
+}
+
+// Validate reports what is wrong with r, naming the fields.
+func (r RegisterRequest) Validate() error {
+	if err := store.ValidateID("template name", r.Name); err != nil {
+		return err
+	}
+	var errs []error
+	for _, f := range []struct {
+		field, path string
+		optional    bool
+	}{{"vmstate", r.VMState, false}, {"memory", r.Memory, false}, {"rootfs", r.Rootfs, false}, {"kernel", r.Kernel, true}} {
+		if f.path == "" && f.optional {
+			continue
+		}
+		if !filepath.IsAbs(f.path) {
+			errs = append(errs, errdefs.InvalidArgument("%s %q: want an absolute path on the host", f.field, f.path))
+			continue
+		}
+		fi, err := os.Stat(f.path)
+		if err != nil {
+			errs = append(errs, errdefs.InvalidArgument("%s: %v", f.field, err))
+		} else if !fi.Mode().IsRegular() {
+			errs = append(errs, errdefs.InvalidArgument("%s %s is not a regular file", f.field, f.path))
+		}
+	}
+	if r.VCPUs < 1 || r.VCPUs > 32 {
+		errs = append(errs, errdefs.InvalidArgument("vcpus %d: want 1 to 32", r.VCPUs))
+	}
+	if r.MemoryMiB < 1 {
+		errs = append(errs, errdefs.InvalidArgument("memory_mib %d: want at least 1", r.MemoryMiB))
+	} else if fi, err := os.Stat(r.Memory); err == nil && fi.Size() != int64(r.MemoryMiB)<<20 {
+		errs = append(errs, errdefs.InvalidArgument("memory file %s is %d bytes, but memory_mib %d needs %d: a truncated or foreign memory file?",
+			r.Memory, fi.Size(), r.MemoryMiB, int64(r.MemoryMiB)<<20))
+	}
+	if err := r.Ready.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Register copies the snapshot's files into a new build of template
+// r.Name (creating the template if needed), publishes it atomically and
+// makes it the template's current build. Files are reflinked when the
+// source is on the data directory's filesystem, copied otherwise.
+func Register(ctx context.Context, st *store.Store, lay layout.Layout, r RegisterRequest) (store.Template, error) {
+	if err := r.Validate(); err != nil {
+		return store.Template{}, err
+	}
+	var rnd [3]byte
+	rand.Read(rnd[:])
+	buildID := "b" + time.Now().UTC().Format("20060102T150405") + "-" + hex.EncodeToString(rnd[:])
+	started := time.Now()
+	staging, err := lay.StageBuild(r.Name, buildID)
+	if err != nil {
+		return store.Template{}, err
+	}
+	published := false
+	defer func() {
+		if !published {
+			os.RemoveAll(staging)
+		}
+	}()
+	b := store.Build{ID: buildID, State: store.BuildReady, Dir: lay.BuildDir(r.Name, buildID),
+		Artifacts: store.Artifacts{VMState: VMStateName, Memory: MemoryName, Rootfs: RootfsName},
+		VCPUs:     r.VCPUs, MemoryMiB: r.MemoryMiB, Ready: r.Ready, CreatedAt: started}
+	files := []struct{ src, name string }{{r.VMState, VMStateName}, {r.Memory, MemoryName}, {r.Rootfs, RootfsName}}
+	if r.Kernel != "" {
+		files = append(files, struct{ src, name string }{r.Kernel, KernelName})
+		b.Artifacts.Kernel = KernelName
+	}
+	for _, f := range files {
+		if err := ctx.Err(); err != nil {
+			return store.Template{}, err
+		}
+		n, err := place(f.src, filepath.Join(staging, f.name))
+		if err != nil {
+			return store.Template{}, fmt.Errorf("registering template %q: %w", r.Name, err)
+		}
+		switch f.name {
+		case MemoryName:
+			b.MemoryBytes = n
+		case RootfsName:
+			b.RootfsBytes = n
+			b.DiskMiB = int(max((n+(1<<20)-1)>>20, 1))
+		}
+	}
+	copied := time.Now()
+	b.Timings = []store.Phase{{Name: "copy", Duration: copied.Sub(started)}}
+	if r.Record != nil {
+		pages, err := r.Record(ctx, filepath.Join(staging, VMStateName), filepath.Join(staging, MemoryName), filepath.Join(staging, AccessLogName), r.Ready)
+		if err != nil {
+			return store.Template{}, fmt.Errorf("registering template %q: %w", r.Name, err)
+		}
+		b.Artifacts.AccessLog, b.AccessLogPages = AccessLogName, int64(pages)
+		b.Timings = append(b.Timings, store.Phase{Name: "record", Duration: time.Since(copied)})
+	}
+	b.FinishedAt = time.Now()
+	if err := lay.PublishBuild(staging, r.Name, buildID); err != nil {
+		return store.Template{}, err
+	}
+	published = true
+	add := func(t *store.Template) error {
+		t.Builds = append(t.Builds, b)
+		t.Current = b.ID
+		return nil
+	}
+	t, err := st.UpdateTemplate(r.Name, add)
+	if errdefs.IsNotFound(err) {
+		t = store.Template{Name: r.Name, CreatedAt: started}
+		add(&t)
+		err = st.CreateTemplate(t)
+	}
+	if err != nil {
+		return store.Template{}, errors.Join(err, lay.RemoveBuild(r.Name, buildID))
+	}
+	return t, nil
+}
+
+// place puts src at dst: a reflink if the filesystems allow, else a copy.
+// It returns the size.
+func place(src, dst string) (int64, error) {
+	fi, err := os.Stat(src)
+	if err != nil {
+		return 0, err
+	}
+	if err := disk.Clone(src, dst); err == nil {
+		return fi.Size(), nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("creating %s: %w", dst, err)
+	}
+	n, err := io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("copying %s: %w", src, err)
+	}
+	return n, nil
+}
