@@ -3,9 +3,10 @@
  * an echo server on probe.vsock.port (default 1024) for host-initiated
  * connections, and with probe.vsock.connect=<port> one guest-initiated
  * connection to the host that sends "hello from probe\n" and prints what
- * comes back. Flow control follows the spec's credit rules: our buf_alloc
- * is the echo buffer, fwd_cnt counts bytes echoed back, and we only send
- * what the peer's credit allows.
+ * comes back; probe.vsock.debug=1 prints every packet received. Flow
+ * control follows the spec's credit rules: our buf_alloc is the echo
+ * buffer, fwd_cnt counts bytes echoed back, and we only send what the
+ * peer's credit allows.
  */
 #include "probe.h"
 
@@ -33,6 +34,7 @@ static u8 txdata[RXDATA];
 static u64 evbuf;
 static u64 guest_cid;
 static u32 listen_port;
+static u64 debug;
 static int active;
 
 struct conn {
@@ -141,6 +143,23 @@ static void flush(struct conn *c)
 
 static void handle(struct hdr *h, u8 *data)
 {
+	if (debug) {
+		puts("probe: vsock rx op=");
+		putdec(h->op);
+		puts(" src=");
+		putdec(h->src_cid);
+		putc(':');
+		putdec(h->src_port);
+		puts(" dst=");
+		putdec(h->dst_cid);
+		putc(':');
+		putdec(h->dst_port);
+		puts(" len=");
+		putdec(h->len);
+		puts(" type=");
+		putdec(h->type);
+		putc('\n');
+	}
 	if (h->type != TYPE_STREAM || h->dst_cid != guest_cid) {
 		send(0, h->dst_port, h->src_port, OP_RST, 0, 0, 0);
 		return;
@@ -182,8 +201,10 @@ static void handle(struct hdr *h, u8 *data)
 		if (c->echo) {
 			u32 n = h->len;
 			if (n > BUF - c->len) n = BUF - c->len; /* a peer ignoring our credit loses bytes */
-			for (u32 i = 0; i < n; i++)
-				c->buf[(c->head + c->len + i) % BUF] = data[i];
+			u32 tail = (c->head + c->len) % BUF;
+			u32 first = n < BUF - tail ? n : BUF - tail;
+			memcpy(c->buf + tail, data, first);
+			memcpy(c->buf, data + first, n - first);
 			c->len += n;
 			flush(c);
 		} else {
@@ -226,6 +247,7 @@ static void handle(struct hdr *h, u8 *data)
 void virtio_vsock_start(const char *cmdline, u64 base)
 {
 	listen_port = (u32)param(cmdline, "probe.vsock.port", 1024);
+	debug = param(cmdline, "probe.vsock.debug", 0);
 	if (virtio_init(base, 0, qs, 3))
 		return;
 	guest_cid = *(volatile u64 *)(base + VSOCK_MMIO_CONFIG);

@@ -10,9 +10,12 @@ import (
 	abi "github.com/thawvm/thaw/internal/abi/kvm"
 )
 
-// ErrInterrupted is returned by VCPU.Run when KVM_RUN returned EINTR: a
-// signal arrived or immediate_exit was set. The caller checks why (a pause
-// or stop request) and calls Run again.
+// ErrInterrupted is returned by VCPU.Run when KVM_RUN returned EINTR (a
+// signal arrived or immediate_exit was set) or EAGAIN (an application
+// processor waiting for INIT/SIPI was woken: x86.c's
+// kvm_arch_vcpu_ioctl_run returns -EAGAIN for a vCPU in
+// KVM_MP_STATE_UNINITIALIZED, and QEMU simply re-enters). The caller checks
+// for a pause or stop request and calls Run again.
 var ErrInterrupted = errors.New("KVM_RUN interrupted")
 
 // VCPU is one virtual CPU. It owns its descriptor and its kvm_run mapping.
@@ -52,13 +55,13 @@ func (c *VCPU) Close() error {
 }
 
 // Run enters the guest once and returns the exit reason
-// (abi.KVM_EXIT_*). EINTR is returned as ErrInterrupted; any other error
+// (abi.KVM_EXIT_*). EINTR and EAGAIN are returned as ErrInterrupted; any other error
 // (EFAULT when guest memory cannot be faulted in, for one) is returned
 // wrapped.
 func (c *VCPU) Run() (uint32, error) {
 	_, err := c.h.ioctlOnce(abi.KVM_RUN, nil)
 	if err != nil {
-		if errors.Is(err, unix.EINTR) {
+		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
 			return abi.KVM_EXIT_INTR, ErrInterrupted
 		}
 		return 0, fmt.Errorf("KVM_RUN vcpu %d: %w", c.id, err)
