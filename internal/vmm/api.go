@@ -77,17 +77,3 @@ func (m *Machine) MachineConfig() fcapi.MachineConfig {
 	c := m.Config()
 	return fcapi.MachineConfig{VcpuCount: c.VCPUs, MemSizeMib: int(c.MemMiB), HugePages: fcapi.HugePagesNone}
 }
-
-// ErrNoVirtio answers drive and vsock configuration until the virtio
-// devices (their own branch) are merged into this build.
-var ErrNoVirtio = errors.New("virtio devices are not wired into this build of thaw-vmm yet")
-
-// SetDrive implements api.Machine: PUT /drives/{id}.
-func (m *Machine) SetDrive(d fcapi.Drive) error {
-	return fmt.Errorf("drive %q: %w", d.DriveID, ErrNoVirtio)
-}
-
-// SetVsock implements api.Machine: PUT /vsock.
-func (m *Machine) SetVsock(fcapi.Vsock) error {
-	return fmt.Errorf("vsock: %w", ErrNoVirtio)
-}

@@ -31,6 +31,11 @@ type Config struct {
 	Serial io.Writer
 	// KVMPath is the KVM device; empty means /dev/kvm.
 	KVMPath string
+	// Drives are the virtio-blk drives, in API order (the root drive is
+	// attached first whatever its position).
+	Drives []DriveConfig
+	// Vsock is the virtio-vsock device, if any.
+	Vsock *VsockConfig
 }
 
 // withDefaults fills unset fields with Firecracker's defaults.

@@ -98,6 +98,7 @@ type hardware struct {
 	mmio   bus.Bus
 	serial *serial.Serial
 	i8042  *i8042.Device
+	virtio []virtioDev
 	// restored is set when the machine was loaded from a snapshot
 	// (machine_snapshot.go); it owns mem then.
 	restored *restored
@@ -212,7 +213,11 @@ func (m *Machine) build(cfg Config) (_ *hardware, err error) {
 	if err = hw.vm.CreatePIT2(kabi.KVM_PIT_SPEAKER_DUMMY); err != nil {
 		return nil, err
 	}
-	entry, err := boot.Load(hw.mem, boot.Config{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline, VCPUs: cfg.VCPUs})
+	cmdline, err := m.addDevices(hw, cfg)
+	if err != nil {
+		return nil, err
+	}
+	entry, err := boot.Load(hw.mem, boot.Config{Kernel: cfg.Kernel, Initrd: cfg.Initrd, Cmdline: cmdline, VCPUs: cfg.VCPUs})
 	if err != nil {
 		return nil, err
 	}
@@ -253,6 +258,8 @@ func (hw *hardware) close() error {
 			errs = append(errs, fmt.Errorf("flushing serial output: %w", err))
 		}
 	}
+	// Devices stop first: their goroutines may still touch guest memory.
+	errs = append(errs, hw.closeDevices())
 	for _, v := range hw.vcpus {
 		errs = append(errs, v.cpu.Close())
 	}
@@ -309,6 +316,9 @@ func (m *Machine) Pause() error {
 		// Only stop changes the state under us (ctl excludes the rest).
 		return fmt.Errorf("%w: the machine stopped while pausing: %s", ErrState, m.exit)
 	}
+	// Virtio devices keep serving their host side, as Firecracker's do
+	// while paused: virtio.MMIO.Pause would also reset vsock's live
+	// connections, which is what a snapshot wants, not a pause.
 	return nil
 }
 

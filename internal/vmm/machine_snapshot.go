@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	kabi "github.com/thawvm/thaw/internal/abi/kvm"
@@ -70,6 +71,15 @@ func (m *Machine) CreateSnapshot(ctx context.Context, p fcapi.SnapshotCreatePara
 
 // captureMachine reads the state of a paused machine's hardware.
 func captureMachine(hw *hardware, cfg Config) (*vmstate.State, error) {
+	if len(hw.virtio) > 0 {
+		// Their queues and connections would be lost on restore: refuse
+		// rather than write a snapshot that restores a different machine.
+		names := make([]string, len(hw.virtio))
+		for i, d := range hw.virtio {
+			names[i] = d.name
+		}
+		return nil, fmt.Errorf("the machine has virtio devices (%s), whose state snapshots do not carry yet", strings.Join(names, ", "))
+	}
 	st := &vmstate.State{Machine: vmstate.Machine{VCPUCount: len(hw.vcpus), MemSizeMib: int(hw.mem.Size() >> 20)}}
 	for _, r := range hw.mem.Regions() {
 		st.Memory = append(st.Memory, vmstate.Region{GuestPhysAddr: r.GPA, Size: r.Size, FileOffset: r.FileOffset})
@@ -135,7 +145,7 @@ func (m *Machine) LoadSnapshot(ctx context.Context, p fcapi.SnapshotLoadParams) 
 		return fmt.Errorf("network_overrides: the snapshot has no network interface %q (thaw-vmm has no network devices yet)", p.NetworkOverrides[0].IfaceID)
 	}
 	if p.VsockOverride != nil {
-		return errors.New("vsock_override: the snapshot has no vsock device (thaw-vmm does not wire virtio devices yet)")
+		return errors.New("vsock_override: the snapshot has no vsock device (snapshots of machines with virtio devices are not supported yet)")
 	}
 	m.ctl.Lock()
 	defer m.ctl.Unlock()
