@@ -68,21 +68,13 @@ func (s *Server) execSandbox(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	br := bufio.NewReaderSize(r.Body, 64<<10)
-	line, err := readLine(br, maxBody)
+	areq, wantStdin, err := parseExecHead(br)
 	if err != nil {
 		return err
 	}
-	var req thawapi.ExecRequest
-	if err := decodeJSON(line, &req); err != nil {
-		return err
-	}
-	areq := agentapi.ExecRequest{Argv: req.Argv, Shell: req.Shell, Env: req.Env, Cwd: req.Cwd, User: req.User, TimeoutMS: req.TimeoutMS}
-	if err := areq.Validate(); err != nil {
-		return errdefs.Mark(err, errdefs.ErrInvalidArgument)
-	}
 	rc := http.NewResponseController(w)
 	var stdin io.Reader
-	if req.Stdin {
+	if wantStdin {
 		if err := rc.EnableFullDuplex(); err != nil {
 			return errdefs.NotImplemented("streaming stdin over this connection: %v", err)
 		}
@@ -103,6 +95,25 @@ func (s *Server) execSandbox(w http.ResponseWriter, r *http.Request) error {
 	}
 	st.send(thawapi.ExecEvent{Exit: &thawapi.ExitStatus{Code: status.Code, Signal: status.Signal, SignalName: status.SignalName, TimedOut: status.TimedOut}})
 	return nil
+}
+
+// parseExecHead reads and checks the exec request line at the start of br;
+// the rest of br is stdin when the request asks for it. Every error is an
+// invalid argument.
+func parseExecHead(br *bufio.Reader) (req agentapi.ExecRequest, stdin bool, err error) {
+	line, err := readLine(br, maxBody)
+	if err != nil {
+		return req, false, err
+	}
+	var in thawapi.ExecRequest
+	if err := decodeJSON(line, &in); err != nil {
+		return req, false, err
+	}
+	req = agentapi.ExecRequest{Argv: in.Argv, Shell: in.Shell, Env: in.Env, Cwd: in.Cwd, User: in.User, TimeoutMS: in.TimeoutMS}
+	if err := req.Validate(); err != nil {
+		return req, false, errdefs.Mark(err, errdefs.ErrInvalidArgument)
+	}
+	return req, in.Stdin, nil
 }
 
 // readLine reads one line of at most limit bytes (without the newline).

@@ -1,12 +1,16 @@
 package api
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/thawvm/thaw/internal/errdefs"
 	"github.com/thawvm/thaw/internal/thawapi"
 )
 
@@ -76,4 +80,37 @@ func TestSandboxRoutesWithoutManager(t *testing.T) {
 	if status, out := f.do(t, "DELETE", "/v1/templates/py?force=true", "", nil); status != 503 {
 		t.Errorf("forced DELETE of a template in use without a manager: got %d %s, want 503", status, out)
 	}
+}
+
+// FuzzExecHead feeds arbitrary exec bodies to the request-line parser: it
+// never panics, every refusal is an invalid argument, and an accepted
+// request leaves exactly the bytes after the first newline as stdin.
+func FuzzExecHead(f *testing.F) {
+	f.Add([]byte("{\"argv\":[\"cat\"],\"stdin\":true}\nhello"))
+	f.Add([]byte(`{"shell":"echo hi","timeout_ms":5}`))
+	f.Add([]byte("{\"argv\":[\"\"]}\n"))
+	f.Add([]byte("{\"argv\":[\"a\\u0000b\"]}\n"))
+	f.Add([]byte("{}\n{}"))
+	f.Add([]byte("\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		br := bufio.NewReaderSize(bytes.NewReader(data), 16)
+		req, _, err := parseExecHead(br)
+		if err != nil {
+			if !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("error %v is not invalid argument", err)
+			}
+			return
+		}
+		if err := req.Validate(); err != nil {
+			t.Fatalf("accepted a request that does not validate: %v", err)
+		}
+		rest, _ := io.ReadAll(br)
+		want := []byte(nil)
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			want = data[i+1:]
+		}
+		if !bytes.Equal(rest, want) && !(len(rest) == 0 && len(want) == 0) {
+			t.Fatalf("stdin after the request line: got %q, want %q", rest, want)
+		}
+	})
 }

@@ -205,6 +205,13 @@ func (m *Manager) Resume(ctx context.Context, id string) (store.Sandbox, error) 
 	if err != nil {
 		return undo(err)
 	}
+	if build != nil && agentReady(build.Ready) {
+		// The guest slept through the pause: its clock is behind and its
+		// randomness is what it was. The agent's init fixes both.
+		if err := waitReady(ctx, h, build.Ready, m.opts.ReadyTimeout, id, nil); err != nil {
+			return undo(err)
+		}
+	}
 	h.Close()
 	sb, err = m.opts.Store.UpdateSandbox(id, func(s *store.Sandbox) error {
 		s.State, s.UpdatedAt = store.Running, time.Now()
