@@ -21,6 +21,7 @@ type results struct {
 	BootToMarkerMS   float64  `json:"boot_to_marker_ms"`
 	GuestUptimeS     float64  `json:"guest_uptime_s"`
 	RebootToExitMS   float64  `json:"reboot_to_exit_ms"`
+	QuietBootMS      float64  `json:"quiet_boot_to_marker_ms"`
 	PauseMS          float64  `json:"pause_ms"`
 	SnapshotCreateMS float64  `json:"snapshot_create_ms"`
 	MemFileMiB       float64  `json:"mem_file_mib"`
@@ -86,6 +87,7 @@ func TestLinuxGuest(t *testing.T) {
 	t.Logf("guest: %d vCPUs, %d MiB", res.VCPUs, res.MemMiB)
 	t.Logf("boot: InstanceStart → init marker %.0f ms (guest uptime %.2f s); reboot → thaw-vmm exit %.0f ms",
 		res.BootToMarkerMS, res.GuestUptimeS, res.RebootToExitMS)
+	t.Logf("boot with quiet: InstanceStart → init marker %.0f ms", res.QuietBootMS)
 	t.Logf("snapshot: pause %.1f ms, Full snapshot %.0f ms (%.0f MiB memory file)", res.PauseMS, res.SnapshotCreateMS, res.MemFileMiB)
 	t.Logf("restore File: load %.1f ms, load → first tick %.0f ms", res.FileLoadMS, res.FileFirstTickMS)
 	t.Logf("restore Uffd (on demand): load %.1f ms, load → first tick %.0f ms, %d faults, %d pages installed",
