@@ -210,26 +210,44 @@ func copySparse(src, dst string) (err error) {
 	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
 		return nil
 	}
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	size := fi.Size()
+	// Only the source's data extents are read (SEEK_DATA/SEEK_HOLE; a
+	// filesystem without them reports one extent, the whole file), and
+	// all-zero blocks inside them are not written.
 	buf := make([]byte, 1<<20)
-	var off int64
-	for {
-		n, rerr := io.ReadFull(in, buf)
-		for b := 0; b < n; b += 4096 {
-			blk := buf[b:min(b+4096, n)]
-			if !allZero(blk) {
-				if _, err := out.WriteAt(blk, off+int64(b)); err != nil {
-					return fmt.Errorf("copying %s to %s: %w", src, dst, err)
+	for off := int64(0); off < size; {
+		start, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // only a hole is left
+		} else if err != nil {
+			return fmt.Errorf("copying %s: finding data: %w", src, err)
+		}
+		end, err := unix.Seek(int(in.Fd()), start, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("copying %s: finding a hole: %w", src, err)
+		}
+		for pos := start; pos < end; {
+			n, err := in.ReadAt(buf[:min(int64(len(buf)), end-pos)], pos)
+			if err != nil && !(errors.Is(err, io.EOF) && n > 0) {
+				return fmt.Errorf("copying %s: %w", src, err)
+			}
+			for b := 0; b < n; b += 4096 {
+				blk := buf[b:min(b+4096, n)]
+				if !allZero(blk) {
+					if _, err := out.WriteAt(blk, pos+int64(b)); err != nil {
+						return fmt.Errorf("copying %s to %s: %w", src, dst, err)
+					}
 				}
 			}
+			pos += int64(n)
 		}
-		off += int64(n)
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		} else if rerr != nil {
-			return fmt.Errorf("copying %s: %w", src, rerr)
-		}
+		off = end
 	}
-	if err := out.Truncate(off); err != nil {
+	if err := out.Truncate(size); err != nil {
 		return fmt.Errorf("copying %s to %s: %w", src, dst, err)
 	}
 	return nil
