@@ -413,3 +413,19 @@ func TestConcurrentControl(t *testing.T) {
 		t.Errorf("state after Close: got %s, want %s", got, Stopped)
 	}
 }
+
+// TestSMPStartup starts the application processors from the guest with
+// INIT and STARTUP IPIs, as Linux does at SMP bring-up: their vCPU threads
+// wait in KVM_RUN, which returns EAGAIN when the IPIs wake them; the VMM
+// must re-enter, not stop.
+func TestSMPStartup(t *testing.T) {
+	const vcpus = 4
+	m, out := startProbe(t, fmt.Sprintf("probe.smp=%d probe.pages=1 probe.ticks=1 probe.spin=10", vcpus), vcpus, 32)
+	e := wait(t, m, 60*time.Second)
+	if e.Err != nil {
+		t.Fatalf("exit: %v\noutput:\n%s", e, out.String())
+	}
+	if want := fmt.Sprintf("probe: smp started=%d\n", vcpus-1); !strings.Contains(out.String(), want) {
+		t.Errorf("no %q in output:\n%s", want, out.String())
+	}
+}

@@ -100,7 +100,7 @@ func BenchmarkInstanceStartToOutput(b *testing.B) {
 		}
 		select {
 		case <-out.ch:
-		case <-time.After(30 * time.Second):
+		case <-time.After(guestWait):
 			b.Fatal("no guest output after 30s")
 		}
 		b.StopTimer()

@@ -42,7 +42,7 @@ func snapshotProbeWith(t *testing.T, dir, bootArgs string) (statePath, memPath s
 	if err := c.InstanceStart(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	p.waitOutput(t, "probe: tick 2 ", 30*time.Second)
+	p.waitOutput(t, "probe: tick 2 ", guestWait)
 	statePath, memPath = filepath.Join(dir, "vmstate"), filepath.Join(dir, "mem")
 	create := fcapi.SnapshotCreateParams{SnapshotType: fcapi.SnapshotFull, SnapshotPath: statePath, MemFilePath: memPath}
 	var apiErr *fcapi.APIError
@@ -125,14 +125,14 @@ func TestSnapshotThroughAPI(t *testing.T) {
 			if info, err := c.InstanceInfo(ctx(t)); err != nil || info.State != fcapi.StateRunning {
 				t.Errorf("GET / after load with resume_vm: got %+v, %v, want %q", info, err, fcapi.StateRunning)
 			}
-			p.waitOutput(t, fmt.Sprintf("probe: tick %d sum=%s\n", tick+2, sum), 30*time.Second)
+			p.waitOutput(t, fmt.Sprintf("probe: tick %d sum=%s\n", tick+2, sum), guestWait)
 			if strings.Contains(p.stdout.String(), "probe: boot") {
 				t.Errorf("the restored guest booted again:\n%s", p.stdout.String())
 			}
 			if err := c.SendCtrlAltDel(ctx(t)); err != nil {
 				t.Fatal(err)
 			}
-			if code := p.wait(t, 30*time.Second); code != 0 {
+			if code := p.wait(t, guestWait); code != 0 {
 				t.Errorf("exit code after the restored guest reset: got %d, want 0", code)
 			}
 		})
@@ -231,7 +231,7 @@ func TestPageServerDeathEndsVMM(t *testing.T) {
 	if err := c.LoadSnapshot(ctx(t), fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: ps.sock}, ResumeVM: true}); err != nil {
 		t.Fatal(err)
 	}
-	p.waitOutput(t, fmt.Sprintf("probe: tick %d sum=%s\n", tick+1, sum), 30*time.Second)
+	p.waitOutput(t, fmt.Sprintf("probe: tick %d sum=%s\n", tick+1, sum), guestWait)
 	ps.kill()
 	killed := time.Now()
 	if code := p.wait(t, 10*time.Second); code != 1 {

@@ -20,6 +20,12 @@ import (
 	"github.com/thawvm/thaw/internal/testenv"
 )
 
+// guestWait bounds every wait for a guest's output or exit. Probe guests run
+// emulated on PVM hosts and share two cores with the rest of the suite, so
+// this is a hang detector, not a speed claim: a loaded machine has taken 28 s
+// for a step that is instant on hardware KVM.
+const guestWait = 2 * time.Minute
+
 var (
 	buildOnce sync.Once
 	vmmBin    string
@@ -178,7 +184,7 @@ func (p *vmmProc) waitOutput(t *testing.T, want string, timeout time.Duration) {
 }
 
 func ctx(t *testing.T) context.Context {
-	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	c, cancel := context.WithTimeout(context.Background(), guestWait)
 	t.Cleanup(cancel)
 	return c
 }
@@ -209,7 +215,7 @@ func TestProbeThroughAPI(t *testing.T) {
 	if err := c.InstanceStart(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	p.waitOutput(t, "probe: tick 1 ", 30*time.Second)
+	p.waitOutput(t, "probe: tick 1 ", guestWait)
 	if err := c.Pause(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +231,7 @@ func TestProbeThroughAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := strings.Count(before, "probe: tick ")
-	p.waitOutput(t, fmt.Sprintf("probe: tick %d ", n+1), 30*time.Second)
+	p.waitOutput(t, fmt.Sprintf("probe: tick %d ", n+1), guestWait)
 	// A pre-boot call on a running VM is refused with Firecracker's 400.
 	var apiErr *fcapi.APIError
 	if err := c.PutMachineConfig(ctx(t), fcapi.MachineConfig{VcpuCount: 1, MemSizeMib: 64}); !errors.As(err, &apiErr) || apiErr.StatusCode != 400 {
@@ -234,7 +240,7 @@ func TestProbeThroughAPI(t *testing.T) {
 	if err := c.SendCtrlAltDel(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	if code := p.wait(t, 30*time.Second); code != 0 {
+	if code := p.wait(t, guestWait); code != 0 {
 		t.Errorf("exit code after the guest reset: got %d, want 0", code)
 	}
 	if !strings.Contains(p.stdout.String(), "probe: ctrl-alt-del") {
@@ -333,15 +339,15 @@ func TestSignalAndStdin(t *testing.T) {
 	if err := c.InstanceStart(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	p.waitOutput(t, "probe: tick 1 ", 30*time.Second)
+	p.waitOutput(t, "probe: tick 1 ", guestWait)
 	if _, err := stdin.Write([]byte("ok")); err != nil {
 		t.Fatal(err)
 	}
-	p.waitOutput(t, "probe: serial 6f\nprobe: serial 6b\n", 30*time.Second)
+	p.waitOutput(t, "probe: serial 6f\nprobe: serial 6b\n", guestWait)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if code := p.wait(t, 30*time.Second); code != 0 {
+	if code := p.wait(t, guestWait); code != 0 {
 		t.Errorf("exit code after SIGTERM: got %d, want 0; stderr:\n%s", code, p.stderr.String())
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {

@@ -41,7 +41,7 @@ func dialGuest(t testing.TB, uds string, port int) (net.Conn, *bufio.Reader) {
 		t.Fatal(err)
 	}
 	fmt.Fprintf(conn, "CONNECT %d\n", port)
-	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	conn.SetReadDeadline(time.Now().Add(guestWait))
 	r := bufio.NewReader(conn)
 	line, err := r.ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "OK ") {
@@ -92,18 +92,18 @@ func TestVsockEcho(t *testing.T) {
 	}
 
 	// Guest-initiated: the probe connects to port 5000 and says hello.
-	l.(*net.UnixListener).SetDeadline(time.Now().Add(30 * time.Second))
+	l.(*net.UnixListener).SetDeadline(time.Now().Add(guestWait))
 	g, err := l.Accept()
 	if err != nil {
 		t.Fatalf("no guest-initiated connection: %v\nstdout:\n%s", err, p.stdout.String())
 	}
 	hello := make([]byte, len("hello from probe\n"))
-	g.SetReadDeadline(time.Now().Add(30 * time.Second))
+	g.SetReadDeadline(time.Now().Add(guestWait))
 	if _, err := io.ReadFull(g, hello); err != nil || string(hello) != "hello from probe\n" {
 		t.Fatalf("guest-initiated connection: got %q, %v", hello, err)
 	}
 	g.Write([]byte("hi probe\n"))
-	p.waitOutput(t, "probe: vsock got hi probe\n", 30*time.Second)
+	p.waitOutput(t, "probe: vsock got hi probe\n", guestWait)
 	g.Close()
 
 	// Host-initiated, concurrent: open every connection first (the device
@@ -141,7 +141,7 @@ func TestVsockEcho(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	p.waitOutput(t, fmt.Sprintf("bytes=%d\n", size), 30*time.Second)
+	p.waitOutput(t, fmt.Sprintf("bytes=%d\n", size), guestWait)
 	if n := strings.Count(p.stdout.String(), "probe: vsock accept port="); n != conns {
 		t.Errorf("guest accepted %d connections, want %d", n, conns)
 	}
@@ -172,7 +172,7 @@ func TestVsockEcho(t *testing.T) {
 	}
 	defer conn.Close()
 	fmt.Fprintf(conn, "CONNECT 7\n")
-	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	conn.SetReadDeadline(time.Now().Add(guestWait))
 	if line, err := bufio.NewReader(conn).ReadString('\n'); err == nil {
 		t.Errorf("CONNECT to a closed guest port: got %q, want the connection closed", line)
 	}

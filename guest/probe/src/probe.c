@@ -22,7 +22,8 @@
  * Misbehaviour, to prove a guest cannot crash or hang the VMM:
  * probe.chaos=<n> does n reads and writes of 1-8 bytes at pseudo-random
  * ports and unclaimed MMIO addresses, then prints "probe: chaos done";
- * probe.high=1 maps RAM above 4 GiB, writes its first and last 8 bytes
+ * probe.smp=<n> starts vCPUs 1..n-1 with INIT/SIPI and prints
+ * "probe: smp started=<count>"; probe.high=1 maps RAM above 4 GiB, writes its first and last 8 bytes
  * and prints "probe: high ok top=<hex>"; probe.triple=1 triple-faults; probe.exits=<n> writes port 0x80 n times
  * between "probe: exits start" and "probe: exits done" (a benchmark of the
  * exit path); probe.hang=1 halts with interrupts off.
@@ -150,6 +151,42 @@ static void chaos(u64 n, u64 ram)
 
 struct idtr { u16 limit; u64 base; } __attribute__((packed));
 
+/* smp starts the application processors the way a kernel does, INIT then
+ * two STARTUP IPIs through the local APIC, into a real-mode trampoline at
+ * 0x8000 that counts itself at 0x8100 and halts; it prints how many came
+ * up. The VMM's vCPU threads for the APs sit in KVM_RUN until the IPIs
+ * arrive. */
+static void smp(u64 ncpus)
+{
+	static const u8 tramp[] = {
+		0xf0, 0xff, 0x06, 0x00, 0x81, /* lock inc word [0x8100] */
+		0xfa, 0xf4,                   /* cli; hlt */
+		0xeb, 0xfc,                   /* jmp back to hlt */
+	};
+	volatile u16 *count = (volatile u16 *)0x8100;
+	memcpy((void *)0x8000, tramp, sizeof(tramp));
+	*count = 0;
+	volatile u32 *lapic = (volatile u32 *)0xfee00000UL;
+	lapic[0xf0 / 4] |= 0x100; /* software-enable the local APIC */
+	for (u64 cpu = 1; cpu < ncpus; cpu++) {
+		lapic[0x310 / 4] = (u32)cpu << 24;
+		lapic[0x300 / 4] = 0x4500; /* INIT, assert */
+		for (volatile int i = 0; i < 1000; i++)
+			;
+		for (int sipi = 0; sipi < 2; sipi++) {
+			lapic[0x310 / 4] = (u32)cpu << 24;
+			lapic[0x300 / 4] = 0x4600 | (0x8000 >> 12); /* STARTUP, vector 0x08 */
+			for (volatile int i = 0; i < 1000; i++)
+				;
+		}
+	}
+	for (u64 i = 0; i < 100000000 && *count < ncpus - 1; i++)
+		;
+	puts("probe: smp started=");
+	putdec(*count);
+	putc('\n');
+}
+
 /* Page directories mapping 4 GiB to 4 GiB + HIGH_PDS GiB; the VMM's boot
  * page tables map only the low 4 GiB. */
 #define HIGH_PDS 8
@@ -212,6 +249,9 @@ void probe_main(u8 *zeropage)
 	putdec(ram);
 	putc('\n');
 
+	u64 ncpus = param(cmdline, "probe.smp", 0);
+	if (ncpus > 1)
+		smp(ncpus);
 	if (param(cmdline, "probe.high", 0))
 		high(zeropage);
 	u64 n_exits = param(cmdline, "probe.exits", 0);

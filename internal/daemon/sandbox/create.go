@@ -47,9 +47,6 @@ type CreateRequest struct {
 	Env []string
 }
 
-// procAlive is proc.Alive, a variable so that nothing else is needed to read it.
-var procAlive = proc.Alive
-
 // Create restores a new sandbox from the template's current build and
 // returns its record once it is ready. On any failure everything the create
 // made is removed again (shim, VMM, directory, record) and the error says

@@ -74,7 +74,7 @@ func (m *Manager) stopRecorded(ctx context.Context, sh store.Shim) error {
 	if sh.IsZero() {
 		return nil
 	}
-	if alive, err := procAlive(sh.PID, sh.StartTime); err == nil && !alive {
+	if alive, err := proc.Alive(sh.PID, sh.StartTime); err == nil && !alive {
 		return nil
 	}
 	h, err := attach(ctx, sh)

@@ -29,6 +29,7 @@ import (
 
 	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/live"
+	"github.com/thawvm/thaw/internal/daemon/proc"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
 	"github.com/thawvm/thaw/internal/shim"
@@ -199,7 +200,7 @@ func killShim(sh store.Shim) error {
 	if sh.PID <= 0 {
 		return nil
 	}
-	alive, err := procAlive(sh.PID, sh.StartTime)
+	alive, err := proc.Alive(sh.PID, sh.StartTime)
 	if err != nil || !alive {
 		return err
 	}
@@ -212,7 +213,7 @@ func killShim(sh store.Shim) error {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if alive, _ := procAlive(sh.PID, sh.StartTime); !alive {
+		if alive, _ := proc.Alive(sh.PID, sh.StartTime); !alive {
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)
