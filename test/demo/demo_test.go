@@ -14,10 +14,6 @@ import (
 	"github.com/thawvm/thaw/internal/testenv"
 )
 
-// snapshotGap is thaw-vmm's refusal to snapshot a machine with virtio
-// devices, the main job's first missing piece on 2026-11-27.
-const snapshotGap = "whose state snapshots do not carry yet"
-
 // sandbox is the part of `thaw --json inspect` the test checks.
 type sandbox struct {
 	ID     string `json:"id"`
@@ -33,9 +29,8 @@ type sandbox struct {
 // (the same packaging scripts/demo --vm runs, so the two cannot drift) and
 // runs it where Linux guests run. It checks that every step of the sequence
 // succeeded, that python3 in the sandbox printed 42, and that the sandbox's
-// create was timed, phase by phase. Until thaw-vmm snapshots virtio
-// devices it skips after the template VM's snapshot fails, having checked
-// that every step before it worked.
+// create was timed, phase by phase. It never skips once KVM and root are
+// there: any failed step fails it.
 func TestMainJob(t *testing.T) {
 	testenv.RequireKVM(t)
 	testenv.RequireRoot(t) // debootstrap, loop mounts
@@ -61,13 +56,6 @@ func TestMainJob(t *testing.T) {
 	}
 
 	steps := readSteps(t, filepath.Join(r.Files, "steps"))
-	// Known gap in thaw-vmm: a machine with virtio devices cannot
-	// be snapshotted yet, so the template build stops there. Everything
-	// before it must still have worked; remove this once the VMM
-	// snapshots its devices.
-	if strings.Contains(out, snapshotGap) && len(steps) == 3 && steps[0].ok && steps[1].ok && !steps[2].ok {
-		t.Skipf("the sequence got to the template's snapshot, which thaw-vmm cannot take yet: %q", snapshotGap)
-	}
 	wantSteps := []string{"data directory", "start thawd", "template build", "create", "exec", "inspect"}
 	for i, name := range wantSteps {
 		switch {
