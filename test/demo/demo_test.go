@@ -26,7 +26,7 @@ type sandbox struct {
 }
 
 // TestMainJob builds the main job's payload with `scripts/demo --payload`
-// (the same packaging scripts/demo --vm runs, so the two cannot drift) and
+// (the same packaging scripts/demo runs, so the two cannot drift) and
 // runs it where Linux guests run. It checks that every step of the sequence
 // succeeded, that python3 in the sandbox printed 42, and that the sandbox's
 // create was timed, phase by phase. It never skips once KVM and root are
