@@ -25,9 +25,11 @@ import (
 const l1Package = "linux-image-cloud-amd64"
 
 // l1Modules are loaded by the L1 init: KVM with AMD SVM (TCG emulates SVM,
-// not VMX), the virtio-pci disks, and tun for guests with a tap device.
+// not VMX), the virtio-pci disks, tun for guests with a tap device, and
+// loop and xfs for payloads that need a reflink filesystem (thawd's data
+// directory: the demo mounts an XFS image made in L1's /tmp).
 // Their dependencies are found from each module's .modinfo.
-var l1Modules = []string{"kvm_amd", "virtio_pci", "virtio_blk", "tun"}
+var l1Modules = []string{"kvm_amd", "virtio_pci", "virtio_blk", "tun", "loop", "xfs"}
 
 // busybox is busybox-static's binary: the L1 userland.
 const busybox = "/bin/busybox"

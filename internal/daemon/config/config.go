@@ -54,6 +54,11 @@ type Config struct {
 	MaxConcurrentRestores int
 	// LoadTimeout bounds PUT /snapshot/load.
 	LoadTimeout time.Duration
+	// ReadyTimeout bounds the wait for a restored guest to be ready (agent
+	// health and init, or the serial marker), at create and in a
+	// template's recording run. Slow hosts (nested virtualization) need
+	// more than the default.
+	ReadyTimeout time.Duration
 	// ReconcileInterval is how often the reconciler compares records with
 	// live shims.
 	ReconcileInterval time.Duration
@@ -77,6 +82,7 @@ func Default() Config {
 		UFFDRecordMax:         10 * time.Second,
 		MaxConcurrentRestores: 16,
 		LoadTimeout:           30 * time.Second,
+		ReadyTimeout:          30 * time.Second,
 		ReconcileInterval:     30 * time.Second,
 		ReconcileMaxActions:   10,
 		LogLevel:              slog.LevelInfo,
@@ -158,6 +164,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LoadTimeout <= 0 {
 		bad("load_timeout", "%v: must be above 0", c.LoadTimeout)
+	}
+	if c.ReadyTimeout <= 0 {
+		bad("ready_timeout", "%v: must be above 0", c.ReadyTimeout)
 	}
 	if c.ReconcileInterval < time.Second {
 		bad("reconcile_interval", "%v: must be at least 1s", c.ReconcileInterval)

@@ -66,6 +66,7 @@ func TestValidate(t *testing.T) {
 		{"huge record max", func(c *Config) { c.UFFDRecordMax = 2 * time.Hour }, "uffd_record_max:"},
 		{"zero restores", func(c *Config) { c.MaxConcurrentRestores = 0 }, "max_concurrent_restores: 0 is out of range"},
 		{"zero load timeout", func(c *Config) { c.LoadTimeout = 0 }, "load_timeout:"},
+		{"negative ready timeout", func(c *Config) { c.ReadyTimeout = -time.Second }, "ready_timeout:"},
 		{"fast reconcile", func(c *Config) { c.ReconcileInterval = time.Millisecond }, "reconcile_interval:"},
 		{"negative actions", func(c *Config) { c.ReconcileMaxActions = -1 }, "reconcile_max_actions:"},
 	}

@@ -49,6 +49,7 @@ var settings = []Setting{
 	{"uffd_record_max", "maximum length of a template build's recording run", func(c *Config) any { return &c.UFFDRecordMax }},
 	{"max_concurrent_restores", "how many creates may restore at once", func(c *Config) any { return &c.MaxConcurrentRestores }},
 	{"load_timeout", "bound on PUT /snapshot/load", func(c *Config) any { return &c.LoadTimeout }},
+	{"ready_timeout", "bound on a restored guest's readiness (agent health and init, or the serial marker)", func(c *Config) any { return &c.ReadyTimeout }},
 	{"reconcile_interval", "how often the reconciler compares records with live shims", func(c *Config) any { return &c.ReconcileInterval }},
 	{"reconcile_max_actions", "destructive actions one reconciler pass may take (0: report only)", func(c *Config) any { return &c.ReconcileMaxActions }},
 	{"log_level", "minimum log level: debug, info, warn or error", func(c *Config) any { return &c.LogLevel }},
