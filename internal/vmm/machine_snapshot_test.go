@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/testenv"
 	"github.com/thawvm/thaw/internal/uffd"
+	"github.com/thawvm/thaw/internal/uffd/uffdtest"
 	"github.com/thawvm/thaw/internal/vmm/vmstate"
 )
 
@@ -35,47 +35,7 @@ func lastTick(t *testing.T, out string) (int, string) {
 // servePages runs a page server for memPath in this process until the
 // test ends and returns its socket.
 func servePages(t *testing.T, memPath string) string {
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "uffd.sock")
-	l, err := uffd.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			hs, err := l.Accept(ctx)
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				src, err := uffd.OpenFile(memPath)
-				if err != nil {
-					hs.Close()
-					t.Error(err)
-					return
-				}
-				defer src.Close()
-				srv, err := uffd.NewServer(uffd.ServerParams{Handshake: hs, Source: src})
-				if err != nil {
-					hs.Close()
-					t.Error(err)
-					return
-				}
-				defer srv.Close()
-				if err := srv.Serve(ctx); err != nil {
-					t.Errorf("page server: %v", err)
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() { cancel(); l.Close(); wg.Wait() })
-	return sock
+	return uffdtest.ServeFile(t, memPath, uffd.Config{})
 }
 
 // loadProbe loads a snapshot into a fresh machine and resumes it.

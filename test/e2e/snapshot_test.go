@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/testenv"
 	"github.com/thawvm/thaw/internal/uffd"
+	"github.com/thawvm/thaw/internal/uffd/uffdtest"
 )
 
 var tickLine = regexp.MustCompile(`probe: tick (\d+) sum=([0-9a-f]+)\n`)
@@ -68,38 +68,7 @@ func snapshotProbeWith(t *testing.T, dir, bootArgs string) (statePath, memPath s
 func servePagesE2E(t *testing.T, memPath string) string {
 	t.Helper()
 	testenv.RequireUFFD(t)
-	sock := filepath.Join(t.TempDir(), "uffd.sock")
-	l, err := uffd.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		hs, err := l.Accept(c)
-		if err != nil {
-			return
-		}
-		src, err := uffd.OpenFile(memPath)
-		if err != nil {
-			hs.Close()
-			t.Error(err)
-			return
-		}
-		defer src.Close()
-		srv, err := uffd.NewServer(uffd.ServerParams{Handshake: hs, Source: src})
-		if err != nil {
-			hs.Close()
-			t.Error(err)
-			return
-		}
-		defer srv.Close()
-		srv.Serve(c)
-	}()
-	t.Cleanup(func() { cancel(); l.Close(); wg.Wait() })
-	return sock
+	return uffdtest.ServeFile(t, memPath, uffd.Config{})
 }
 
 // TestSnapshotThroughAPI snapshots the probe guest through one thaw-vmm's
