@@ -27,8 +27,10 @@ func Strict() (bool, error) {
 	return conf.EnvBool(StrictEnv, false)
 }
 
-// missing skips t with why, or fails it when StrictEnv is set.
-func missing(t testing.TB, why string) {
+// Missing skips t with why, or fails it when StrictEnv is set (or set to
+// garbage). Tests whose prerequisite is something other than KVM,
+// userfaultfd or root (a cached image, a kernel feature) call it directly.
+func Missing(t testing.TB, why string) {
 	t.Helper()
 	strict, err := Strict()
 	if err != nil {
@@ -44,7 +46,7 @@ func missing(t testing.TB, why string) {
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		missing(t, "test needs root: run it as root")
+		Missing(t, "test needs root: run it as root")
 	}
 }
 
@@ -52,7 +54,7 @@ func RequireRoot(t testing.TB) {
 func RequireKVM(t testing.TB) {
 	t.Helper()
 	if err := kvmErr(); err != nil {
-		missing(t, fmt.Sprintf("test needs /dev/kvm: %v", err))
+		Missing(t, fmt.Sprintf("test needs /dev/kvm: %v", err))
 	}
 }
 
@@ -60,7 +62,7 @@ func RequireKVM(t testing.TB) {
 func RequireUFFD(t testing.TB) {
 	t.Helper()
 	if err := uffdErr(); err != nil {
-		missing(t, fmt.Sprintf("test needs userfaultfd: %v", err))
+		Missing(t, fmt.Sprintf("test needs userfaultfd: %v", err))
 	}
 }
 
