@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/daemon/template"
 	"github.com/thawvm/thaw/internal/thawapi"
 )
@@ -17,17 +19,18 @@ import (
 // fakeBoot stands in for the build VM: it logs the steps it was given and
 // writes a snapshot of the requested size, or fails with fail.
 func fakeBoot(fail error) template.Booter {
-	return func(_ context.Context, r template.BootRequest, log io.Writer) error {
+	return func(_ context.Context, r template.BootRequest, log io.Writer) ([]store.Phase, error) {
 		for _, s := range r.Steps {
 			io.WriteString(log, "running: "+s.Shell+" in "+s.Workdir+" with "+strings.Join(s.Env, " ")+"\n")
 		}
 		if fail != nil {
-			return fail
+			return nil, fail
 		}
 		if err := os.WriteFile(r.VMState, []byte("state"), 0o600); err != nil {
-			return err
+			return nil, err
 		}
-		return os.WriteFile(r.Memory, make([]byte, r.MemoryMiB<<20), 0o600)
+		return []store.Phase{{Name: "boot", Duration: 2 * time.Second}, {Name: "snapshot", Duration: 300 * time.Millisecond}},
+			os.WriteFile(r.Memory, make([]byte, r.MemoryMiB<<20), 0o600)
 	}
 }
 

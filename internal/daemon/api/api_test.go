@@ -94,13 +94,13 @@ func newFixture(t *testing.T) *fixture {
 	}
 	// Build VMs "boot" until the test sends their outcome on boot.
 	b := &template.Builder{Store: st, Layout: lay, Kernel: filepath.Join(bin, "vmlinux"), Agent: filepath.Join(bin, "thaw-agent"),
-		Boot: func(ctx context.Context, _ template.BootRequest, log io.Writer) error {
+		Boot: func(ctx context.Context, _ template.BootRequest, log io.Writer) ([]store.Phase, error) {
 			io.WriteString(log, "booted\n")
 			select {
 			case err := <-boot:
-				return err
+				return []store.Phase{{Name: "boot", Duration: time.Millisecond}}, err
 			case <-ctx.Done():
-				return ctx.Err()
+				return nil, ctx.Err()
 			}
 		}}
 	bctx, cancel := context.WithCancel(context.Background())

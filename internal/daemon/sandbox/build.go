@@ -30,19 +30,35 @@ const buildBootTimeout = 3 * time.Minute
 // steps (output into log; a step that fails fails the build), starts
 // r.Start detached, runs the ready check, pauses, takes a Full snapshot
 // into r.VMState and r.Memory and stops the VM. The VM is stopped whatever
-// happens.
-func (m *Manager) BootSnapshot(ctx context.Context, r template.BootRequest, log io.Writer) (err error) {
+// happens. It returns how long each phase took: shim, boot (to the agent's
+// first answer), steps, start, ready, snapshot, stop.
+func (m *Manager) BootSnapshot(ctx context.Context, r template.BootRequest, log io.Writer) (phases []store.Phase, err error) {
+	begun := time.Now()
+	// phase ends the running phase, named name, and logs its time.
+	phase := func(name string) {
+		now := time.Now()
+		phases = append(phases, store.Phase{Name: name, Duration: now.Sub(begun)})
+		fmt.Fprintf(log, "==> %s: %v\n", name, now.Sub(begun).Round(time.Millisecond))
+		begun = now
+	}
 	h, err := shim.Start(ctx, m.opts.Shim, shim.Config{ID: r.ID, Dir: r.Dir, VMM: m.opts.VMM, Pages: shim.PagesNone,
 		StopGrace: m.opts.StopGrace, HandshakeTimeout: m.opts.LoadTimeout + m.opts.ReadyTimeout})
 	if err != nil {
-		return fmt.Errorf("starting the shim: %w", err)
+		return nil, fmt.Errorf("starting the shim: %w", err)
 	}
+	phase("shim")
 	defer func() {
+		begun = time.Now()
 		if _, serr := m.stopShim(context.WithoutCancel(ctx), h); serr != nil {
 			err = errors.Join(err, serr)
 		}
+		if err == nil {
+			phase("stop")
+		}
 	}()
-	fail := func(step string, err error) error { return fmt.Errorf("%s: %w%s", step, err, vmmTail(h.Dir)) }
+	fail := func(step string, err error) ([]store.Phase, error) {
+		return nil, fmt.Errorf("%s: %w%s", step, err, vmmTail(h.Dir))
+	}
 	fc := fcapi.NewClient(h.APISocket)
 	defer fc.Close()
 	rel := func(p string) string {
@@ -51,7 +67,7 @@ func (m *Manager) BootSnapshot(ctx context.Context, r template.BootRequest, log 
 		}
 		return p
 	}
-	fmt.Fprintf(log, "==> booting %d vCPU, %d MiB\n", r.VCPUs, r.MemoryMiB)
+	fmt.Fprintf(log, "==> booting %s: %d vCPU, %d MiB\n", r.ID, r.VCPUs, r.MemoryMiB)
 	for _, s := range []struct {
 		name string
 		do   func() error
@@ -86,23 +102,28 @@ func (m *Manager) BootSnapshot(ctx context.Context, r template.BootRequest, log 
 		return fail("waiting for the agent", timeoutKind(bctx, err))
 	}
 	fmt.Fprintf(log, "==> agent ready (protocol %d)\n", hl.Protocol)
+	phase("boot")
 	for i, st := range r.Steps {
 		fmt.Fprintf(log, "==> step %d/%d: %s\n", i+1, len(r.Steps), st.Shell)
 		ex, err := ac.Exec(ctx, agentapi.ExecRequest{Shell: st.Shell, Env: st.Env, Cwd: st.Workdir}, nil, log, log)
 		if err != nil {
-			return fmt.Errorf("step %d (%s): %w", i+1, st.Shell, err)
+			return fail(fmt.Sprintf("step %d (%s)", i+1, st.Shell), err)
 		}
 		if ex.Code != 0 || ex.Signal != 0 {
-			return errdefs.FailedPrecondition("step %d (%s) ended with %s", i+1, st.Shell, ex)
+			return nil, errdefs.FailedPrecondition("step %d (%s) ended with %s", i+1, st.Shell, ex)
 		}
+	}
+	if len(r.Steps) > 0 {
+		phase("steps")
 	}
 	if r.Start != "" {
 		fmt.Fprintf(log, "==> start: %s\n", r.Start)
 		ex, err := ac.Start(ctx, agentapi.ExecRequest{Shell: r.Start, Detach: true})
 		if err != nil {
-			return fmt.Errorf("start command (%s): %w", r.Start, err)
+			return fail(fmt.Sprintf("start command (%s)", r.Start), err)
 		}
 		ex.Close() // detached: it keeps running
+		phase("start")
 	}
 	rctx, cancel := context.WithTimeout(ctx, m.opts.ReadyTimeout)
 	if r.Ready.Kind == store.ReadySerial {
@@ -116,7 +137,8 @@ func (m *Manager) BootSnapshot(ctx context.Context, r template.BootRequest, log 
 	}
 	ac.Close() // no live agent connection may go into the snapshot
 	closed = true
-	fmt.Fprintln(log, "==> ready; pausing and taking a Full snapshot")
+	phase("ready")
+	fmt.Fprintln(log, "==> pausing and taking a Full snapshot")
 	if err := fc.Pause(ctx); err != nil {
 		return fail("pausing", err)
 	}
@@ -124,5 +146,6 @@ func (m *Manager) BootSnapshot(ctx context.Context, r template.BootRequest, log 
 		SnapshotPath: r.VMState, MemFilePath: r.Memory}); err != nil {
 		return fail("PUT /snapshot/create", err)
 	}
-	return nil
+	phase("snapshot")
+	return phases, nil
 }

@@ -61,10 +61,13 @@ func TestBootSnapshotBadKernel(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var log bytes.Buffer
-	err = m.BootSnapshot(ctx, template.BootRequest{ID: "build-test", Dir: dir, Rootfs: rootfs, Kernel: kernel,
+	phases, err := m.BootSnapshot(ctx, template.BootRequest{ID: "build-test", Dir: dir, Rootfs: rootfs, Kernel: kernel,
 		VMState: filepath.Join(dir, "vmstate"), Memory: filepath.Join(dir, "memory"), VCPUs: 1, MemoryMiB: 64}, &log)
 	if err == nil {
 		t.Fatal("BootSnapshot with a junk kernel succeeded")
+	}
+	if phases != nil {
+		t.Errorf("got phases %v from a failed boot, want none", phases)
 	}
 	if !strings.Contains(err.Error(), "PUT /boot-source") && !strings.Contains(err.Error(), "InstanceStart") {
 		t.Errorf("got %v, want it to name the refused call", err)

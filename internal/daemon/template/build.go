@@ -149,7 +149,8 @@ type BootRequest struct {
 // the start command, waits for the ready check, pauses, takes a Full
 // snapshot into r.VMState/r.Memory and stops the VM, leaving no process
 // behind whatever happens (internal/daemon/sandbox's Manager.BootSnapshot).
-type Booter func(ctx context.Context, r BootRequest, log io.Writer) error
+// It returns how long each of its phases took, in order.
+type Booter func(ctx context.Context, r BootRequest, log io.Writer) ([]store.Phase, error)
 
 // Builder runs template builds from images.
 type Builder struct {
@@ -163,9 +164,10 @@ type Builder struct {
 	Record Recorder
 }
 
-// Check reports what keeps b from building at all (kernel, agent), so a
-// request fails before a build is started.
-func (b *Builder) Check() error {
+// Check reports what keeps b from building spec's kind of image (kernel,
+// and the agent binary unless the source is an ext4 image, which must
+// already hold its agent), so a request fails before a build is started.
+func (b *Builder) Check(spec BuildSpec) error {
 	if b.Boot == nil {
 		return errdefs.Unavailable("template builds need a VMM and shim, and this thawd has none configured")
 	}
@@ -173,6 +175,9 @@ func (b *Builder) Check() error {
 		{"guest kernel", b.Kernel, "set kernel in thawd's config or THAW_KERNEL"},
 		{"agent binary", b.Agent, "build it with CGO_ENABLED=0 go build ./cmd/thaw-agent and set agent in thawd's config"},
 	} {
+		if f.what == "agent binary" && spec.Source.Kind == SourceExt4 {
+			continue // used as it is: nothing is injected
+		}
 		if f.path == "" {
 			return errdefs.Unavailable("no %s configured: %s", f.what, f.fix)
 		}
@@ -195,7 +200,7 @@ func (b *Builder) Build(ctx context.Context, id string, spec BuildSpec, log io.W
 	if err := spec.Validate(); err != nil {
 		return store.Template{}, err
 	}
-	if err := b.Check(); err != nil {
+	if err := b.Check(spec); err != nil {
 		return store.Template{}, err
 	}
 	dir, err := b.Layout.ScratchDir(id + "-")
@@ -228,17 +233,33 @@ func (b *Builder) Build(ctx context.Context, id string, spec BuildSpec, log io.W
 		}
 		say("root filesystem: %d entries, %d bytes of content", res.Entries, res.ContentBytes)
 	}
-	say("image ready in %v; booting %s", time.Since(t0).Round(time.Millisecond), id)
+	timings := []store.Phase{{Name: "image", Duration: time.Since(t0)}}
+	say("image: %v", timings[0].Duration.Round(time.Millisecond))
 	br := BootRequest{ID: id, Dir: dir, Rootfs: rootfs, VMState: filepath.Join(dir, VMStateName), Memory: filepath.Join(dir, MemoryName),
 		Kernel: b.Kernel, VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, Steps: spec.Steps, Start: spec.Start, Ready: spec.Ready}
-	if err := b.Boot(ctx, br, log); err != nil {
+	booted, err := b.Boot(ctx, br, log)
+	if err != nil {
 		return store.Template{}, fmt.Errorf("build VM %s: %w", id, err)
 	}
-	say("snapshot taken; publishing (recording run: %v)", b.Record != nil)
+	timings = append(timings, booted...)
+	if b.Record != nil {
+		say("snapshot taken; publishing after a recording run (the snapshot restored under a recording page server until its faults settle)")
+	} else {
+		say("snapshot taken; publishing without a recording run (prefetch is off)")
+	}
 	t, err := Register(ctx, b.Store, b.Layout, RegisterRequest{Name: spec.Name, VMState: br.VMState, Memory: br.Memory, Rootfs: rootfs,
-		Kernel: b.Kernel, RootDrive: RootDriveID, VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, Ready: spec.Ready, Record: b.Record})
+		Kernel: b.Kernel, RootDrive: RootDriveID, VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, Ready: spec.Ready, Record: b.Record,
+		Timings: timings})
 	if err != nil {
 		return store.Template{}, err
+	}
+	if nb := t.BuildByID(t.Current); nb != nil {
+		for _, p := range nb.Timings[len(timings):] {
+			say("%s: %v", p.Name, p.Duration.Round(time.Millisecond))
+		}
+		if nb.Artifacts.AccessLog != "" {
+			say("access log: %d pages in recorded order (%d MiB of %d MiB)", nb.AccessLogPages, nb.AccessLogPages*4096>>20, nb.MemoryBytes>>20)
+		}
 	}
 	say("template %s build %s published in %v", spec.Name, t.Current, time.Since(t0).Round(time.Millisecond))
 	return t, nil

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/store"
@@ -108,7 +109,7 @@ func ext4Spec(t *testing.T) BuildSpec {
 
 func TestBuildRefusedBeforeBooting(t *testing.T) {
 	booted := false
-	boot := func(context.Context, BootRequest, io.Writer) error { booted = true; return nil }
+	boot := func(context.Context, BootRequest, io.Writer) ([]store.Phase, error) { booted = true; return nil, nil }
 	tests := []struct {
 		name   string
 		change func(*Builder, *BuildSpec)
@@ -117,7 +118,11 @@ func TestBuildRefusedBeforeBooting(t *testing.T) {
 	}{
 		{"unknown kernel", func(b *Builder, _ *BuildSpec) { b.Kernel = "/nonexistent/vmlinux" }, errdefs.IsUnavailable, "guest kernel"},
 		{"no kernel", func(b *Builder, _ *BuildSpec) { b.Kernel = "" }, errdefs.IsUnavailable, "no guest kernel configured"},
-		{"no agent", func(b *Builder, _ *BuildSpec) { b.Agent = "" }, errdefs.IsUnavailable, "no agent binary"},
+		{"no agent", func(b *Builder, s *BuildSpec) { b.Agent, s.Source, s.DiskMiB = "", goodSpec(t).Source, 64 }, errdefs.IsUnavailable, "no agent binary"},
+		{"missing agent", func(b *Builder, s *BuildSpec) {
+			b.Agent, s.Source, s.DiskMiB = "/nonexistent/thaw-agent", goodSpec(t).Source, 64
+		},
+			errdefs.IsUnavailable, "agent binary"},
 		{"no VMM", func(b *Builder, _ *BuildSpec) { b.Boot = nil }, errdefs.IsUnavailable, "need a VMM"},
 		{"missing image", func(_ *Builder, s *BuildSpec) { s.Source.Path = "/nonexistent/root.ext4" }, errdefs.IsInvalidArgument, "source.path"},
 		{"bad spec", func(_ *Builder, s *BuildSpec) { s.VCPUs = 99 }, errdefs.IsInvalidArgument, "vcpus 99"},
@@ -144,10 +149,24 @@ func TestBuildRefusedBeforeBooting(t *testing.T) {
 	}
 }
 
+// TestBuildExt4NeedsNoAgent: an ext4 image is used as it is, so a thawd
+// without an agent binary builds it.
+func TestBuildExt4NeedsNoAgent(t *testing.T) {
+	b, _, _ := newBuilder(t, func(_ context.Context, r BootRequest, _ io.Writer) ([]store.Phase, error) {
+		writeFile(t, r.VMState, 10)
+		writeFile(t, r.Memory, 64<<20)
+		return nil, nil
+	})
+	b.Agent = ""
+	if _, err := b.Build(t.Context(), "build-x", ext4Spec(t), io.Discard); err != nil {
+		t.Errorf("got %v, want an ext4 build without an agent binary to succeed", err)
+	}
+}
+
 func TestBuildBadAgentLeavesNothing(t *testing.T) {
-	b, st, lay := newBuilder(t, func(context.Context, BootRequest, io.Writer) error {
+	b, st, lay := newBuilder(t, func(context.Context, BootRequest, io.Writer) ([]store.Phase, error) {
 		t.Error("booted a VM although the image build failed")
-		return nil
+		return nil, nil
 	})
 	s := goodSpec(t)
 	s.Source = ImageSource{Kind: SourceTar, Path: writeFile(t, filepath.Join(t.TempDir(), "bad.tar"), 700)}
@@ -166,9 +185,9 @@ func TestBuildBadAgentLeavesNothing(t *testing.T) {
 }
 
 func TestBuildBootFailureLeavesNothing(t *testing.T) {
-	b, st, lay := newBuilder(t, func(_ context.Context, r BootRequest, _ io.Writer) error {
+	b, st, lay := newBuilder(t, func(_ context.Context, r BootRequest, _ io.Writer) ([]store.Phase, error) {
 		writeFile(t, r.VMState, 10) // a half-written snapshot
-		return errors.New("agent never became healthy")
+		return nil, errors.New("agent never became healthy")
 	})
 	_, err := b.Build(t.Context(), "build-x", ext4Spec(t), io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "build VM build-x: agent never became healthy") {
@@ -187,12 +206,12 @@ func TestBuildBootFailureLeavesNothing(t *testing.T) {
 // what the spec says.
 func TestBuildPublishes(t *testing.T) {
 	var got BootRequest
-	b, st, lay := newBuilder(t, func(_ context.Context, r BootRequest, log io.Writer) error {
+	b, st, lay := newBuilder(t, func(_ context.Context, r BootRequest, log io.Writer) ([]store.Phase, error) {
 		got = r
 		io.WriteString(log, "step output\n")
 		writeFile(t, r.VMState, 10)
 		writeFile(t, r.Memory, 64<<20)
-		return nil
+		return []store.Phase{{Name: "boot", Duration: time.Second}, {Name: "steps", Duration: 2 * time.Second}}, nil
 	})
 	recorded := false
 	b.Record = func(_ context.Context, vmstate, memory, rootfs, rootDrive, logPath string, _ store.ReadyCheck) (int, error) {
@@ -210,8 +229,10 @@ func TestBuildPublishes(t *testing.T) {
 	if got.Kernel != b.Kernel || got.VCPUs != 1 || got.MemoryMiB != 64 || got.Start != "nginx" || len(got.Steps) != 1 || got.Steps[0].Env[0] != "A=1" {
 		t.Errorf("got boot request %+v, want the spec's machine, steps and start", got)
 	}
-	if !strings.Contains(log.String(), "step output") || !strings.Contains(log.String(), "published") {
-		t.Errorf("got log %q, want the boot's output and the publish line", log.String())
+	for _, want := range []string{"step output", "==> image: ", "==> copy: ", "==> record: ", "==> access log: 7 pages", "published"} {
+		if !strings.Contains(log.String(), want) {
+			t.Errorf("got log %q, want it to say %q", log.String(), want)
+		}
 	}
 	if !recorded {
 		t.Error("no recording run, or one without the build's root drive")
@@ -219,6 +240,13 @@ func TestBuildPublishes(t *testing.T) {
 	stored, err := st.Template("web")
 	if err != nil || stored.Current != tpl.Current || len(stored.Builds) != 1 || stored.Builds[0].AccessLogPages != 7 || stored.Builds[0].RootDrive != RootDriveID {
 		t.Fatalf("got stored template %+v, %v, want one recorded build", stored, err)
+	}
+	var names []string
+	for _, p := range stored.Builds[0].Timings {
+		names = append(names, p.Name)
+	}
+	if got, want := strings.Join(names, " "), "image boot steps copy record"; got != want {
+		t.Errorf("got build phases %q, want %q", got, want)
 	}
 	dir := lay.BuildDir("web", tpl.Current)
 	for _, n := range []string{VMStateName, MemoryName, RootfsName, KernelName, AccessLogName} {

@@ -13,12 +13,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
 
-	"github.com/thawvm/thaw/internal/daemon/disk"
 	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
@@ -63,6 +61,10 @@ type RegisterRequest struct {
 	// published; a failed recording fails the registration. Nil skips it
 	// (THAW_UFFD_PREFETCH off): sandboxes then prefetch in file order.
 	Record Recorder
+	// Timings are phases that came before the registration (a build's
+	// image, boot, steps and snapshot); the build's timings start with
+	// them.
+	Timings []store.Phase
 }
 
 // Validate reports what is wrong with r, naming the fields.
@@ -156,7 +158,7 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 		}
 	}
 	copied := time.Now()
-	b.Timings = []store.Phase{{Name: "copy", Duration: copied.Sub(started)}}
+	b.Timings = append(append([]store.Phase(nil), r.Timings...), store.Phase{Name: "copy", Duration: copied.Sub(started)})
 	if r.Record != nil {
 		pages, err := r.Record(ctx, filepath.Join(staging, VMStateName), filepath.Join(staging, MemoryName), filepath.Join(staging, RootfsName),
 			r.RootDrive, filepath.Join(staging, AccessLogName), r.Ready)
@@ -186,33 +188,4 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 		return store.Template{}, errors.Join(err, lay.RemoveBuild(r.Name, buildID))
 	}
 	return t, nil
-}
-
-// place puts src at dst: a reflink if the filesystems allow, else a copy.
-// It returns the size.
-func place(src, dst string) (int64, error) {
-	fi, err := os.Stat(src)
-	if err != nil {
-		return 0, err
-	}
-	if err := disk.Clone(src, dst); err == nil {
-		return fi.Size(), nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return 0, err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return 0, fmt.Errorf("creating %s: %w", dst, err)
-	}
-	n, err := io.Copy(out, in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return 0, fmt.Errorf("copying %s: %w", src, err)
-	}
-	return n, nil
 }

@@ -73,7 +73,7 @@ func (rs *Runs) Start(spec BuildSpec) (RunInfo, error) {
 	if err := spec.Validate(); err != nil {
 		return RunInfo{}, err
 	}
-	if err := rs.b.Check(); err != nil {
+	if err := rs.b.Check(spec); err != nil {
 		return RunInfo{}, err
 	}
 	rs.mu.Lock()

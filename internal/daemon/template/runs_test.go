@@ -8,15 +8,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
 )
 
 func TestRunsFailedBuild(t *testing.T) {
 	release := make(chan struct{})
-	b, st, lay := newBuilder(t, func(_ context.Context, _ BootRequest, log io.Writer) error {
+	b, st, lay := newBuilder(t, func(_ context.Context, _ BootRequest, log io.Writer) ([]store.Phase, error) {
 		io.WriteString(log, "step 1 output\n")
 		<-release
-		return errors.New("step 2 ended with exit code 3")
+		return nil, errors.New("step 2 ended with exit code 3")
 	})
 	rs := NewRuns(t.Context(), b, nil)
 	spec := ext4Spec(t)
@@ -58,7 +59,7 @@ func TestRunsFailedBuild(t *testing.T) {
 }
 
 func TestRunsRefuseBeforeStarting(t *testing.T) {
-	b, _, _ := newBuilder(t, func(context.Context, BootRequest, io.Writer) error { return nil })
+	b, _, _ := newBuilder(t, func(context.Context, BootRequest, io.Writer) ([]store.Phase, error) { return nil, nil })
 	b.Kernel = "/nonexistent/vmlinux"
 	rs := NewRuns(t.Context(), b, nil)
 	if _, err := rs.Start(ext4Spec(t)); !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "guest kernel") {
@@ -84,11 +85,11 @@ func TestRunLogCap(t *testing.T) {
 
 func TestRunsWaitAfterCancel(t *testing.T) {
 	started, stopped := make(chan struct{}), make(chan struct{})
-	b, _, _ := newBuilder(t, func(ctx context.Context, _ BootRequest, _ io.Writer) error {
+	b, _, _ := newBuilder(t, func(ctx context.Context, _ BootRequest, _ io.Writer) ([]store.Phase, error) {
 		close(started)
 		<-ctx.Done()
 		close(stopped) // the VM is stopped on the way out
-		return ctx.Err()
+		return nil, ctx.Err()
 	})
 	ctx, cancel := context.WithCancel(t.Context())
 	rs := NewRuns(ctx, b, nil)
