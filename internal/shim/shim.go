@@ -464,12 +464,20 @@ func (s *supervisor) waitFor(ctx context.Context, cond func(*Status) bool) (Stat
 
 func (s *supervisor) stats() PageStats {
 	s.mu.Lock()
-	srv := s.srv
+	srv, pg := s.srv, s.pg
 	s.mu.Unlock()
 	if srv == nil {
 		return PageStats{}
 	}
-	return PageStats{Serving: true, Stats: srv.Stats()}
+	ps := PageStats{Serving: true, Prefetch: PrefetchOff, Stats: srv.Stats()}
+	switch {
+	case !s.cfg.Prefetch || s.cfg.Pages == PagesRecord:
+	case pg != nil && pg.order != nil:
+		ps.Prefetch, ps.OrderPages = PrefetchOrdered, len(pg.order.Offsets)
+	default:
+		ps.Prefetch = PrefetchFileOrder
+	}
+	return ps
 }
 
 func waitStatus(ps *os.ProcessState) (syscall.WaitStatus, bool) {

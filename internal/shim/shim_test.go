@@ -320,6 +320,9 @@ func TestServeStatsStop(t *testing.T) {
 	if !stats.Serving || stats.FaultPages+stats.PrefetchedPages != memSize/4096 {
 		t.Errorf("stats: got serving=%t, %d fault pages + %d prefetched, want serving and %d pages installed once", stats.Serving, stats.FaultPages, stats.PrefetchedPages, memSize/4096)
 	}
+	if stats.Prefetch != shim.PrefetchFileOrder || stats.OrderPages != 0 {
+		t.Errorf("stats: got prefetch %q with %d ordered pages, want %q (no access log)", stats.Prefetch, stats.OrderPages, shim.PrefetchFileOrder)
+	}
 	var apiErr *shim.APIError
 	if _, err := h.Collect(ctx); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusConflict {
 		t.Errorf("collect while running: got %v, want 409", err)
@@ -684,8 +687,8 @@ func TestRecording(t *testing.T) {
 	if !settle.Settled || settle.Pages != len(touch) || settle.Error != "" {
 		t.Errorf("settle: got %+v, want settled with %d pages", settle, len(touch))
 	}
-	if stats, err := h.Stats(ctx); err != nil || stats.PrefetchedPages != 0 || stats.FaultPages != uint64(len(touch)) {
-		t.Errorf("stats: got %+v, %v; want %d fault pages, none prefetched", stats, err, len(touch))
+	if stats, err := h.Stats(ctx); err != nil || stats.PrefetchedPages != 0 || stats.FaultPages != uint64(len(touch)) || stats.Prefetch != shim.PrefetchOff {
+		t.Errorf("stats: got %+v, %v; want %d fault pages, none prefetched, prefetch off", stats, err, len(touch))
 	}
 	if _, err := h.Stop(ctx, time.Second); err != nil {
 		t.Fatal(err)
@@ -727,6 +730,9 @@ func TestRecording(t *testing.T) {
 	})
 	if got := stats.PrefetchedPages + stats.FaultPages; got != uint64(len(touch)) {
 		t.Errorf("replay installed %d pages (%d prefetched, %d on fault), want the %d recorded", got, stats.PrefetchedPages, stats.FaultPages, len(touch))
+	}
+	if stats.Prefetch != shim.PrefetchOrdered || stats.OrderPages != len(touch) {
+		t.Errorf("replay: got prefetch %q with %d ordered pages, want %q with %d", stats.Prefetch, stats.OrderPages, shim.PrefetchOrdered, len(touch))
 	}
 	if _, err := h.Stop(ctx, time.Second); err != nil {
 		t.Fatal(err)

@@ -148,11 +148,29 @@ type SettleStatus struct {
 	Error string `json:"error,omitempty"`
 }
 
+// Prefetch modes of a page server (PageStats.Prefetch).
+const (
+	// PrefetchOrdered: the pages of the build's access log (the recording
+	// run's first touches) are prefetched in its order, and no others.
+	PrefetchOrdered = "ordered"
+	// PrefetchFileOrder: no usable access log (none given, unreadable, or
+	// recorded for another memory file): pages are prefetched in file
+	// order.
+	PrefetchFileOrder = "file-order"
+	// PrefetchOff: faults only (prefetch disabled, or a recording run).
+	PrefetchOff = "off"
+)
+
 // PageStats is the page server's counters (zero before the handshake).
 type PageStats struct {
 	// Serving is true once a page server exists (verdict OK); its counters
 	// stay readable after it stops.
 	Serving bool `json:"serving"`
+	// Prefetch is how the server prefetches (Prefetch... constants), set
+	// when it serves; OrderPages is the number of pages in the access
+	// log's order when Prefetch is ordered.
+	Prefetch   string `json:"prefetch,omitempty"`
+	OrderPages int    `json:"order_pages,omitempty"`
 	uffd.Stats
 }
 

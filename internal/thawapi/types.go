@@ -94,6 +94,41 @@ type Sandbox struct {
 	CreateMS  float64    `json:"create_ms"`
 	CreatedAt time.Time  `json:"created_at"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// Pages is the sandbox's page server as its shim reports it: only in
+	// GET /v1/sandboxes/{id}, and only while the sandbox runs with UFFD.
+	Pages *PageServer `json:"pages,omitempty"`
+}
+
+// Prefetch modes of a page server (PageServer.Prefetch).
+const (
+	// PrefetchOrdered: the pages of the build's access log, in the order
+	// its recording run touched them.
+	PrefetchOrdered = "ordered"
+	// PrefetchFileOrder: every page in memory-file order (the build has
+	// no usable access log).
+	PrefetchFileOrder = "file-order"
+	// PrefetchOff: faults only.
+	PrefetchOff = "off"
+)
+
+// PageServer is a running sandbox's page server: how it prefetches and
+// what it has installed so far.
+type PageServer struct {
+	Prefetch string `json:"prefetch"`
+	// OrderPages is the length of the access log's order (ordered only).
+	OrderPages int `json:"order_pages,omitempty"`
+	// Faults counts fault messages answered; FaultPages the pages they
+	// installed; ZeroPages the all-zero pages installed as the zero page
+	// (by faults or prefetch); PrefetchedPages the pages the prefetcher
+	// installed.
+	Faults          uint64 `json:"faults"`
+	FaultPages      uint64 `json:"fault_pages"`
+	ZeroPages       uint64 `json:"zero_pages"`
+	PrefetchedPages uint64 `json:"prefetched_pages"`
+	// PrefetchDone is set once the prefetcher has run out of pages,
+	// PrefetchMS after how long.
+	PrefetchDone bool    `json:"prefetch_done"`
+	PrefetchMS   float64 `json:"prefetch_ms,omitempty"`
 }
 
 // CreateSandbox is POST /v1/sandboxes' body.

@@ -1,8 +1,10 @@
 package api
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
@@ -141,9 +143,22 @@ func (s *Server) getSandbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, sandboxOut(sb))
+	out := sandboxOut(sb)
+	if s.sandbox != nil {
+		// A shim that does not answer at once leaves the page server
+		// out; inspect must not hang on it.
+		ctx, cancel := context.WithTimeout(r.Context(), pagesTimeout)
+		if ps, ok := s.sandbox.Pages(ctx, sb); ok {
+			out.Pages = pagesOut(ps)
+		}
+		cancel()
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
+
+// pagesTimeout bounds inspect's question to a sandbox's shim.
+const pagesTimeout = 2 * time.Second
 
 func (s *Server) getMetrics(w http.ResponseWriter, r *http.Request) error {
 	if s.metrics == nil {

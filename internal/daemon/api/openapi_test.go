@@ -1,11 +1,17 @@
 package api
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/thawvm/thaw/internal/apispec"
+	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/shim"
+	"github.com/thawvm/thaw/internal/thawapi"
+	"github.com/thawvm/thaw/internal/uffd"
 )
 
 const openAPIPath = "../../../api/thawd.openapi.json"
@@ -70,5 +76,32 @@ func TestSpecIsStrict(t *testing.T) {
 		if err := spec.Check(x); err == nil {
 			t.Errorf("the document accepts %+v", x)
 		}
+	}
+}
+
+// TestPagesMatchSchema: inspect's page-server part, as pagesOut makes it
+// from a shim's stats, matches the document, which refuses an unknown
+// prefetch mode; the wire constants are the shim's.
+func TestPagesMatchSchema(t *testing.T) {
+	spec := loadSpec(t)
+	for _, mode := range []string{shim.PrefetchOrdered, shim.PrefetchFileOrder, shim.PrefetchOff} {
+		sb := sandboxOut(store.Sandbox{ID: "sb1", Template: "py", Build: "b1", State: store.Running, UFFD: true})
+		sb.Pages = pagesOut(shim.PageStats{Serving: true, Prefetch: mode, OrderPages: 1357,
+			Stats: uffd.Stats{Faults: 60, FaultPages: 57, PrefetchedPages: 1300, PrefetchDone: true, PrefetchTime: 80 * time.Millisecond}})
+		body, err := json.Marshal(sb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := apispec.Exchange{Method: "GET", Path: "/v1/sandboxes/sb1", Status: 200, ResponseBody: string(body)}
+		if err := spec.Check(x); err != nil {
+			t.Errorf("prefetch %s: %v\n%s", mode, err, body)
+		}
+		x.ResponseBody = strings.Replace(x.ResponseBody, `"prefetch":"`+mode+`"`, `"prefetch":"sorted"`, 1)
+		if err := spec.Check(x); err == nil {
+			t.Errorf("the document accepts prefetch mode \"sorted\": %s", x.ResponseBody)
+		}
+	}
+	if shim.PrefetchOrdered != thawapi.PrefetchOrdered || shim.PrefetchFileOrder != thawapi.PrefetchFileOrder || shim.PrefetchOff != thawapi.PrefetchOff {
+		t.Error("the shim's and the API's prefetch modes differ")
 	}
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/thawvm/thaw/internal/daemon/slots"
 	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/shim"
 	"github.com/thawvm/thaw/internal/thawapi"
 )
 
@@ -55,6 +56,16 @@ func sandboxOut(sb store.Sandbox) thawapi.Sandbox {
 		UFFD: sb.UFFD, ShimPID: sb.Shim.PID, Create: create, CreateMS: total,
 		CreatedAt: sb.CreatedAt, ExpiresAt: timePtr(sb.ExpiresAt),
 	}
+}
+
+// pagesOut converts a shim's page-server stats to the wire type.
+func pagesOut(ps shim.PageStats) *thawapi.PageServer {
+	out := &thawapi.PageServer{Prefetch: ps.Prefetch, OrderPages: ps.OrderPages, Faults: ps.Faults, FaultPages: ps.FaultPages,
+		ZeroPages: ps.ZeroPages, PrefetchedPages: ps.PrefetchedPages, PrefetchDone: ps.PrefetchDone}
+	if ps.PrefetchDone {
+		out.PrefetchMS = ms(ps.PrefetchTime)
+	}
+	return out
 }
 
 func readyOut(r store.ReadyCheck) thawapi.ReadyCheck {
