@@ -355,6 +355,12 @@ func (p printer) age(t time.Time) string {
 
 func msText(ms float64) string { return strconv.FormatFloat(ms, 'f', 1, 64) + "ms" }
 
+// durText is ms as a duration to the millisecond (12.345s), for the
+// longer phases of a build.
+func durText(ms float64) string {
+	return time.Duration(ms * float64(time.Millisecond)).Round(time.Millisecond).String()
+}
+
 func (p printer) sandboxes(sbs []thawapi.Sandbox) error {
 	if p.json {
 		return p.asJSON(nonNil(sbs))
@@ -379,7 +385,27 @@ func (p printer) sandbox(sb thawapi.Sandbox) error {
 	if sb.UFFD {
 		backend = "uffd"
 	}
-	fmt.Fprintf(tw, "memory\t%s\ncreated\t%s (%s ago)\n", backend, sb.CreatedAt.Format(time.RFC3339), p.age(sb.CreatedAt))
+	fmt.Fprintf(tw, "memory\t%s\n", backend)
+	if pg := sb.Pages; pg != nil {
+		mode := pg.Prefetch
+		switch pg.Prefetch {
+		case thawapi.PrefetchOrdered:
+			mode = fmt.Sprintf("ordered (%d pages in the access log's order)", pg.OrderPages)
+		case thawapi.PrefetchFileOrder:
+			mode = "in file order (the build has no usable access log)"
+		}
+		done := "running"
+		if pg.PrefetchDone {
+			done = "done after " + msText(pg.PrefetchMS)
+		}
+		if pg.Prefetch == thawapi.PrefetchOff {
+			fmt.Fprintf(tw, "prefetch\toff\n")
+		} else {
+			fmt.Fprintf(tw, "prefetch\t%s: %d pages prefetched, %s\n", mode, pg.PrefetchedPages, done)
+		}
+		fmt.Fprintf(tw, "faults\t%d (%d pages installed; %d zero pages in all)\n", pg.Faults, pg.FaultPages, pg.ZeroPages)
+	}
+	fmt.Fprintf(tw, "created\t%s (%s ago)\n", sb.CreatedAt.Format(time.RFC3339), p.age(sb.CreatedAt))
 	if sb.ExpiresAt != nil {
 		fmt.Fprintf(tw, "expires\t%s\n", sb.ExpiresAt.Format(time.RFC3339))
 	}
@@ -425,7 +451,29 @@ func (p printer) template(t thawapi.Template) error {
 		}
 		rows = append(rows, []string{b.ID, state, strconv.Itoa(b.VCPUs), strconv.Itoa(b.MemoryMiB) + "MiB", strconv.Itoa(b.DiskMiB) + "MiB", rec, p.age(b.CreatedAt)})
 	}
-	return p.table("BUILD\tSTATE\tVCPUS\tMEMORY\tDISK\tRECORDED\tAGE", rows)
+	if err := p.table("BUILD\tSTATE\tVCPUS\tMEMORY\tDISK\tRECORDED\tAGE", rows); err != nil {
+		return err
+	}
+	for _, b := range t.Builds {
+		if b.ID != t.Current {
+			continue
+		}
+		// The current build's phases: how long the build took, and where.
+		tw := tabwriter.NewWriter(p.out, 0, 0, 2, ' ', 0)
+		var total float64
+		for _, ph := range b.Timings {
+			total += ph.DurationMS
+		}
+		fmt.Fprintf(tw, "\nbuild %s\t%s\n", b.ID, durText(total))
+		for _, ph := range b.Timings {
+			fmt.Fprintf(tw, "  %s\t%s\n", ph.Name, durText(ph.DurationMS))
+		}
+		if b.Recorded {
+			fmt.Fprintf(tw, "access log\t%d pages (%.1f MiB of %d MiB)\n", b.AccessLogPages, float64(b.AccessLogPages*4096)/(1<<20), b.MemoryMiB)
+		}
+		return tw.Flush()
+	}
+	return nil
 }
 
 func (p printer) settings(s thawapi.Settings) error {

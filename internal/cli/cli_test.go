@@ -39,7 +39,8 @@ func serveBuilds(t *testing.T, boot template.Booter) string {
 	}
 	t.Cleanup(func() { st.Close() })
 	b := store.Build{ID: "b1", State: store.BuildReady, Dir: "/d/b1", VCPUs: 2, MemoryMiB: 256, DiskMiB: 1024,
-		Artifacts: store.Artifacts{Memory: "mem", VMState: "vmstate", Rootfs: "rootfs", AccessLog: "log"}, CreatedAt: t0}
+		Artifacts: store.Artifacts{Memory: "mem", VMState: "vmstate", Rootfs: "rootfs", AccessLog: "log"}, AccessLogPages: 1280, CreatedAt: t0,
+		Timings: []store.Phase{{Name: "image", Duration: 3400 * time.Millisecond}, {Name: "boot", Duration: 12 * time.Second}, {Name: "record", Duration: 30 * time.Second}}}
 	if err := st.CreateTemplate(store.Template{Name: "py", Builds: []store.Build{b}, Current: "b1", CreatedAt: t0}); err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +120,8 @@ func TestCommands(t *testing.T) {
 		{[]string{"inspect", "sb1"}, []string{"state", "running", "shim pid", "99", "memory", "uffd", "slot", "0.1ms", "load", "7.0ms"}},
 		{[]string{"inspect", "sb2"}, []string{"reason", "agent never became healthy"}},
 		{[]string{"template", "ls"}, []string{"NAME", "py", "b1"}},
-		{[]string{"template", "inspect", "py"}, []string{"b1", "ready", "256MiB", "yes"}},
+		{[]string{"template", "inspect", "py"}, []string{"b1", "ready", "256MiB", "yes", "build b1    45.4s", "  image     3.4s", "  boot      12s",
+			"  record    30s", "access log  1280 pages (5.0 MiB of 256 MiB)"}},
 		{[]string{"settings"}, []string{"uffd", "on", "max-concurrent-restores  16"}},
 		{[]string{"settings", "--uffd=off", "--max-concurrent-restores", "4"}, []string{"uffd                     off", "max-concurrent-restores  4"}},
 	}

@@ -93,10 +93,25 @@ func TestSandboxVerbs(t *testing.T) {
 		t.Errorf("create --json: got %+v, want c1 running with an expiry and a create time", sb)
 	}
 	out := run("", 0, "inspect", "c1")
-	for _, w := range []string{"running", "load", "handshake", "ready", "expires"} {
+	for _, w := range []string{"running", "load", "handshake", "ready", "expires", "prefetch", "ordered (", "faults"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("inspect lacks %q:\n%s", w, out)
 		}
+	}
+	// The registration's recording run made an access log, and the
+	// sandbox's page server prefetches in its order.
+	var tpl thawapi.Template
+	if err := json.Unmarshal([]byte(run("", 0, "--json", "template", "inspect", "probe")), &tpl); err != nil {
+		t.Fatal(err)
+	}
+	if len(tpl.Builds) != 1 || !tpl.Builds[0].Recorded || tpl.Builds[0].AccessLogPages <= 0 {
+		t.Fatalf("template inspect --json: got %+v, want one recorded build with a non-empty access log", tpl.Builds)
+	}
+	if err := json.Unmarshal([]byte(run("", 0, "--json", "inspect", "c1")), &sb); err != nil {
+		t.Fatal(err)
+	}
+	if sb.Pages == nil || sb.Pages.Prefetch != thawapi.PrefetchOrdered || int64(sb.Pages.OrderPages) != tpl.Builds[0].AccessLogPages {
+		t.Errorf("inspect --json pages: got %+v, want ordered prefetch of the build's %d access-log pages", sb.Pages, tpl.Builds[0].AccessLogPages)
 	}
 	sandboxtest.ServeVsockAgent(t, filepath.Join(data, "sandboxes", "c1", sandbox.VsockName))
 	if out := run("", 7, "exec", "c1", "--", "sh", "-c", "echo hi; exit 7"); out != "hi\n" {
