@@ -199,7 +199,10 @@ func (c *creation) startShim(ctx context.Context) (phases.Undo, error) {
 		cfg.Pages = shim.PagesServe
 		cfg.MemFile = filepath.Join(c.build.Dir, c.build.Artifacts.Memory)
 		cfg.Prefetch = m.opts.Prefetch
-		if c.build.Artifacts.AccessLog != "" {
+		// The access log is a prefetch order: with prefetch off (a
+		// thawd restarted with THAW_UFFD_PREFETCH off, builds recorded
+		// before) the shim must not get it.
+		if cfg.Prefetch && c.build.Artifacts.AccessLog != "" {
 			cfg.AccessLog = filepath.Join(c.build.Dir, c.build.Artifacts.AccessLog)
 		}
 	}

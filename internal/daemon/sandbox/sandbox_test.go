@@ -608,6 +608,25 @@ func TestRecordedTemplate(t *testing.T) {
 	if st.PrefetchedPages+st.ZeroPages == 0 || st.PrefetchedPages > uint64(b.AccessLogPages) {
 		t.Errorf("prefetched pages: got %d (stats %+v), want some and at most the %d logged", st.PrefetchedPages, st.Stats, b.AccessLogPages)
 	}
+	if ps, ok := e.m.Pages(ctxT(t), sb); !ok || ps.Prefetch != shim.PrefetchOrdered || int64(ps.OrderPages) != b.AccessLogPages {
+		t.Errorf("Pages: got %+v, %t; want ordered prefetch of the %d logged pages", ps, ok, b.AccessLogPages)
+	}
+
+	// thawd restarted with prefetch off (THAW_UFFD_PREFETCH=off) still
+	// creates from the recorded build: on demand, the access log unused.
+	opts := e.opts
+	opts.Prefetch = false
+	off, err := sandbox.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err = off.Create(ctxT(t), sandbox.CreateRequest{ID: "ondemand", Template: "rec"})
+	if err != nil {
+		t.Fatalf("create from a recorded build with prefetch off: %v", err)
+	}
+	if ps, ok := off.Pages(ctxT(t), sb); !ok || ps.Prefetch != shim.PrefetchOff || ps.PrefetchedPages != 0 {
+		t.Errorf("Pages with prefetch off: got %+v, %t; want serving, prefetch off, nothing prefetched", ps, ok)
+	}
 }
 
 func phaseNames(ps []store.Phase) []string {
