@@ -14,23 +14,45 @@ import (
 	"github.com/thawvm/thaw/internal/testenv"
 )
 
+// phase is a timed phase in thawd's answers.
+type phase struct {
+	Name       string  `json:"name"`
+	DurationMS float64 `json:"duration_ms"`
+}
+
 // sandbox is the part of `thaw --json inspect` the test checks.
 type sandbox struct {
-	ID     string `json:"id"`
-	State  string `json:"state"`
-	Create []struct {
-		Name       string  `json:"name"`
-		DurationMS float64 `json:"duration_ms"`
-	} `json:"create"`
+	ID       string  `json:"id"`
+	State    string  `json:"state"`
+	Create   []phase `json:"create"`
 	CreateMS float64 `json:"create_ms"`
+	Pages    *struct {
+		Prefetch   string `json:"prefetch"`
+		OrderPages int64  `json:"order_pages"`
+	} `json:"pages"`
+}
+
+// template is the part of `thaw --json template inspect` the test checks.
+type template struct {
+	Current string `json:"current"`
+	Builds  []struct {
+		ID             string  `json:"id"`
+		Recorded       bool    `json:"recorded"`
+		AccessLogPages int64   `json:"access_log_pages"`
+		Timings        []phase `json:"timings"`
+	} `json:"builds"`
 }
 
 // TestMainJob builds the main job's payload with `scripts/demo --payload`
 // (the same packaging scripts/demo runs, so the two cannot drift) and
 // runs it where Linux guests run. It checks that every step of the sequence
-// succeeded, that python3 in the sandbox printed 42, and that the sandbox's
-// create was timed, phase by phase. It never skips once KVM and root are
-// there: any failed step fails it.
+// succeeded; that thawd built the template itself (`thaw template build`:
+// image, boot, the build step through the agent, snapshot, recording run)
+// and recorded a non-empty access log; that the sandbox restored from it
+// prefetches in that log's order; that python3 in the sandbox printed 42
+// and the build step's file is there; and that the sandbox's create was
+// timed, phase by phase. It never skips once KVM and root are there: any
+// failed step fails it.
 func TestMainJob(t *testing.T) {
 	testenv.RequireKVM(t)
 	testenv.RequireRoot(t) // debootstrap, loop mounts
@@ -56,7 +78,7 @@ func TestMainJob(t *testing.T) {
 	}
 
 	steps := readSteps(t, filepath.Join(r.Files, "steps"))
-	wantSteps := []string{"data directory", "start thawd", "template build", "create", "exec", "inspect"}
+	wantSteps := []string{"data directory", "start thawd", "template build", "create", "exec", "build step", "inspect"}
 	for i, name := range wantSteps {
 		switch {
 		case i >= len(steps):
@@ -77,7 +99,37 @@ func TestMainJob(t *testing.T) {
 		t.Errorf("python3 -c 'print(6*7)' in the sandbox printed %q, want %q", got, "42\n")
 	}
 
-	js, err := os.ReadFile(filepath.Join(r.Files, "create.json"))
+	if got, err := os.ReadFile(filepath.Join(r.Files, "step.out")); err != nil {
+		t.Error(err)
+	} else if string(got) != "thaw-demo-build-step-ran\n" {
+		t.Errorf("the build step's file in the sandbox holds %q, want %q", got, "thaw-demo-build-step-ran\n")
+	}
+
+	js, err := os.ReadFile(filepath.Join(r.Files, "template.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tpl template
+	if err := json.Unmarshal(js, &tpl); err != nil {
+		t.Fatalf("template.json: %v\n%s", err, js)
+	}
+	if len(tpl.Builds) != 1 || tpl.Builds[0].ID != tpl.Current {
+		t.Fatalf("template.json: got builds %+v, current %q; want one, the current", tpl.Builds, tpl.Current)
+	}
+	b := tpl.Builds[0]
+	if !b.Recorded || b.AccessLogPages <= 0 {
+		t.Errorf("build %s: recorded %t with %d access-log pages, want a non-empty access log", b.ID, b.Recorded, b.AccessLogPages)
+	}
+	var names []string
+	for _, p := range b.Timings {
+		names = append(names, p.Name)
+	}
+	if got, want := strings.Join(names, " "), "image shim boot steps ready snapshot stop copy record"; got != want {
+		t.Errorf("build phases: got %q, want %q", got, want)
+	}
+	t.Logf("build: %d access-log pages, phases %+v", b.AccessLogPages, b.Timings)
+
+	js, err = os.ReadFile(filepath.Join(r.Files, "create.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +143,10 @@ func TestMainJob(t *testing.T) {
 	if sb.CreateMS <= 0 || len(sb.Create) == 0 {
 		t.Errorf("create timing: total %v ms, %d phases; want a positive total and its phases", sb.CreateMS, len(sb.Create))
 	}
-	t.Logf("create: %.1f ms %+v", sb.CreateMS, sb.Create)
+	if sb.Pages == nil || sb.Pages.Prefetch != "ordered" || sb.Pages.OrderPages != b.AccessLogPages {
+		t.Errorf("sandbox page server: got %+v, want ordered prefetch of the build's %d access-log pages", sb.Pages, b.AccessLogPages)
+	}
+	t.Logf("create: %.1f ms %+v; pages %+v", sb.CreateMS, sb.Create, sb.Pages)
 }
 
 type step struct {
