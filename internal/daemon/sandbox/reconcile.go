@@ -46,6 +46,14 @@ func (m *Manager) Reconcile(ctx context.Context, atStart bool) (reconcile.Plan, 
 		}
 		if r, ok := ended[a.Sandbox]; ok && a.Kind == reconcile.FailRecord {
 			a.Reason = r
+		} else if a.Kind == reconcile.FailRecord && recordedShimAlive(records, a.Sandbox) {
+			// Discovery missed the shim (its socket did not answer
+			// within the attach bound), but the process the record
+			// names still runs: a shim slow to answer on a loaded host
+			// is not a dead one, and failing the record would stop its
+			// VM. The next pass looks again.
+			m.log.Warn("reconciler: shim did not answer but is alive; leaving the sandbox alone", "sandbox", a.Sandbox)
+			continue
 		}
 		if err := m.act(ctx, a); err != nil {
 			errs = append(errs, fmt.Errorf("%s %s: %w", a.Kind, a.Sandbox, err))
@@ -57,6 +65,18 @@ func (m *Manager) Reconcile(ctx context.Context, atStart bool) (reconcile.Plan, 
 		m.log.Warn("reconciler deferred destructive actions (cap reached)", "deferred", len(plan.Deferred), "cap", m.opts.MaxActions)
 	}
 	return plan, errors.Join(errs...)
+}
+
+// recordedShimAlive reports whether the shim that sandbox id's record
+// names (pid and start time) is still running.
+func recordedShimAlive(records []store.Sandbox, id string) bool {
+	for _, r := range records {
+		if r.ID == id && r.Shim.PID != 0 {
+			alive, err := proc.Alive(r.Shim.PID, r.Shim.StartTime)
+			return err == nil && alive
+		}
+	}
+	return false
 }
 
 // discover attaches to every shim answering under the sandbox directories.

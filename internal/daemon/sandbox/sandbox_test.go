@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -504,6 +505,36 @@ func TestReconcile(t *testing.T) {
 		e.assertGone(t, id)
 	}
 	os.RemoveAll(sbs[2].Dir)
+}
+
+// TestReconcileSlowShim: a shim that does not answer the reconciler (here
+// stopped with SIGSTOP; on a loaded host, just slow) but whose process is
+// alive is not failed: its sandbox keeps running and answers once the shim
+// does. Failing the record would stop a healthy VM, which the main job
+// saw happen in the nested harness under a load average of 32.
+func TestReconcileSlowShim(t *testing.T) {
+	e := newEnv(t, nil)
+	sb, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "slow", Template: "probe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(sb.Shim.PID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	cont := func() { syscall.Kill(sb.Shim.PID, syscall.SIGCONT) }
+	defer cont()
+	plan, err := e.m.Reconcile(ctxT(t), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.st.Sandbox("slow"); got.State != store.Running {
+		t.Errorf("after a pass that could not reach the shim: got %s (%s), want running (plan %+v)", got.State, got.Reason, plan)
+	}
+	cont()
+	if plan, err := e.m.Reconcile(ctxT(t), false); err != nil || len(plan.Actions) != 1 || plan.Actions[0].Kind != reconcile.Reattach {
+		t.Errorf("the pass after the shim answers again: got %+v, %v, want only a reattach", plan, err)
+	}
+	waitTicks(t, sb, strings.Count(serialLog(t, sb), sandboxtest.ReadyMarker))
 }
 
 // TestTTLExpires: a reconciler pass after a sandbox's TTL deletes it, and
