@@ -76,6 +76,14 @@ func TestMainJob(t *testing.T) {
 	if !strings.Contains(out, want) {
 		t.Errorf("output does not say %q", want)
 	}
+	// The CLI streamed the build's log (the step's command, each phase as
+	// it ended) and printed the sandbox's prefetch mode.
+	for _, w := range []string{"==> step 1/1: echo thaw-demo-build-step-ran", "==> boot: ", "==> snapshot: ", "==> record: ",
+		"==> access log: ", "prefetch     ordered ("} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output does not say %q", w)
+		}
+	}
 
 	steps := readSteps(t, filepath.Join(r.Files, "steps"))
 	wantSteps := []string{"data directory", "start thawd", "template build", "create", "exec", "build step", "inspect"}
