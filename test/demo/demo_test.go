@@ -78,7 +78,7 @@ func TestMainJob(t *testing.T) {
 	}
 	// The CLI streamed the build's log (the step's command, each phase as
 	// it ended) and printed the sandbox's prefetch mode.
-	for _, w := range []string{"==> step 1/1: echo thaw-demo-build-step-ran", "==> boot: ", "==> snapshot: ", "==> record: ",
+	for _, w := range []string{"==> step 1/1: echo thaw-demo-build-step-ran", "==> boot: ", "==> snapshot: ", "==> record-settle: ",
 		"==> access log: ", "prefetch     ordered ("} {
 		if !strings.Contains(out, w) {
 			t.Errorf("output does not say %q", w)
@@ -132,7 +132,7 @@ func TestMainJob(t *testing.T) {
 	for _, p := range b.Timings {
 		names = append(names, p.Name)
 	}
-	if got, want := strings.Join(names, " "), "image shim boot steps ready snapshot stop copy record"; got != want {
+	if got, want := strings.Join(names, " "), "image shim boot steps ready snapshot stop copy record-restore record-ready record-settle record-stop"; got != want {
 		t.Errorf("build phases: got %q, want %q", got, want)
 	}
 	t.Logf("build: %d access-log pages, phases %+v", b.AccessLogPages, b.Timings)

@@ -12,17 +12,18 @@ import (
 
 	"github.com/thawvm/thaw/internal/daemon/disk"
 	"github.com/thawvm/thaw/internal/daemon/store"
+	"github.com/thawvm/thaw/internal/daemon/template"
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/shim"
 )
 
 // RecordFunc returns the recording run template registration uses, or nil
 // when prefetch (and so recording) is off.
-func (m *Manager) RecordFunc() func(ctx context.Context, vmstate, memory, rootfs, rootDrive, logPath string, ready store.ReadyCheck) (int, error) {
+func (m *Manager) RecordFunc() template.Recorder {
 	if !m.opts.Prefetch {
 		return nil
 	}
-	return func(ctx context.Context, vmstate, memory, rootfs, rootDrive, logPath string, ready store.ReadyCheck) (int, error) {
+	return func(ctx context.Context, vmstate, memory, rootfs, rootDrive, logPath string, ready store.ReadyCheck) (template.Recording, error) {
 		return m.Record(ctx, RecordRequest{VMState: vmstate, Memory: memory, Rootfs: rootfs, RootDrive: rootDrive,
 			Log: logPath, Ready: ready, Max: m.opts.RecordMax})
 	}
@@ -50,27 +51,36 @@ type RecordRequest struct {
 // never stored, drives the same post-restore sequence a create drives (load,
 // handshake verdict, ready check), waits until the settle detector says the
 // fault rate has converged (at most Max), stops the VM and returns the
-// number of pages recorded into Log. Nothing of the VM is left afterwards.
-func (m *Manager) Record(ctx context.Context, r RecordRequest) (pages int, err error) {
+// number of pages recorded into Log with the run's phases: record-restore
+// (disk clone, shim, load, handshake verdict), record-ready (the ready
+// check), record-settle (until the settle detector converged) and
+// record-stop. Nothing of the VM is left afterwards.
+func (m *Manager) Record(ctx context.Context, r RecordRequest) (rec template.Recording, err error) {
+	begun := time.Now()
+	phase := func(name string) {
+		now := time.Now()
+		rec.Phases = append(rec.Phases, store.Phase{Name: name, Duration: now.Sub(begun)})
+		begun = now
+	}
 	var rnd [4]byte
 	rand.Read(rnd[:])
 	id := store.EphemeralPrefix + hex.EncodeToString(rnd[:])
 	dir, err := m.opts.Layout.ScratchDir(id + "-")
 	if err != nil {
-		return 0, err
+		return template.Recording{}, err
 	}
 	defer os.RemoveAll(dir)
 	log := m.log.With("vm", id)
 	if r.Rootfs != "" {
 		if err := disk.Clone(r.Rootfs, filepath.Join(dir, DiskName)); err != nil {
-			return 0, fmt.Errorf("recording run: cloning the disk: %w", err)
+			return template.Recording{}, fmt.Errorf("recording run: cloning the disk: %w", err)
 		}
 	}
 	h, err := shim.Start(ctx, m.opts.Shim, shim.Config{ID: id, Dir: dir, VMM: m.opts.VMM, Pages: shim.PagesRecord,
 		MemFile: r.Memory, RecordLog: r.Log, SettleMax: r.Max, StopGrace: m.opts.StopGrace,
 		HandshakeTimeout: m.opts.LoadTimeout + m.opts.ReadyTimeout})
 	if err != nil {
-		return 0, fmt.Errorf("recording run: starting the shim: %w", err)
+		return template.Recording{}, fmt.Errorf("recording run: starting the shim: %w", err)
 	}
 	stopped := false
 	defer func() {
@@ -96,42 +106,47 @@ func (m *Manager) Record(ctx context.Context, r RecordRequest) (pages int, err e
 	}
 	cancel()
 	if err != nil {
-		return 0, fmt.Errorf("recording run: %w", err)
+		return template.Recording{}, fmt.Errorf("recording run: %w", err)
 	}
 	vctx, cancel := context.WithTimeout(ctx, m.opts.ReadyTimeout)
 	v, err := h.Handshake(vctx)
 	cancel()
 	if err != nil {
-		return 0, fmt.Errorf("recording run: asking for the handshake verdict: %w", err)
+		return template.Recording{}, fmt.Errorf("recording run: asking for the handshake verdict: %w", err)
 	}
 	if v.State != shim.VerdictOK {
-		return 0, fmt.Errorf("recording run: page server handshake %s: %s", v.State, v.Reason)
+		return template.Recording{}, fmt.Errorf("recording run: page server handshake %s: %s", v.State, v.Reason)
 	}
+	phase("record-restore")
 	if err := waitReady(ctx, h, r.Ready, m.opts.ReadyTimeout, id, nil); err != nil {
-		return 0, fmt.Errorf("recording run: %w", err)
+		return template.Recording{}, fmt.Errorf("recording run: %w", err)
 	}
+	phase("record-ready")
 	sctx, cancel := context.WithTimeout(ctx, r.Max+10*time.Second)
 	st, err := h.Settle(sctx, true)
 	cancel()
 	if err != nil {
-		return 0, fmt.Errorf("recording run: waiting for the settle detector: %w", err)
+		return template.Recording{}, fmt.Errorf("recording run: waiting for the settle detector: %w", err)
 	}
 	if st.Error != "" {
-		return 0, fmt.Errorf("recording run: the recorder failed: %s", st.Error)
+		return template.Recording{}, fmt.Errorf("recording run: the recorder failed: %s", st.Error)
 	}
+	phase("record-settle")
 	// Stopping the VM closes the log; the final count includes pages
 	// installed between the settle and the stop.
 	stopped = true
 	fin, err := m.stopShim(ctx, h)
 	if err != nil {
-		return 0, fmt.Errorf("recording run: %w", err)
+		return template.Recording{}, fmt.Errorf("recording run: %w", err)
 	}
 	if fin.Settle != nil {
 		if fin.Settle.Error != "" {
-			return 0, fmt.Errorf("recording run: the recorder failed: %s", fin.Settle.Error)
+			return template.Recording{}, fmt.Errorf("recording run: the recorder failed: %s", fin.Settle.Error)
 		}
 		st.Pages = fin.Settle.Pages
 	}
+	phase("record-stop")
 	log.Info("recording settled", "pages", st.Pages, "settled", st.Settled, "reason", st.Reason, "after", st.After)
-	return st.Pages, nil
+	rec.Pages = st.Pages
+	return rec, nil
 }

@@ -605,8 +605,8 @@ func TestRecordedTemplate(t *testing.T) {
 	if lines := strings.Count(string(data), "\n"); int64(lines) != b.AccessLogPages+1 {
 		t.Errorf("access log: %d lines, want a header and %d pages", lines, b.AccessLogPages)
 	}
-	if names := phaseNames(b.Timings); !slices.Equal(names, []string{"copy", "record"}) {
-		t.Errorf("build timings: got %v, want copy, record", names)
+	if names := phaseNames(b.Timings); !slices.Equal(names, []string{"copy", "record-restore", "record-ready", "record-settle", "record-stop"}) {
+		t.Errorf("build timings: got %v, want copy and the recording run's restore, ready, settle, stop", names)
 	}
 	if pids := processesIn(filepath.Join(e.lay.Root(), "tmp")); len(pids) > 0 {
 		t.Errorf("processes of the build VM left: %v", pids)

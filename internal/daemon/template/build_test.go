@@ -214,9 +214,10 @@ func TestBuildPublishes(t *testing.T) {
 		return []store.Phase{{Name: "boot", Duration: time.Second}, {Name: "steps", Duration: 2 * time.Second}}, nil
 	})
 	recorded := false
-	b.Record = func(_ context.Context, vmstate, memory, rootfs, rootDrive, logPath string, _ store.ReadyCheck) (int, error) {
+	b.Record = func(_ context.Context, vmstate, memory, rootfs, rootDrive, logPath string, _ store.ReadyCheck) (Recording, error) {
 		recorded = rootDrive == RootDriveID && filepath.Base(rootfs) == RootfsName
-		return 7, os.WriteFile(logPath, []byte("log"), 0o600)
+		return Recording{Pages: 7, Phases: []store.Phase{{Name: "record-ready", Duration: time.Second}, {Name: "record-settle", Duration: time.Second}}},
+			os.WriteFile(logPath, []byte("log"), 0o600)
 	}
 	s := ext4Spec(t)
 	s.Steps = []Step{{Shell: "apt-get install -y nginx", Env: []string{"A=1"}}}
@@ -229,7 +230,7 @@ func TestBuildPublishes(t *testing.T) {
 	if got.Kernel != b.Kernel || got.VCPUs != 1 || got.MemoryMiB != 64 || got.Start != "nginx" || len(got.Steps) != 1 || got.Steps[0].Env[0] != "A=1" {
 		t.Errorf("got boot request %+v, want the spec's machine, steps and start", got)
 	}
-	for _, want := range []string{"step output", "==> image: ", "==> copy: ", "==> record: ", "==> access log: 7 pages", "published"} {
+	for _, want := range []string{"step output", "==> image: ", "==> copy: ", "==> record-settle: ", "==> access log: 7 pages", "published"} {
 		if !strings.Contains(log.String(), want) {
 			t.Errorf("got log %q, want it to say %q", log.String(), want)
 		}
@@ -245,7 +246,7 @@ func TestBuildPublishes(t *testing.T) {
 	for _, p := range stored.Builds[0].Timings {
 		names = append(names, p.Name)
 	}
-	if got, want := strings.Join(names, " "), "image boot steps copy record"; got != want {
+	if got, want := strings.Join(names, " "), "image boot steps copy record-ready record-settle"; got != want {
 		t.Errorf("got build phases %q, want %q", got, want)
 	}
 	dir := lay.BuildDir("web", tpl.Current)

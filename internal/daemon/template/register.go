@@ -34,13 +34,23 @@ const (
 )
 
 // Recorder runs a build's recording run on the staged snapshot files and
-// writes the access log to logPath, returning the pages recorded
-// (internal/daemon/sandbox's Manager.Record).
+// writes the access log to logPath, returning the pages recorded and the
+// run's phases (internal/daemon/sandbox's Manager.Record).
 //
 // rootfs is the staged disk, which the run must give the VM instead of the
 // snapshot's (a clone named like a sandbox's), and rootDrive the build's
 // RootDrive.
-type Recorder func(ctx context.Context, vmstate, memory, rootfs, rootDrive, logPath string, ready store.ReadyCheck) (pages int, err error)
+type Recorder func(ctx context.Context, vmstate, memory, rootfs, rootDrive, logPath string, ready store.ReadyCheck) (Recording, error)
+
+// Recording is what a recording run reports.
+type Recording struct {
+	// Pages is the number of pages in the access log.
+	Pages int
+	// Phases are the run's timed phases, in order (each named
+	// "record-..."); without them the build records the run as one
+	// "record" phase.
+	Phases []store.Phase
+}
 
 // RegisterRequest names an existing snapshot's files (absolute host paths)
 // and the machine it was taken of.
@@ -160,13 +170,17 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 	copied := time.Now()
 	b.Timings = append(append([]store.Phase(nil), r.Timings...), store.Phase{Name: "copy", Duration: copied.Sub(started)})
 	if r.Record != nil {
-		pages, err := r.Record(ctx, filepath.Join(staging, VMStateName), filepath.Join(staging, MemoryName), filepath.Join(staging, RootfsName),
+		rec, err := r.Record(ctx, filepath.Join(staging, VMStateName), filepath.Join(staging, MemoryName), filepath.Join(staging, RootfsName),
 			r.RootDrive, filepath.Join(staging, AccessLogName), r.Ready)
 		if err != nil {
 			return store.Template{}, fmt.Errorf("registering template %q: %w", r.Name, err)
 		}
-		b.Artifacts.AccessLog, b.AccessLogPages = AccessLogName, int64(pages)
-		b.Timings = append(b.Timings, store.Phase{Name: "record", Duration: time.Since(copied)})
+		b.Artifacts.AccessLog, b.AccessLogPages = AccessLogName, int64(rec.Pages)
+		if len(rec.Phases) > 0 {
+			b.Timings = append(b.Timings, rec.Phases...)
+		} else {
+			b.Timings = append(b.Timings, store.Phase{Name: "record", Duration: time.Since(copied)})
+		}
 	}
 	b.FinishedAt = time.Now()
 	if err := lay.PublishBuild(staging, r.Name, buildID); err != nil {

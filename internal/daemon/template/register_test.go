@@ -1,6 +1,7 @@
 package template
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,6 +110,16 @@ func TestRegister(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(b.Dir, name)); err != nil {
 			t.Errorf("artifact %s: %v", name, err)
 		}
+	}
+	// A recorder that reports no phases is timed as one "record" phase.
+	rec := req
+	rec.Record = func(_ context.Context, _, _, _, _, logPath string, _ store.ReadyCheck) (Recording, error) {
+		return Recording{Pages: 3}, os.WriteFile(logPath, []byte("log"), 0o600)
+	}
+	if tpl, err := Register(t.Context(), st, lay, rec); err != nil {
+		t.Fatal(err)
+	} else if b := tpl.BuildByID(tpl.Current); b.AccessLogPages != 3 || len(b.Timings) != 2 || b.Timings[1].Name != "record" {
+		t.Errorf("build with a recording run: got %d pages, timings %+v; want 3 pages, copy then record", b.AccessLogPages, b.Timings)
 	}
 	bad := req
 	bad.MemoryMiB = 2
