@@ -112,6 +112,9 @@ type ProbeConfig struct {
 	// set within a pass, so the access log holds it all.
 	WorkingSetMiB   int
 	WorkingSetChunk int
+	// Vsock gives the probe a vsock device (guest CID 3), on which it
+	// serves an echo port (1024) and nothing else: no agent answers.
+	Vsock bool
 	// Pages is probe.pages, the pattern the probe checksums on every tick
 	// [64]; Spin is probe.spin, the loop iterations between ticks [2000].
 	// Both set how long a tick takes (on PVM, 64 pages are ~0.3 s).
@@ -173,6 +176,11 @@ func ProbeSnapshotWith(t testing.TB, dir string, cfg ProbeConfig) Snapshot {
 		// The working set starts at 64 MiB, above the probe's image and pattern.
 		memMiB += cfg.WorkingSetMiB
 		args += fmt.Sprintf(" probe.ws=%d probe.ws.chunk=%d", cfg.WorkingSetMiB, cmp.Or(cfg.WorkingSetChunk, 256))
+	}
+	if cfg.Vsock {
+		if err := c.PutVsock(ctx, fcapi.Vsock{GuestCID: 3, UDSPath: filepath.Join(dir, "template-vsock.sock")}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if cfg.Drive != "" {
 		args += " probe.blk.every=1"
