@@ -123,7 +123,7 @@ static u64 checksum(u64 pages)
  * non-zero 64-bit value derived from its index in its first, middle and
  * last qword (zeros elsewhere), re-checked probe.ws.chunk pages per tick so
  * that it is touched continuously. A page served from the wrong file
- * offset, a zero page or a lost write is caught. Only three qwords per
+ * offset or as zeros is caught. Only three qwords per
  * page, because under PVM the guest is emulated: filling or reading every
  * qword of hundreds of MiB would take minutes. */
 #define WS_BASE 0x4000000UL /* 64 MiB, above the pattern */
