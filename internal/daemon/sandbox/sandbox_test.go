@@ -272,6 +272,13 @@ func TestCreateFailures(t *testing.T) {
 				o.VMM = sandboxtest.FirecrackerLikeVMM(t, int64(sandboxtest.ProbeMemMiB)<<20)
 			},
 			prepare: truncateMemory},
+		{name: "no-handshake-after-load", uffd: true, kind: errdefs.ErrDeadlineExceeded,
+			want: "handshake: the VMM's snapshot load succeeded, but no UFFD handshake reached the page server within 2s",
+			mutate: func(t testing.TB, o *sandbox.Options) {
+				o.VMM = sandboxtest.SilentUffdVMM(t)
+				o.ReadyTimeout = 2 * time.Second
+			},
+			prepare: func(*testing.T, *env) string { return "probe" }},
 		{name: "trunc-mem-file", uffd: false, want: "the VMM refused the snapshot",
 			prepare: truncateMemory},
 		{name: "never-ready", uffd: true, kind: errdefs.ErrDeadlineExceeded, want: "did not appear on the serial console",

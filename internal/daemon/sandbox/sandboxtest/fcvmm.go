@@ -42,12 +42,28 @@ const firecrackerLikeEnv = "THAW_SANDBOXTEST_FIRECRACKER_LIKE_MEM"
 // the path the verdict exists for (load OK, handshake failed) every time.
 func FirecrackerLikeVMM(t testing.TB, memBytes int64) string {
 	t.Helper()
+	return standIn(t, "firecracker-like", fmt.Sprint(memBytes))
+}
+
+// SilentUffdVMM returns a VMM binary like FirecrackerLikeVMM's whose Uffd
+// load succeeds without ever connecting to the page server: a VMM that
+// ignores the Uffd backend.
+func SilentUffdVMM(t testing.TB) string {
+	t.Helper()
+	return standIn(t, "silent-uffd", silentMem)
+}
+
+// silentMem is firecrackerLikeEnv's value that makes the stand-in send no
+// handshake.
+const silentMem = "silent"
+
+func standIn(t testing.TB, name, mem string) string {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "firecracker-like")
-	script := fmt.Sprintf("#!/bin/sh\n%s=%d exec %q \"$@\"\n", firecrackerLikeEnv, memBytes, exe)
+	path := filepath.Join(t.TempDir(), name)
+	script := fmt.Sprintf("#!/bin/sh\n%s=%s exec %q \"$@\"\n", firecrackerLikeEnv, mem, exe)
 	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -68,9 +84,13 @@ func MaybeRunFirecrackerLikeVMM() {
 }
 
 func runFirecrackerLike(mem string, args []string) error {
-	size, err := strconv.ParseUint(mem, 10, 64)
-	if err != nil || size == 0 || size%uffd.PageSize4K != 0 {
-		return fmt.Errorf("%s=%q: want a positive multiple of 4096", firecrackerLikeEnv, mem)
+	var size uint64
+	if mem != silentMem {
+		var err error
+		size, err = strconv.ParseUint(mem, 10, 64)
+		if err != nil || size == 0 || size%uffd.PageSize4K != 0 {
+			return fmt.Errorf("%s=%q: want a positive multiple of 4096, or %q", firecrackerLikeEnv, mem, silentMem)
+		}
 	}
 	var apiSock, id string
 	for i := 0; i+1 < len(args); i++ {
@@ -99,7 +119,7 @@ func runFirecrackerLike(mem string, args []string) error {
 
 type fcLikeVM struct {
 	id   string
-	size uint64
+	size uint64   // 0: send no handshake
 	uffd *os.File // held for the life of the "VM", as firecracker does
 }
 
@@ -121,6 +141,10 @@ func (v *fcLikeVM) load(w http.ResponseWriter, r *http.Request) {
 	}
 	if p.MemBackend == nil || p.MemBackend.BackendType != fcapi.MemBackendUffd {
 		fcFault(w, "Load snapshot error: this stand-in restores only with the Uffd backend")
+		return
+	}
+	if v.size == 0 {
+		w.WriteHeader(http.StatusNoContent)
 		return
 	}
 	// Guest memory: anonymous, never touched here (only the kernel and the
