@@ -82,6 +82,23 @@ func ticks(t *testing.T, data, id string) int {
 	return strings.Count(string(b), sandboxtest.ReadyMarker)
 }
 
+// tickSums returns the distinct pattern checksums ("sum=<hex>") of the
+// probe's tick lines in a sandbox's serial log.
+func tickSums(t *testing.T, data, id string) []string {
+	b, err := os.ReadFile(filepath.Join(data, "sandboxes", id, "vmm.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sums []string
+	for l := range strings.Lines(string(b)) {
+		_, sum, ok := strings.Cut(strings.TrimSpace(l), " sum=")
+		if strings.HasPrefix(l, sandboxtest.ReadyMarker) && ok && !slices.Contains(sums, sum) {
+			sums = append(sums, sum)
+		}
+	}
+	return sums
+}
+
 // envInt reads a positive integer test knob, or returns def.
 func envInt(t *testing.T, name string, def int) int {
 	v := os.Getenv(name)
@@ -113,7 +130,7 @@ func wsPasses(t *testing.T, data, id string) []string {
 
 // TestRestartReattaches is issue 7's daemon-restart test on this machine's
 // probe guests, with prefetch still running at the kill: the probe template
-// owns a working set of THAW_TEST_RESTART_WS_MIB MiB (default 64) that it
+// owns a working set of THAW_TEST_RESTART_WS_MIB MiB (default 192) that it
 // re-verifies continuously, so its recorded access log holds all of it.
 // The test creates THAW_TEST_RESTART_N sandboxes (default 4) at once
 // through a thawd process and kills thawd with SIGKILL as soon as the
@@ -133,7 +150,7 @@ func TestRestartReattaches(t *testing.T) {
 	testenv.RequireUFFD(t)
 	testenv.RequireRoot(t)
 	n := envInt(t, "THAW_TEST_RESTART_N", 4)
-	wsMiB := envInt(t, "THAW_TEST_RESTART_WS_MIB", 128)
+	wsMiB := envInt(t, "THAW_TEST_RESTART_WS_MIB", 192)
 	bins := sandboxtest.Binaries(t)
 	start := time.Now()
 	snap := sandboxtest.ProbeSnapshotWith(t, t.TempDir(), sandboxtest.ProbeConfig{
@@ -210,7 +227,7 @@ func TestRestartReattaches(t *testing.T) {
 	prefetching := 0
 	for id := range shims {
 		st := shimStats(t, data, id)
-		if !st.PrefetchDone {
+		if !st.PrefetchDone && int64(st.PrefetchedPages) < logPages {
 			prefetching++
 		}
 		t.Logf("%s at the kill: prefetched %d of %d logged pages (faults %d), done %v after %v", id, st.PrefetchedPages, logPages, st.FaultPages, st.PrefetchDone, st.PrefetchTime)
@@ -266,6 +283,10 @@ func TestRestartReattaches(t *testing.T) {
 			if !strings.HasSuffix(p, " ok") {
 				t.Errorf("sandbox %s: the guest found its working set corrupted: %q", id, p)
 			}
+		}
+		// The pattern's checksum, printed on every tick, never changes.
+		if sums := tickSums(t, data, id); len(sums) != 1 {
+			t.Errorf("sandbox %s: the probe's pattern checksum changed: got sums %v, want one", id, sums)
 		}
 	}
 	t.Logf("all %d sandboxes verified after the restart in %v", n, time.Since(start).Round(time.Millisecond))
