@@ -230,7 +230,7 @@ func TestRestartReattaches(t *testing.T) {
 		if !st.PrefetchDone && int64(st.PrefetchedPages) < logPages {
 			prefetching++
 		}
-		t.Logf("%s at the kill: prefetched %d of %d logged pages (faults %d), done %v after %v", id, st.PrefetchedPages, logPages, st.FaultPages, st.PrefetchDone, st.PrefetchTime)
+		t.Logf("%s at the kill: prefetched %d of %d logged pages (faults %d), done %v", id, st.PrefetchedPages, logPages, st.FaultPages, st.PrefetchDone)
 	}
 	t.Logf("%d creates took %v; thawd killed at %v; %d of %d shims still prefetching", n, created.Round(time.Millisecond), killed.Round(time.Millisecond), prefetching, n)
 	if prefetching == 0 {
