@@ -354,3 +354,111 @@ func processesUnder(dir string) []int {
 	}
 	return pids
 }
+
+// TestRestartDuringCreates kills thawd with SIGKILL while creates are
+// under way, each with its shim and VMM running and its guest ticking but
+// not yet ready (the template's ready marker never appears). The new thawd
+// must fail every interrupted create with the reason, stop its shim and
+// VMM, and let it be deleted without anything left.
+func TestRestartDuringCreates(t *testing.T) {
+	testenv.RequireKVM(t)
+	testenv.RequireUFFD(t)
+	testenv.RequireRoot(t)
+	const n = 3
+	bins := sandboxtest.Binaries(t)
+	snap := sandboxtest.ProbeSnapshot(t, t.TempDir())
+	data := filepath.Join(disktest.Mount(t, "xfs", 400), "d")
+	t.Cleanup(func() {
+		for _, pid := range processesUnder(data) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	sock := filepath.Join(t.TempDir(), "thawd.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	// No recording run: it would wait for the marker too.
+	first := startThawd(t, bins, data, sock, "-uffd-prefetch=false", "-ready-timeout", "10m")
+	c := thawapi.NewUnix(sock)
+	if _, err := c.RegisterTemplate(ctx, "never-ready", thawapi.RegisterTemplate{VMState: snap.VMState, Memory: snap.Memory, Rootfs: snap.Rootfs,
+		Kernel: snap.Kernel, VCPUs: snap.VCPUs, MemoryMiB: snap.MemMiB,
+		Ready: &thawapi.ReadyCheck{Kind: "serial", Marker: "a line the probe never prints"}}); err != nil {
+		t.Fatal(err)
+	}
+	cctx, stopCreates := context.WithCancel(ctx)
+	defer stopCreates()
+	for i := range n {
+		go c.CreateSandbox(cctx, thawapi.CreateSandbox{ID: fmt.Sprintf("c%d", i), Template: "never-ready"})
+	}
+	// Wait until every guest runs: the creates are in their ready phase.
+	deadline := time.Now().Add(2 * time.Minute)
+	for i := 0; i < n; {
+		b, _ := os.ReadFile(filepath.Join(data, "sandboxes", fmt.Sprintf("c%d", i), "vmm.log"))
+		if strings.Contains(string(b), sandboxtest.ReadyMarker) {
+			i++
+			continue
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("create c%d: no guest running after 2 minutes\n%s", i, first.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	sbs, err := c.Sandboxes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sb := range sbs {
+		if sb.State != "creating" {
+			t.Fatalf("sandbox %s before the kill: got %s, want creating", sb.ID, sb.State)
+		}
+	}
+	if len(sbs) != n {
+		t.Fatalf("sandboxes before the kill: got %d, want %d creating", len(sbs), n)
+	}
+	// The creates' shims and VMMs, by pid and start time.
+	procs := map[int]uint64{}
+	for _, pid := range processesUnder(filepath.Join(data, "sandboxes")) {
+		if st, err := proc.ReadStat(pid); err == nil {
+			procs[pid] = st.StartTime
+		}
+	}
+	if len(procs) < 2*n {
+		t.Fatalf("processes of the creates: got %v, want a shim and a VMM each (%d)", procs, 2*n)
+	}
+	first.stop(syscall.SIGKILL)
+	stopCreates()
+
+	second := startThawd(t, bins, data, sock)
+	defer second.stop(syscall.SIGTERM)
+	if sbs, err = c.Sandboxes(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(sbs) != n {
+		t.Errorf("sandboxes after the restart: got %d, want %d", len(sbs), n)
+	}
+	for _, sb := range sbs {
+		if sb.State != "failed" || !strings.Contains(sb.Reason, "create interrupted") {
+			t.Errorf("sandbox %s after the restart: got %s (%q), want failed: create interrupted", sb.ID, sb.State, sb.Reason)
+		}
+	}
+	// Their shims and VMMs were stopped by the start-up pass.
+	for pid, start := range procs {
+		if alive, err := proc.Alive(pid, start); alive || err != nil {
+			t.Errorf("process %d of an interrupted create after the restart: alive %v, %v; want it gone", pid, alive, err)
+		}
+	}
+	for _, sb := range sbs {
+		if err := c.DeleteSandbox(ctx, sb.ID); err != nil {
+			t.Errorf("delete %s: %v", sb.ID, err)
+		}
+	}
+	if sbs, err := c.Sandboxes(ctx); err != nil || len(sbs) != 0 {
+		t.Errorf("sandboxes after deleting all: got %v, %v; want none", sbs, err)
+	}
+	if ents, err := os.ReadDir(filepath.Join(data, "sandboxes")); err != nil || len(ents) != 0 {
+		t.Errorf("sandbox directories after deleting all: got %v, %v; want none", ents, err)
+	}
+	if pids := processesUnder(data); !slices.Equal(pids, []int{second.cmd.Process.Pid}) {
+		t.Errorf("processes under %s after deleting all: got %v, want only thawd (%d)", data, pids, second.cmd.Process.Pid)
+	}
+}
