@@ -242,24 +242,16 @@ func (b *Builder) Build(ctx context.Context, id string, spec BuildSpec, log io.W
 		return store.Template{}, fmt.Errorf("build VM %s: %w", id, err)
 	}
 	timings = append(timings, booted...)
-	if b.Record != nil {
-		say("snapshot taken; publishing after a recording run (the snapshot restored under a recording page server until its faults settle)")
-	} else {
+	if b.Record == nil {
 		say("snapshot taken; publishing without a recording run (prefetch is off)")
+	} else {
+		say("snapshot taken; publishing after a recording run")
 	}
 	t, err := Register(ctx, b.Store, b.Layout, RegisterRequest{Name: spec.Name, VMState: br.VMState, Memory: br.Memory, Rootfs: rootfs,
 		Kernel: b.Kernel, RootDrive: RootDriveID, VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, Ready: spec.Ready, Record: b.Record,
-		Timings: timings})
+		Timings: timings, Progress: log})
 	if err != nil {
 		return store.Template{}, err
-	}
-	if nb := t.BuildByID(t.Current); nb != nil {
-		for _, p := range nb.Timings[len(timings):] {
-			say("%s: %v", p.Name, p.Duration.Round(time.Millisecond))
-		}
-		if nb.Artifacts.AccessLog != "" {
-			say("access log: %d pages in recorded order (%d MiB of %d MiB)", nb.AccessLogPages, nb.AccessLogPages*4096>>20, nb.MemoryBytes>>20)
-		}
 	}
 	say("template %s build %s published in %v", spec.Name, t.Current, time.Since(t0).Round(time.Millisecond))
 	return t, nil

@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -75,6 +76,9 @@ type RegisterRequest struct {
 	// image, boot, steps and snapshot); the build's timings start with
 	// them.
 	Timings []store.Phase
+	// Progress, if set, gets a line per phase as it ends ("==> copy:
+	// 1.2s"), for a build's log.
+	Progress io.Writer
 }
 
 // Validate reports what is wrong with r, naming the fields.
@@ -167,19 +171,34 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 			b.DiskMiB = int(max((n+(1<<20)-1)>>20, 1))
 		}
 	}
+	progress := func(ps ...store.Phase) {
+		for _, p := range ps {
+			if r.Progress != nil {
+				fmt.Fprintf(r.Progress, "==> %s: %v\n", p.Name, p.Duration.Round(time.Millisecond))
+			}
+		}
+	}
 	copied := time.Now()
 	b.Timings = append(append([]store.Phase(nil), r.Timings...), store.Phase{Name: "copy", Duration: copied.Sub(started)})
+	progress(b.Timings[len(b.Timings)-1])
 	if r.Record != nil {
+		if r.Progress != nil {
+			fmt.Fprintln(r.Progress, "==> recording run: the snapshot restored under a recording page server until its faults settle")
+		}
 		rec, err := r.Record(ctx, filepath.Join(staging, VMStateName), filepath.Join(staging, MemoryName), filepath.Join(staging, RootfsName),
 			r.RootDrive, filepath.Join(staging, AccessLogName), r.Ready)
 		if err != nil {
 			return store.Template{}, fmt.Errorf("registering template %q: %w", r.Name, err)
 		}
 		b.Artifacts.AccessLog, b.AccessLogPages = AccessLogName, int64(rec.Pages)
-		if len(rec.Phases) > 0 {
-			b.Timings = append(b.Timings, rec.Phases...)
-		} else {
-			b.Timings = append(b.Timings, store.Phase{Name: "record", Duration: time.Since(copied)})
+		if len(rec.Phases) == 0 {
+			rec.Phases = []store.Phase{{Name: "record", Duration: time.Since(copied)}}
+		}
+		b.Timings = append(b.Timings, rec.Phases...)
+		progress(rec.Phases...)
+		if r.Progress != nil {
+			fmt.Fprintf(r.Progress, "==> access log: %d pages in recorded order (%.1f MiB of %d MiB)\n",
+				rec.Pages, float64(rec.Pages)*4096/(1<<20), b.MemoryBytes>>20)
 		}
 	}
 	b.FinishedAt = time.Now()
