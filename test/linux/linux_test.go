@@ -45,6 +45,10 @@ type results struct {
 	FileFirstTickMS       float64  `json:"file_first_tick_ms"`
 	UffdLoadMS            float64  `json:"uffd_load_ms"`
 	UffdFirstTickMS       float64  `json:"uffd_first_tick_ms"`
+	FileAgentHealthyMS    float64  `json:"file_agent_healthy_ms"`
+	UffdAgentHealthyMS    float64  `json:"uffd_agent_healthy_ms"`
+	FileEchoMiBps         float64  `json:"file_echo_mib_s"`
+	UffdEchoMiBps         float64  `json:"uffd_echo_mib_s"`
 	UffdFaultsServed      uint64   `json:"uffd_faults_served"`
 	UffdFaultPages        uint64   `json:"uffd_fault_pages"`
 	ClockJumpMaxMS        float64  `json:"clock_jump_max_ms"`
@@ -126,6 +130,10 @@ func TestLinuxGuest(t *testing.T) {
 	if res.AgentProtocol == 0 {
 		t.Errorf("the guest agent's health reported no protocol version")
 	}
+	if res.FileAgentHealthyMS == 0 || res.UffdAgentHealthyMS == 0 || res.FileEchoMiBps == 0 || res.UffdEchoMiBps == 0 {
+		t.Errorf("a restore passed without recording its vsock checks: agent healthy after %.0f/%.0f ms, echo %.1f/%.1f MiB/s (File/Uffd)",
+			res.FileAgentHealthyMS, res.UffdAgentHealthyMS, res.FileEchoMiBps, res.UffdEchoMiBps)
+	}
 	if res.UffdFaultsServed == 0 {
 		t.Errorf("the Uffd restore ran with no page fault served: the page server was not in the path")
 	}
@@ -135,9 +143,10 @@ func TestLinuxGuest(t *testing.T) {
 	t.Logf("boot with the fast arguments (quiet, i8042 and 8250 settings): InstanceStart → init marker %.0f ms", res.FastBootMS)
 	t.Logf("vsock: guest → host %.1f MiB/s; host → guest → host echo %.1f MiB/s", res.VsockGuestToHostMiBps, res.VsockEchoMiBps)
 	t.Logf("snapshot: pause %.1f ms, Full snapshot %.0f ms (%.0f MiB memory file)", res.PauseMS, res.SnapshotCreateMS, res.MemFileMiB)
-	t.Logf("restore File: load %.1f ms, load → first tick %.0f ms", res.FileLoadMS, res.FileFirstTickMS)
-	t.Logf("restore Uffd (on demand): load %.1f ms, load → first tick %.0f ms, %d faults, %d pages installed",
-		res.UffdLoadMS, res.UffdFirstTickMS, res.UffdFaultsServed, res.UffdFaultPages)
+	t.Logf("restore File: load %.1f ms, load → first tick %.0f ms, load → agent healthy %.0f ms, new-connection echo %.1f MiB/s",
+		res.FileLoadMS, res.FileFirstTickMS, res.FileAgentHealthyMS, res.FileEchoMiBps)
+	t.Logf("restore Uffd (on demand): load %.1f ms, load → first tick %.0f ms, load → agent healthy %.0f ms, new-connection echo %.1f MiB/s, %d faults, %d pages installed",
+		res.UffdLoadMS, res.UffdFirstTickMS, res.UffdAgentHealthyMS, res.UffdEchoMiBps, res.UffdFaultsServed, res.UffdFaultPages)
 	t.Logf("clocks across restores: largest monotonic gap between ticks %.0f ms, largest realtime-monotonic change %.1f ms",
 		res.TickGapMaxMS, res.ClockJumpMaxMS)
 }
