@@ -219,6 +219,11 @@ func TestMisbehavingGuests(t *testing.T) {
 		if e.Err != nil || !strings.Contains(e.Reason, "triple fault") {
 			t.Fatalf("exit: got %v, want a clean stop naming the triple fault; output:\n%s", e, out.String())
 		}
+		// The report carries the registers, or says why it cannot (a
+		// vCPU reset by KVM on AMD).
+		if !strings.Contains(e.Reason, "cr2 ") && !strings.Contains(e.Reason, "registers unknown") {
+			t.Errorf("triple fault report: got %q, want the registers (cr2, cr3, ...) or the reason they are unknown", e.Reason)
+		}
 	})
 	t.Run("hang", func(t *testing.T) {
 		m, out := startProbe(t, "probe.hang=1", 2, 32)
