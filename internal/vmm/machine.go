@@ -68,6 +68,9 @@ type vcpu struct {
 type Machine struct {
 	log   *slog.Logger
 	debug bool // log at debug level: checked first on hot paths
+	// shutdownDump is cfg.ShutdownDump, fixed at New so that vCPU threads
+	// read it without mu.
+	shutdownDump string
 
 	// ctl serialises the lifecycle operations (Start, Pause, Resume,
 	// Close), so that none sees another half done: Pause waits for the
@@ -108,7 +111,7 @@ type hardware struct {
 // New returns an unstarted machine configured with cfg (which the API may
 // still change before Start).
 func New(cfg Config, log *slog.Logger) *Machine {
-	m := &Machine{log: log, cfg: cfg, state: NotStarted, done: make(chan struct{})}
+	m := &Machine{log: log, cfg: cfg, shutdownDump: cfg.ShutdownDump, state: NotStarted, done: make(chan struct{})}
 	m.debug = log.Enabled(context.Background(), slog.LevelDebug)
 	m.cond = sync.NewCond(&m.mu)
 	return m

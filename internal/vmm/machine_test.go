@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -214,7 +215,14 @@ func TestMisbehavingGuests(t *testing.T) {
 		}
 	})
 	t.Run("triple fault", func(t *testing.T) {
-		m, out := startProbe(t, "probe.triple=1", 2, 32)
+		testenv.RequireKVM(t)
+		dump := filepath.Join(t.TempDir(), "shutdown.mem")
+		out := &testenv.Buffer{}
+		m := New(Config{Kernel: probePath(t), Cmdline: "probe.triple=1", VCPUs: 2, MemMiB: 32, Serial: out, ShutdownDump: dump}, testLogger(t))
+		t.Cleanup(func() { m.Close() })
+		if err := m.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		e := wait(t, m, 30*time.Second)
 		if e.Err != nil || !strings.Contains(e.Reason, "triple fault") {
 			t.Fatalf("exit: got %v, want a clean stop naming the triple fault; output:\n%s", e, out.String())
@@ -223,6 +231,18 @@ func TestMisbehavingGuests(t *testing.T) {
 		// vCPU reset by KVM on AMD).
 		if !strings.Contains(e.Reason, "cr2 ") && !strings.Contains(e.Reason, "registers unknown") {
 			t.Errorf("triple fault report: got %q, want the registers (cr2, cr3, ...) or the reason they are unknown", e.Reason)
+		}
+		// Config.ShutdownDump: guest memory as the guest left it, the
+		// probe's own image included.
+		mem, err := os.ReadFile(dump)
+		if err != nil {
+			t.Fatalf("shutdown dump: %v (report %q)", err, e.Reason)
+		}
+		if len(mem) != 32<<20 || !bytes.Contains(mem, []byte("probe: triple fault")) {
+			t.Errorf("shutdown dump: got %d bytes (probe's message in it: %v), want 32 MiB of guest memory holding the probe", len(mem), bytes.Contains(mem, []byte("probe: triple fault")))
+		}
+		if !strings.Contains(e.Reason, dump) {
+			t.Errorf("triple fault report %q does not name the dump %s", e.Reason, dump)
 		}
 	})
 	t.Run("hang", func(t *testing.T) {

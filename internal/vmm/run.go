@@ -9,6 +9,7 @@ import (
 
 	kabi "github.com/thawvm/thaw/internal/abi/kvm"
 	"github.com/thawvm/thaw/internal/vmm/kvm"
+	"github.com/thawvm/thaw/internal/vmm/snapshot"
 )
 
 // runVCPU is the body of a vCPU's goroutine. It locks itself to an OS
@@ -101,7 +102,15 @@ func (m *Machine) handleExit(v *vcpu, reason uint32) (Exit, bool) {
 		// waits for an interrupt itself.
 		return Exit{Reason: fmt.Sprintf("vcpu %d halted", id)}, true
 	case kabi.KVM_EXIT_SHUTDOWN:
-		return Exit{Reason: fmt.Sprintf("triple fault (guest shutdown) on vcpu %d%s", id, shutdownState(v.cpu))}, true
+		e := Exit{Reason: fmt.Sprintf("triple fault (guest shutdown) on vcpu %d%s", id, shutdownState(v.cpu))}
+		if path := m.shutdownDump; path != "" {
+			if err := snapshot.WriteMemory(path, hw.mem); err != nil {
+				e.Reason += "; dumping guest memory: " + err.Error()
+			} else {
+				e.Reason += "; guest memory dumped to " + path
+			}
+		}
+		return e, true
 	case kabi.KVM_EXIT_SYSTEM_EVENT:
 		ev := v.cpu.SystemEvent()
 		switch ev.Type {
