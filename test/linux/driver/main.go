@@ -39,6 +39,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thawvm/thaw/internal/agentapi"
 	"github.com/thawvm/thaw/internal/fcapi"
 )
 
@@ -370,6 +371,21 @@ func restore(ctx context.Context, c config, r *Results, backend fcapi.MemBackend
 		return err
 	}
 	loadMS := ms(time.Since(t0))
+	// The agent's listener was in the snapshot; the clone's vsock device
+	// must reach it through the clone's own socket. Poll for its health
+	// from the load on, as thawd would, while the ticks are checked.
+	type healthResult struct {
+		h   agentapi.Health
+		at  time.Duration
+		err error
+	}
+	healthc := make(chan healthResult, 1)
+	hctx, hcancel := context.WithCancel(ctx)
+	defer hcancel() // an early return stops the polling
+	go func() {
+		h, err := agentHealth(hctx, uds)
+		healthc <- healthResult{h, time.Since(t0), err}
+	}()
 	m, err := v.waitFor(tickRE, c.timeout)
 	if err != nil {
 		return err
@@ -403,13 +419,16 @@ func restore(ctx context.Context, c config, r *Results, backend fcapi.MemBackend
 		r.ClockJumpMaxMS = max(r.ClockJumpMaxMS, ms(jump.Abs()))
 		prev = t
 	}
-	// The agent's listener was in the snapshot; the clone's vsock device
-	// must reach it through the clone's own socket.
-	h, err := agentHealth(ctx, uds)
-	if err != nil {
-		return fmt.Errorf("restored thaw-agent on %s: %w", uds, err)
+	var hr healthResult
+	select {
+	case hr = <-healthc:
+	case <-v.done:
+		return fmt.Errorf("waiting for the restored thaw-agent: thaw-vmm exited (%v); output:\n%s", v.err, tail(v.output()))
 	}
-	healthy := ms(time.Since(t0))
+	if hr.err != nil {
+		return fmt.Errorf("restored thaw-agent on %s: %w", uds, hr.err)
+	}
+	h, healthy := hr.h, ms(hr.at)
 	// A new host-initiated connection to the guest's echo listener: the
 	// transport was reset by the restore, the listener must survive it.
 	echoMiBps, err := echo(ctx, uds)
