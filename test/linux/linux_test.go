@@ -31,6 +31,11 @@ const VMMEnv = "THAW_LINUX_VMM"
 // exception being delivered (intr_info).
 const KVMTraceEnv = "THAW_LINUX_KVM_TRACE"
 
+// NestedPagingEnv, set to 1, keeps L1's kvm_amd with nested paging
+// instead of reloading it with npt=0 (kvmShadowPaging): to compare the
+// two, or to check a newer QEMU.
+const NestedPagingEnv = "THAW_LINUX_NESTED_PAGING"
+
 // kvmShadowPaging is the run script's part that reloads kvm_amd in L1 with
 // npt=0. QEMU TCG's emulated SVM (Debian 12's QEMU 7.2) delivers
 // spurious page faults to an L2 guest with nested paging on: an
@@ -134,7 +139,13 @@ func TestLinuxGuest(t *testing.T) {
 	// XSAVE there; on hardware KVM the guest keeps it. Nested paging is
 	// off there too (kvmShadowPaging).
 	trace := os.Getenv(KVMTraceEnv) == "1"
-	run := "#!/bin/sh\nwork=$(mktemp -d) || exit 1\nif [ \"$THAW_NESTED\" = 1 ]; then\n\texport THAW_VMM_XSAVE=false\n" + kvmShadowPaging + "fi\n"
+	run := "#!/bin/sh\nwork=$(mktemp -d) || exit 1\nif [ \"$THAW_NESTED\" = 1 ]; then\n\texport THAW_VMM_XSAVE=false\n"
+	if os.Getenv(NestedPagingEnv) == "1" {
+		t.Logf("keeping nested paging in L1 (%s=1)", NestedPagingEnv)
+	} else {
+		run += kvmShadowPaging
+	}
+	run += "fi\n"
 	if trace {
 		run += kvmTraceStart
 	}
