@@ -19,11 +19,12 @@ import (
 
 	"github.com/thawvm/thaw/guest/probe"
 	"github.com/thawvm/thaw/internal/fcapi"
+	"github.com/thawvm/thaw/internal/procstat"
 	"github.com/thawvm/thaw/internal/testenv"
 )
 
 // ReadyMarker is what the probe prints on every tick; a restored probe
-// prints it again within milliseconds.
+// prints it again within milliseconds (an idle probe: when resumed).
 const ReadyMarker = "probe: tick "
 
 // ProbeMemMiB and ProbeVCPUs are the probe template's machine.
@@ -80,7 +81,18 @@ type Snapshot struct {
 // still gets its reflink clone.
 func ProbeSnapshot(t testing.TB, dir string) Snapshot {
 	t.Helper()
-	return probeSnapshot(t, dir, "")
+	return probeSnapshot(t, dir, "", false)
+}
+
+// IdleProbeSnapshot is ProbeSnapshot of an idle probe (probe.idle=1): it
+// prints a tick, then halts with interrupts off until the VMM resumes it,
+// so a sandbox restored from it costs no CPU once ready and prints one
+// tick per resume (a pause and resume through the VMM's API proves it
+// alive). The snapshot is taken once every vCPU thread sleeps in KVM, so
+// the restored guest resumes from its HLT.
+func IdleProbeSnapshot(t testing.TB, dir string) Snapshot {
+	t.Helper()
+	return probeSnapshot(t, dir, "", true)
 }
 
 // RootDriveID is the drive_id of ProbeSnapshotWithDrive's root drive.
@@ -92,10 +104,10 @@ const RootDriveID = "rootfs"
 // sum=<FNV-1a of the first 4 KiB>".
 func ProbeSnapshotWithDrive(t testing.TB, dir, drive string) Snapshot {
 	t.Helper()
-	return probeSnapshot(t, dir, drive)
+	return probeSnapshot(t, dir, drive, false)
 }
 
-func probeSnapshot(t testing.TB, dir, drive string) Snapshot {
+func probeSnapshot(t testing.TB, dir, drive string, idle bool) Snapshot {
 	t.Helper()
 	testenv.RequireKVM(t)
 	if testenv.KVMIsPVM() {
@@ -137,6 +149,9 @@ func probeSnapshot(t testing.TB, dir, drive string) Snapshot {
 		t.Fatal(err)
 	}
 	args := "probe.pages=64 probe.ticks=0 probe.spin=2000"
+	if idle {
+		args += " probe.idle=1"
+	}
 	if drive != "" {
 		args += " probe.blk.every=1"
 		if err := c.PutDrive(ctx, fcapi.Drive{DriveID: RootDriveID, PathOnHost: drive, IsRootDevice: true}); err != nil {
@@ -152,12 +167,19 @@ func probeSnapshot(t testing.TB, dir, drive string) Snapshot {
 	if err := c.InstanceStart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for range 2 {
+	wantTicks := 2
+	if idle {
+		wantTicks = 1 // it prints no other until resumed
+	}
+	for range wantTicks {
 		select {
 		case <-ticks:
 		case <-ctx.Done():
 			t.Fatal("the probe guest printed no ticks within 60s")
 		}
+	}
+	if idle {
+		waitVCPUsIdle(ctx, t, cmd.Process.Pid)
 	}
 	if err := c.Pause(ctx); err != nil {
 		t.Fatal(err)
@@ -170,4 +192,24 @@ func probeSnapshot(t testing.TB, dir, drive string) Snapshot {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// waitVCPUsIdle waits until every vCPU thread of the VMM process pid
+// sleeps in KVM (procstat.Thread.InKVMBlock).
+func waitVCPUsIdle(ctx context.Context, t testing.TB, pid int) {
+	t.Helper()
+	for {
+		vcpus, idle, err := procstat.VCPUsIdle(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vcpus == ProbeVCPUs && idle == vcpus {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the idle probe's vCPU threads did not all halt: %d of %d sleep in KVM", idle, vcpus)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
