@@ -295,6 +295,8 @@ func benchDensity(b *testing.B, backend string, concurrent int) {
 	var (
 		mu      sync.Mutex
 		lat     []time.Duration
+		phases  = map[string][]time.Duration{}
+		order   []string // phase names in create order
 		costs   []cost
 		thawdNS time.Duration
 	)
@@ -316,6 +318,12 @@ func benchDensity(b *testing.B, backend string, concurrent int) {
 				}
 				mu.Lock()
 				lat = append(lat, time.Since(start))
+				for _, ph := range sb.Create {
+					if _, ok := phases[ph.Name]; !ok {
+						order = append(order, ph.Name)
+					}
+					phases[ph.Name] = append(phases[ph.Name], ph.Duration)
+				}
 				mu.Unlock()
 				sbs[j] = sb
 			})
@@ -400,5 +408,12 @@ func benchDensity(b *testing.B, backend string, concurrent int) {
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 	b.ReportMetric(us(sum.idleShim/idleN), "idle-shim-cpu-us/s")
 	b.ReportMetric(us(sum.idleVMM/idleN), "idle-vmm-cpu-us/s")
-	b.ReportMetric(0, "ns/op") // an op is a whole round; the metrics above are per create
+	b.ReportMetric(0, "ns/op")
+	var breakdown strings.Builder
+	for _, name := range order {
+		d := phases[name]
+		slices.Sort(d)
+		fmt.Fprintf(&breakdown, " %s %.1f", name, ms(d[len(d)/2]))
+	}
+	b.Logf("create phases, p50 ms:%s", breakdown.String()) // an op is a whole round; the metrics above are per create
 }
