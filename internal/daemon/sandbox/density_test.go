@@ -88,39 +88,47 @@ type cost struct {
 
 func (c cost) total() uint64 { return c.guestPSS + c.shimFilePSS + c.shimPSS + c.vmmPSS }
 
-// measure reads sb's shim and VMM after waiting (up to a minute) for every
-// vCPU thread to sleep in KVM.
-func measure(ctx context.Context, sb store.Sandbox, memFile string) (cost, error) {
+// waitIdle waits (up to a minute) until every vCPU thread of sb's VMM
+// sleeps in KVM, and returns the VMM's pid.
+func waitIdle(ctx context.Context, sb store.Sandbox) (int, error) {
 	sc := shim.NewClient(sb.Shim.ControlSocket)
 	defer sc.Close()
 	st, err := sc.Status(ctx)
 	if err != nil {
-		return cost{}, err
+		return 0, err
 	}
 	if st.VMMPID == 0 {
-		return cost{}, fmt.Errorf("sandbox %s: the shim reports no VMM", sb.ID)
+		return 0, fmt.Errorf("sandbox %s: the shim reports no VMM", sb.ID)
 	}
 	deadline := time.Now().Add(time.Minute)
 	for {
 		vcpus, idle, err := procstat.VCPUsIdle(st.VMMPID)
 		if err != nil {
-			return cost{}, err
+			return 0, err
 		}
 		if vcpus == sandboxtest.ProbeVCPUs && idle == vcpus {
-			break
+			return st.VMMPID, nil
 		}
 		if time.Now().After(deadline) {
-			return cost{}, fmt.Errorf("sandbox %s: %d of %d vCPU threads sleep in KVM after a minute; the probe is not idle", sb.ID, idle, vcpus)
+			return 0, fmt.Errorf("sandbox %s: %d of %d vCPU threads sleep in KVM after a minute; the probe is not idle", sb.ID, idle, vcpus)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	c := cost{vmmPID: st.VMMPID}
+}
+
+// measure reads sb's shim and VMM once its guest idles (waitIdle).
+func measure(ctx context.Context, sb store.Sandbox, memFile string) (cost, error) {
+	vmmPID, err := waitIdle(ctx, sb)
+	if err != nil {
+		return cost{}, err
+	}
+	c := cost{vmmPID: vmmPID}
 	sts, err := procstat.Threads(sb.Shim.PID)
 	if err != nil {
 		return cost{}, err
 	}
 	c.shimCPU = procstat.CPU(sts)
-	vts, err := procstat.Threads(st.VMMPID)
+	vts, err := procstat.Threads(vmmPID)
 	if err != nil {
 		return cost{}, err
 	}
@@ -142,7 +150,7 @@ func measure(ctx context.Context, sb store.Sandbox, memFile string) (cost, error
 			c.shimPSS += m.Pss
 		}
 	}
-	if maps, err = procstat.Smaps(st.VMMPID); err != nil {
+	if maps, err = procstat.Smaps(vmmPID); err != nil {
 		return cost{}, err
 	}
 	for _, m := range maps {
@@ -195,10 +203,14 @@ func idleCPU(sbs []store.Sandbox, costs []cost) error {
 	return nil
 }
 
-// proveAlive pauses and resumes sb's VM through its VMM's API and waits
-// for the idle probe's next tick on the serial console: the sandbox was
-// idle, not frozen.
+// proveAlive waits until sb's guest idles, pauses and resumes it through
+// its VMM's API and waits for the idle probe's next tick on the serial
+// console: the sandbox was idle, not frozen. (A pause that caught the
+// probe between its tick and its HLT would leave nothing to wake.)
 func proveAlive(ctx context.Context, sb store.Sandbox) error {
+	if _, err := waitIdle(ctx, sb); err != nil {
+		return err
+	}
 	logPath := filepath.Join(sb.Dir, shim.VMMLogName)
 	count := func() (int, error) {
 		b, err := os.ReadFile(logPath)
@@ -416,4 +428,41 @@ func benchDensity(b *testing.B, backend string, concurrent int) {
 		fmt.Fprintf(&breakdown, " %s %.1f", name, ms(d[len(d)/2]))
 	}
 	b.Logf("create phases, p50 ms:%s", breakdown.String()) // an op is a whole round; the metrics above are per create
+}
+
+// TestIdleSandbox restores the idle probe through Manager.Create (the
+// snapshot-load path of thaw-vmm's wake-on-resume) and checks what
+// BenchmarkDensity relies on: the sandbox is ready, then every vCPU thread
+// sleeps in KVM, the measurement sees its guest memory and both processes,
+// and a pause and resume through the VMM's API bring a new tick.
+func TestIdleSandbox(t *testing.T) {
+	for _, backend := range []string{"uffd-ondemand", "file"} {
+		t.Run(backend, func(t *testing.T) {
+			e := newDensityEnv(t, backend)
+			ctx := ctxT(t)
+			sb, err := e.m.Create(ctx, sandbox.CreateRequest{ID: "idle1", Template: "idle"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tpl, err := e.st.Template("idle")
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := measure(ctx, sb, filepath.Join(tpl.BuildByID(tpl.Current).Dir, template.MemoryName))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.guestPSS == 0 || c.shimPSS == 0 || c.vmmPSS == 0 || c.vcpuCPU == 0 || c.shimCPU == 0 {
+				t.Errorf("measurement of a running sandbox: got %+v, want guest memory, shim and VMM memory, and vCPU and shim CPU time", c)
+			}
+			for range 2 {
+				if err := proveAlive(ctx, sb); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := e.m.Delete(ctx, sb.ID); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }
