@@ -33,7 +33,7 @@ func TestExecAndFiles(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	p := startThawd(t, bins, data, sock)
-	defer func() { p.cmd.Process.Signal(syscall.SIGTERM); p.cmd.Wait() }()
+	defer p.stop(syscall.SIGTERM)
 	c := thawapi.NewUnix(sock)
 	if _, err := c.RegisterTemplate(ctx, "probe", thawapi.RegisterTemplate{VMState: snap.VMState, Memory: snap.Memory, Rootfs: snap.Rootfs,
 		VCPUs: sandboxtest.ProbeVCPUs, MemoryMiB: sandboxtest.ProbeMemMiB,

@@ -6,15 +6,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/thawvm/thaw/internal/daemon/disk/disktest"
+	"github.com/thawvm/thaw/internal/daemon/proc"
 	"github.com/thawvm/thaw/internal/daemon/sandbox/sandboxtest"
-	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/shim"
 	"github.com/thawvm/thaw/internal/testenv"
 	"github.com/thawvm/thaw/internal/thawapi"
 )
@@ -29,18 +32,30 @@ func TestMain(m *testing.M) {
 type thawdProc struct {
 	cmd  *exec.Cmd
 	logs *testenv.Buffer
+
+	once sync.Once
 }
 
-func startThawd(t *testing.T, bins, data, sock string) *thawdProc {
+// stop sends sig to thawd and waits for it to exit; later calls do nothing.
+func (p *thawdProc) stop(sig syscall.Signal) {
+	p.once.Do(func() {
+		p.cmd.Process.Signal(sig)
+		p.cmd.Wait()
+	})
+}
+
+func startThawd(t *testing.T, bins, data, sock string, flags ...string) *thawdProc {
 	t.Helper()
 	p := &thawdProc{logs: &testenv.Buffer{}}
-	p.cmd = exec.Command(filepath.Join(bins, "thawd"), "-config", "/dev/null", "-data-dir", data, "-socket", sock,
-		"-shim", filepath.Join(bins, "thaw-shim"), "-vmm", filepath.Join(bins, "thaw-vmm"), "-reconcile-interval", "1h")
+	args := append([]string{"-config", "/dev/null", "-data-dir", data, "-socket", sock,
+		"-shim", filepath.Join(bins, "thaw-shim"), "-vmm", filepath.Join(bins, "thaw-vmm"), "-reconcile-interval", "1h"}, flags...)
+	p.cmd = exec.Command(filepath.Join(bins, "thawd"), args...)
 	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { p.stop(syscall.SIGKILL) })
 	c := thawapi.NewUnix(sock)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -51,8 +66,7 @@ func startThawd(t *testing.T, bins, data, sock string) *thawdProc {
 			return p
 		}
 		if time.Now().After(deadline) {
-			p.cmd.Process.Kill()
-			p.cmd.Wait()
+			p.stop(syscall.SIGKILL)
 			t.Fatalf("thawd never answered on %s: %v\n%s", sock, err, p.logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -68,61 +82,167 @@ func ticks(t *testing.T, data, id string) int {
 	return strings.Count(string(b), sandboxtest.ReadyMarker)
 }
 
+// tickSums returns the distinct pattern checksums ("sum=<hex>") of the
+// probe's tick lines in a sandbox's serial log.
+func tickSums(t *testing.T, data, id string) []string {
+	b, err := os.ReadFile(filepath.Join(data, "sandboxes", id, "vmm.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sums []string
+	for l := range strings.Lines(string(b)) {
+		_, sum, ok := strings.Cut(strings.TrimSpace(l), " sum=")
+		if strings.HasPrefix(l, sandboxtest.ReadyMarker) && ok && !slices.Contains(sums, sum) {
+			sums = append(sums, sum)
+		}
+	}
+	return sums
+}
+
+// envInt reads a positive integer test knob, or returns def.
+func envInt(t *testing.T, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: want a positive integer", name, v)
+	}
+	return n
+}
+
+// wsPasses returns the probe's working-set pass lines in a sandbox's serial
+// log.
+func wsPasses(t *testing.T, data, id string) []string {
+	b, err := os.ReadFile(filepath.Join(data, "sandboxes", id, "vmm.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for l := range strings.Lines(string(b)) {
+		if strings.HasPrefix(l, sandboxtest.WorkingSetPass) {
+			lines = append(lines, strings.TrimSpace(l))
+		}
+	}
+	return lines
+}
+
 // TestRestartReattaches is issue 7's daemon-restart test on this machine's
-// probe guests: create sandboxes through a thawd process, kill -9 thawd,
-// start it again: every sandbox is reattached (same shim), keeps running
-// (its guest goes on ticking: none is frozen) and can be deleted through the
-// new thawd, which leaves no process behind. THAW_TEST_RESTART_N sets the
-// number of sandboxes (default 6: each probe keeps two vCPUs busy, and
-// this machine has two cores).
+// probe guests, with prefetch still running at the kill: the probe template
+// owns a working set of THAW_TEST_RESTART_WS_MIB MiB (default 192) that it
+// re-verifies continuously, so its recorded access log holds all of it.
+// The test creates THAW_TEST_RESTART_N sandboxes (default 4) at once
+// through a thawd process and kills thawd with SIGKILL as soon as the
+// creates return; right after the kill it reads every shim's counters and
+// fails unless at least one shim is still prefetching then. A new thawd
+// must reattach every sandbox (same shim); each must finish its prefetch,
+// keep ticking (none frozen) and complete full passes over its working set
+// with every page correct (none corrupted); deleting them through the new
+// thawd leaves no process, directory, socket or record.
+//
+// Issue 7 asks for 20 sandboxes; THAW_TEST_RESTART_N=20
+// THAW_TEST_RESTART_WS_MIB=256 runs that (docs/benchmarks/thawd.md). The
+// defaults keep scripts/test cheap: every probe keeps a vCPU busy, and
+// this machine has two cores.
 func TestRestartReattaches(t *testing.T) {
 	testenv.RequireKVM(t)
 	testenv.RequireUFFD(t)
 	testenv.RequireRoot(t)
-	n := 6
-	if v := os.Getenv("THAW_TEST_RESTART_N"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n < 1 {
-			t.Fatalf("THAW_TEST_RESTART_N=%q: want a positive integer", v)
-		}
-	}
+	n := envInt(t, "THAW_TEST_RESTART_N", 4)
+	wsMiB := envInt(t, "THAW_TEST_RESTART_WS_MIB", 192)
 	bins := sandboxtest.Binaries(t)
-	snap := sandboxtest.ProbeSnapshot(t, t.TempDir())
-	data := filepath.Join(disktest.Mount(t, "xfs", 400), "d")
+	start := time.Now()
+	snap := sandboxtest.ProbeSnapshotWith(t, t.TempDir(), sandboxtest.ProbeConfig{
+		// Short ticks: a restored probe is ready (ticks) within milliseconds,
+		// long before its working set can have been prefetched.
+		Pages: 1, Spin: 50, WorkingSetMiB: wsMiB})
+	t.Logf("probe template with a %d MiB working set (%d MiB guest) snapshotted in %v", wsMiB, snap.MemMiB, time.Since(start).Round(time.Millisecond))
+	// The data directory holds a copy of the memory file and the access log.
+	data := filepath.Join(disktest.Mount(t, "xfs", 400+2*snap.MemMiB), "d")
+	t.Cleanup(func() {
+		// A failed test may leave shims and VMMs: they would keep the
+		// mount busy.
+		for _, pid := range processesUnder(data) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
 	sock := filepath.Join(t.TempDir(), "thawd.sock")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 
-	first := startThawd(t, bins, data, sock)
+	// The recording run must see a whole pass over the working set: give
+	// it far longer than one takes (about 25 MiB/s on PVM).
+	first := startThawd(t, bins, data, sock, "-uffd-record-max", "10m", "-max-concurrent-restores", strconv.Itoa(n))
 	c := thawapi.NewUnix(sock)
-	if _, err := c.RegisterTemplate(ctx, "probe", thawapi.RegisterTemplate{VMState: snap.VMState, Memory: snap.Memory, Rootfs: snap.Rootfs,
-		Kernel: snap.Kernel, VCPUs: sandboxtest.ProbeVCPUs, MemoryMiB: sandboxtest.ProbeMemMiB,
-		Ready: &thawapi.ReadyCheck{Kind: "serial", Marker: sandboxtest.ReadyMarker}}); err != nil {
-		t.Fatal(err)
+	start = time.Now()
+	tpl, err := c.RegisterTemplate(ctx, "probe", thawapi.RegisterTemplate{VMState: snap.VMState, Memory: snap.Memory, Rootfs: snap.Rootfs,
+		Kernel: snap.Kernel, VCPUs: snap.VCPUs, MemoryMiB: snap.MemMiB,
+		Ready: &thawapi.ReadyCheck{Kind: "serial", Marker: sandboxtest.ReadyMarker}})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, first.logs.String())
 	}
+	var logPages int64
+	for _, b := range tpl.Builds {
+		if b.ID == tpl.Current {
+			logPages = b.AccessLogPages
+		}
+	}
+	t.Logf("template registered with its recording run in %v: access log %d pages (%d MiB)", time.Since(start).Round(time.Millisecond), logPages, logPages>>8)
+	if want := int64(wsMiB) << 8; logPages < want {
+		t.Fatalf("access log: got %d pages, want at least the %d of the working set (did the recording run end before a whole pass?)", logPages, want)
+	}
+
+	// Create all sandboxes at once, so that their prefetches overlap.
 	shims := map[string]int{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	start = time.Now()
 	for i := range n {
-		sb, err := c.CreateSandbox(ctx, thawapi.CreateSandbox{ID: fmt.Sprintf("s%d", i), Template: "probe"})
-		if err != nil {
-			t.Fatalf("create %d: %v\n%s", i, err, first.logs.String())
-		}
-		if sb.State != "running" || sb.ShimPID == 0 || len(sb.Create) == 0 {
-			t.Fatalf("create %d: got %+v, want running with a shim and timings", i, sb)
-		}
-		shims[sb.ID] = sb.ShimPID
+		wg.Go(func() {
+			sb, err := c.CreateSandbox(ctx, thawapi.CreateSandbox{ID: fmt.Sprintf("s%d", i), Template: "probe"})
+			switch {
+			case err != nil:
+				errs <- fmt.Errorf("create %d: %w", i, err)
+			case sb.State != "running" || sb.ShimPID == 0 || len(sb.Create) == 0:
+				errs <- fmt.Errorf("create %d: got %+v, want running with a shim and timings", i, sb)
+			default:
+				mu.Lock()
+				shims[sb.ID] = sb.ShimPID
+				mu.Unlock()
+			}
+		})
 	}
-	first.cmd.Process.Signal(syscall.SIGKILL)
-	first.cmd.Wait()
+	wg.Wait()
+	created := time.Since(start)
+	close(errs)
+	for err := range errs {
+		t.Fatalf("%v\n%s", err, first.logs.String())
+	}
+	first.stop(syscall.SIGKILL)
+	killed := time.Since(start)
+
+	// Read after the kill, a prefetch not yet done was running through it.
+	prefetching := 0
+	for id := range shims {
+		st := shimStats(t, data, id)
+		if !st.PrefetchDone && int64(st.PrefetchedPages) < logPages {
+			prefetching++
+		}
+		t.Logf("%s at the kill: prefetched %d of %d logged pages (faults %d), done %v", id, st.PrefetchedPages, logPages, st.FaultPages, st.PrefetchDone)
+	}
+	t.Logf("%d creates took %v; thawd killed at %v; %d of %d shims still prefetching", n, created.Round(time.Millisecond), killed.Round(time.Millisecond), prefetching, n)
+	if prefetching == 0 {
+		t.Fatalf("no shim was still prefetching when thawd was killed: the test proves nothing about a restart during prefetch (raise THAW_TEST_RESTART_WS_MIB)")
+	}
 	before := map[string]int{}
 	for id := range shims {
 		before[id] = ticks(t, data, id)
 	}
 
 	second := startThawd(t, bins, data, sock)
-	defer func() {
-		second.cmd.Process.Signal(syscall.SIGTERM)
-		second.cmd.Wait()
-	}()
+	defer second.stop(syscall.SIGTERM)
 	sbs, err := c.Sandboxes(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -138,16 +258,39 @@ func TestRestartReattaches(t *testing.T) {
 	if !strings.Contains(second.logs.String(), "action=reattach") {
 		t.Errorf("the second thawd logged no reattach:\n%s", second.logs.String())
 	}
-	// Every guest is still running: its tick count grows.
-	deadline := time.Now().Add(60 * time.Second)
+
+	// Every sandbox finishes its prefetch, keeps ticking (not frozen) and
+	// completes a full pass over its working set after its restore with
+	// every page right (not corrupted). The serial log starts at the
+	// restore, so its first pass line may end a pass the template began;
+	// the second ends one made entirely by the restored guest.
+	start = time.Now()
+	deadline, _ := ctx.Deadline()
 	for id, b := range before {
-		for ticks(t, data, id) <= b {
-			if time.Now().After(deadline) {
-				t.Fatalf("sandbox %s is frozen: no tick beyond %d after the restart", id, b)
+		for {
+			st := shimStats(t, data, id)
+			passes := wsPasses(t, data, id)
+			if st.PrefetchDone && len(passes) >= 2 && ticks(t, data, id) > b {
+				t.Logf("%s: prefetched %d pages (faults %d) in %v; %d passes: %q", id, st.PrefetchedPages, st.FaultPages, st.PrefetchTime, len(passes), passes[len(passes)-1])
+				break
 			}
-			time.Sleep(50 * time.Millisecond)
+			if time.Now().After(deadline) {
+				t.Fatalf("sandbox %s after the restart: prefetch done %v, ticks %d (%d at the kill), working-set passes %q: frozen or stalled", id, st.PrefetchDone, ticks(t, data, id), b, passes)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		for _, p := range wsPasses(t, data, id) {
+			if !strings.HasSuffix(p, " ok") {
+				t.Errorf("sandbox %s: the guest found its working set corrupted: %q", id, p)
+			}
+		}
+		// The pattern's checksum, printed on every tick, never changes.
+		if sums := tickSums(t, data, id); len(sums) != 1 {
+			t.Errorf("sandbox %s: the probe's pattern checksum changed: got sums %v, want one", id, sums)
 		}
 	}
+	t.Logf("all %d sandboxes verified after the restart in %v", n, time.Since(start).Round(time.Millisecond))
+
 	for id, pid := range shims {
 		if err := c.DeleteSandbox(ctx, id); err != nil {
 			t.Errorf("delete %s through the new thawd: %v", id, err)
@@ -161,7 +304,161 @@ func TestRestartReattaches(t *testing.T) {
 			}
 		}
 	}
-	if _, err := c.Sandbox(ctx, "s0"); !errdefs.IsNotFound(err) {
-		t.Errorf("deleted sandbox: got %v, want not found", err)
+	if sbs, err := c.Sandboxes(ctx); err != nil || len(sbs) != 0 {
+		t.Errorf("sandboxes after deleting all: got %v, %v; want none", sbs, err)
+	}
+	if ents, err := os.ReadDir(filepath.Join(data, "sandboxes")); err != nil || len(ents) != 0 {
+		t.Errorf("sandbox directories (sockets, logs) after deleting all: got %v, %v; want none", ents, err)
+	}
+	if pids := processesUnder(data); !slices.Equal(pids, []int{second.cmd.Process.Pid}) {
+		t.Errorf("processes under %s after deleting all: got %v, want only thawd (%d)", data, pids, second.cmd.Process.Pid)
+	}
+}
+
+// shimStats reads a sandbox's page-server counters from its shim.
+func shimStats(t *testing.T, data, id string) shim.PageStats {
+	t.Helper()
+	c := shim.NewClient(filepath.Join(data, "sandboxes", id, shim.ControlSocketName))
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.Stats(ctx)
+	if err != nil {
+		t.Fatalf("stats of %s's shim: %v", id, err)
+	}
+	if !st.Serving {
+		t.Fatalf("%s's shim serves no pages", id)
+	}
+	return st
+}
+
+// processesUnder lists live (not zombie) processes whose command line or
+// working directory mentions dir: shims and VMMs run in their sandbox
+// directories.
+func processesUnder(dir string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if st, err := proc.ReadStat(pid); err != nil || st.State == 'Z' {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		if strings.Contains(string(cmdline), dir) || cwd == dir || strings.HasPrefix(cwd, dir+"/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// TestRestartDuringCreates kills thawd with SIGKILL while creates are
+// under way, each with its shim and VMM running and its guest ticking but
+// not yet ready (the template's ready marker never appears). The new thawd
+// must fail every interrupted create with the reason, stop its shim and
+// VMM, and let it be deleted without anything left.
+func TestRestartDuringCreates(t *testing.T) {
+	testenv.RequireKVM(t)
+	testenv.RequireUFFD(t)
+	testenv.RequireRoot(t)
+	const n = 3
+	bins := sandboxtest.Binaries(t)
+	snap := sandboxtest.ProbeSnapshot(t, t.TempDir())
+	data := filepath.Join(disktest.Mount(t, "xfs", 400), "d")
+	t.Cleanup(func() {
+		for _, pid := range processesUnder(data) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	sock := filepath.Join(t.TempDir(), "thawd.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	// No recording run: it would wait for the marker too.
+	first := startThawd(t, bins, data, sock, "-uffd-prefetch=false", "-ready-timeout", "10m")
+	c := thawapi.NewUnix(sock)
+	if _, err := c.RegisterTemplate(ctx, "never-ready", thawapi.RegisterTemplate{VMState: snap.VMState, Memory: snap.Memory, Rootfs: snap.Rootfs,
+		Kernel: snap.Kernel, VCPUs: snap.VCPUs, MemoryMiB: snap.MemMiB,
+		Ready: &thawapi.ReadyCheck{Kind: "serial", Marker: "a line the probe never prints"}}); err != nil {
+		t.Fatal(err)
+	}
+	cctx, stopCreates := context.WithCancel(ctx)
+	defer stopCreates()
+	for i := range n {
+		go c.CreateSandbox(cctx, thawapi.CreateSandbox{ID: fmt.Sprintf("c%d", i), Template: "never-ready"})
+	}
+	// Wait until every guest runs: the creates are in their ready phase.
+	deadline := time.Now().Add(2 * time.Minute)
+	for i := 0; i < n; {
+		b, _ := os.ReadFile(filepath.Join(data, "sandboxes", fmt.Sprintf("c%d", i), "vmm.log"))
+		if strings.Contains(string(b), sandboxtest.ReadyMarker) {
+			i++
+			continue
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("create c%d: no guest running after 2 minutes\n%s", i, first.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	sbs, err := c.Sandboxes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sb := range sbs {
+		if sb.State != "creating" {
+			t.Fatalf("sandbox %s before the kill: got %s, want creating", sb.ID, sb.State)
+		}
+	}
+	if len(sbs) != n {
+		t.Fatalf("sandboxes before the kill: got %d, want %d creating", len(sbs), n)
+	}
+	// The creates' shims and VMMs, by pid and start time.
+	procs := map[int]uint64{}
+	for _, pid := range processesUnder(filepath.Join(data, "sandboxes")) {
+		if st, err := proc.ReadStat(pid); err == nil {
+			procs[pid] = st.StartTime
+		}
+	}
+	if len(procs) < 2*n {
+		t.Fatalf("processes of the creates: got %v, want a shim and a VMM each (%d)", procs, 2*n)
+	}
+	first.stop(syscall.SIGKILL)
+	stopCreates()
+
+	second := startThawd(t, bins, data, sock)
+	defer second.stop(syscall.SIGTERM)
+	if sbs, err = c.Sandboxes(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(sbs) != n {
+		t.Errorf("sandboxes after the restart: got %d, want %d", len(sbs), n)
+	}
+	for _, sb := range sbs {
+		if sb.State != "failed" || !strings.Contains(sb.Reason, "create interrupted") {
+			t.Errorf("sandbox %s after the restart: got %s (%q), want failed: create interrupted", sb.ID, sb.State, sb.Reason)
+		}
+	}
+	// Their shims and VMMs were stopped by the start-up pass.
+	for pid, start := range procs {
+		if alive, err := proc.Alive(pid, start); alive || err != nil {
+			t.Errorf("process %d of an interrupted create after the restart: alive %v, %v; want it gone", pid, alive, err)
+		}
+	}
+	for _, sb := range sbs {
+		if err := c.DeleteSandbox(ctx, sb.ID); err != nil {
+			t.Errorf("delete %s: %v", sb.ID, err)
+		}
+	}
+	if sbs, err := c.Sandboxes(ctx); err != nil || len(sbs) != 0 {
+		t.Errorf("sandboxes after deleting all: got %v, %v; want none", sbs, err)
+	}
+	if ents, err := os.ReadDir(filepath.Join(data, "sandboxes")); err != nil || len(ents) != 0 {
+		t.Errorf("sandbox directories after deleting all: got %v, %v; want none", ents, err)
+	}
+	if pids := processesUnder(data); !slices.Equal(pids, []int{second.cmd.Process.Pid}) {
+		t.Errorf("processes under %s after deleting all: got %v, want only thawd (%d)", data, pids, second.cmd.Process.Pid)
 	}
 }

@@ -8,6 +8,9 @@
  *   probe: ram <bytes>                 RAM in the e820 map
  *   probe: pattern pages=<n> sum=<hex> a pattern written and checksummed
  *   probe: tick <n> sum=<hex>          the pattern re-checksummed each tick
+ *   probe: ws pages=<n> chunk=<c>      a working set written (probe.ws)
+ *   probe: ws pass <n> ok              a full pass over it checked, or
+ *   probe: ws pass <n> bad=<k> first=<page>  with k pages wrong
  *   probe: serial <hex>                a byte received on the serial port
  *   probe: key <hex>                   a byte from the i8042 keyboard
  *   probe: ctrl-alt-del                Ctrl+Alt+Del seen: reset at once
@@ -15,7 +18,10 @@
  *
  * Command line parameters: probe.pages=<n> (pattern size, 4 KiB pages,
  * default 256), probe.ticks=<n> (ticks before reset; 0 runs forever),
- * probe.spin=<n> (loop iterations between ticks, default 100000).
+ * probe.spin=<n> (loop iterations between ticks, default 100000),
+ * probe.ws=<MiB> (a working set at 64 MiB that the loop re-checks
+ * probe.ws.chunk=<n> pages per tick, default 256, so that a restored probe
+ * keeps touching all of it; default none).
  * Virtio devices announced on the command line are driven by polling
  * (virtio.c, vsock.c): a block device is read (and with probe.blk.write=1
  * written; with probe.blk.every=<n> re-read every n ticks, printing
@@ -117,6 +123,66 @@ static u64 checksum(u64 pages)
 	for (u64 i = 0; i < pages * 512; i++)
 		sum = (sum ^ p[i]) * 0x100000001b3UL;
 	return sum;
+}
+
+/* The working set (probe.ws=<MiB>): pages at WS_BASE, each holding a
+ * non-zero 64-bit value derived from its index in its first, middle and
+ * last qword (zeros elsewhere), re-checked probe.ws.chunk pages per tick so
+ * that it is touched continuously. A page served from the wrong file
+ * offset or as zeros is caught. Only three qwords per
+ * page, because under PVM the guest is emulated: filling or reading every
+ * qword of hundreds of MiB would take minutes. */
+#define WS_BASE 0x4000000UL /* 64 MiB, above the pattern */
+static u64 ws_pages, ws_chunk, ws_next, ws_pass, ws_bad, ws_first_bad;
+
+static u64 ws_value(u64 page) { return (page + 1) * 0x9e3779b97f4a7c15UL; }
+
+static void ws_fill(void)
+{
+	for (u64 i = 0; i < ws_pages; i++) {
+		volatile u64 *p = (volatile u64 *)(WS_BASE + i * 4096);
+		u64 v = ws_value(i);
+		p[0] = v;
+		p[256] = v;
+		p[511] = v;
+	}
+}
+
+/* ws_check reports whether page i still holds its value. */
+static int ws_check(u64 i)
+{
+	volatile u64 *p = (volatile u64 *)(WS_BASE + i * 4096);
+	u64 v = ws_value(i);
+	return p[0] == v && p[256] == v && p[511] == v;
+}
+
+/* ws_tick verifies the next chunk; at the end of a pass it prints
+ * "probe: ws pass <n> ok" or "probe: ws pass <n> bad=<pages> first=<page>". */
+static void ws_tick(void)
+{
+	for (u64 k = 0; k < ws_chunk && ws_pages; k++) {
+		if (!ws_check(ws_next)) {
+			if (!ws_bad)
+				ws_first_bad = ws_next;
+			ws_bad++;
+		}
+		if (++ws_next < ws_pages)
+			continue;
+		ws_pass++;
+		puts("probe: ws pass ");
+		putdec(ws_pass);
+		if (ws_bad) {
+			puts(" bad=");
+			putdec(ws_bad);
+			puts(" first=");
+			putdec(ws_first_bad);
+		} else {
+			puts(" ok");
+		}
+		putc('\n');
+		ws_next = 0;
+		ws_bad = 0;
+	}
 }
 
 /* chaos pokes at ports and MMIO addresses nothing claims (or that belong
@@ -246,12 +312,18 @@ void probe_main(u8 *zeropage)
 	puts(cmdline);
 	puts("\"\n");
 
-	u64 ram = 0;
+	/* ram is the RAM in the e820 map; ram_top the end of the highest RAM
+	 * below 4 GiB (the boot page tables map only that). */
+	u64 ram = 0, ram_top = 0;
 	u8 n = zeropage[0x1e8];
 	for (u8 i = 0; i < n; i++) {
 		u8 *e = zeropage + 0x2d0 + 20 * i;
-		if (*(u32 *)(e + 16) == 1)
-			ram += *(u64 *)(e + 8);
+		if (*(u32 *)(e + 16) != 1)
+			continue;
+		u64 end = *(u64 *)e + *(u64 *)(e + 8);
+		ram += *(u64 *)(e + 8);
+		if (end <= 0x100000000UL && end > ram_top)
+			ram_top = end;
 	}
 	puts("probe: ram ");
 	putdec(ram);
@@ -310,6 +382,21 @@ void probe_main(u8 *zeropage)
 	puthex(sum);
 	putc('\n');
 
+	ws_pages = param(cmdline, "probe.ws", 0) * 256;
+	ws_chunk = param(cmdline, "probe.ws.chunk", 256);
+	if (ws_pages && (pages * 4096 > WS_BASE - PATTERN_BASE || WS_BASE + ws_pages * 4096 > ram_top)) {
+		puts("probe: error working set does not fit in RAM above the pattern\n");
+		ws_pages = 0;
+	}
+	if (ws_pages) {
+		ws_fill();
+		puts("probe: ws pages=");
+		putdec(ws_pages);
+		puts(" chunk=");
+		putdec(ws_chunk);
+		putc('\n');
+	}
+
 	u8 prev = 0;
 	while (want == 0 || ticks < want) {
 		if (idle && ticks)
@@ -337,6 +424,7 @@ void probe_main(u8 *zeropage)
 		}
 		ticks++;
 		virtio_blk_tick(ticks);
+		ws_tick();
 		puts("probe: tick ");
 		putdec(ticks);
 		puts(" sum=");

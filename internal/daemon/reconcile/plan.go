@@ -141,8 +141,11 @@ func Decide(in Input) Plan {
 			}
 		case store.Creating:
 			if in.Now.Sub(r.CreatedAt) >= in.CreatingGrace {
-				acts = append(acts, Action{Kind: FailRecord, Sandbox: r.ID, Shim: match,
-					Reason: fmt.Sprintf("create did not finish within %v (thawd restarted during it?)", in.CreatingGrace)})
+				reason := fmt.Sprintf("create did not finish within %v (thawd restarted during it?)", in.CreatingGrace)
+				if in.CreatingGrace == 0 {
+					reason = "create interrupted: thawd stopped before it finished"
+				}
+				acts = append(acts, Action{Kind: FailRecord, Sandbox: r.ID, Shim: match, Reason: reason})
 			}
 		case store.Paused:
 			if expired {

@@ -308,10 +308,16 @@ func (c *creation) handshake(ctx context.Context) (phases.Undo, error) {
 	if !c.uffd {
 		return nil, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.m.opts.ReadyTimeout)
+	bound := c.m.opts.ReadyTimeout
+	hctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
-	v, err := c.handle.Handshake(ctx)
+	v, err := c.handle.Handshake(hctx)
 	if err != nil {
+		if ctx.Err() == nil && errors.Is(hctx.Err(), context.DeadlineExceeded) {
+			// A VMM sends the handshake during its load, and the verdict
+			// follows within milliseconds: still none means none came.
+			return nil, errdefs.DeadlineExceeded("the VMM's snapshot load succeeded, but no UFFD handshake reached the page server within %v after it: does the VMM support the Uffd backend? (%v)", bound, err)
+		}
 		return nil, errdefs.Mark(fmt.Errorf("asking the shim for the handshake verdict: %w", err), errdefs.ErrUnavailable)
 	}
 	if v.State != shim.VerdictOK {

@@ -28,6 +28,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	sandboxtest.MaybeRunFirecrackerLikeVMM()
 	code := m.Run()
 	sandboxtest.Cleanup()
 	if snapDir != "" {
@@ -249,7 +250,7 @@ func TestCreateDelete(t *testing.T) {
 func TestCreateFailures(t *testing.T) {
 	tests := []struct {
 		name    string
-		mutate  func(*sandbox.Options)
+		mutate  func(testing.TB, *sandbox.Options)
 		prepare func(t *testing.T, e *env) string // returns the template
 		uffd    bool
 		kind    *errdefs.Kind // nil: any kind
@@ -258,17 +259,45 @@ func TestCreateFailures(t *testing.T) {
 		{name: "unknown-template", uffd: true, kind: errdefs.ErrNotFound, want: `template "nope" not found`,
 			prepare: func(*testing.T, *env) string { return "nope" }},
 		{name: "vmm-exits", uffd: true, kind: errdefs.ErrUnavailable, want: "did not start",
-			mutate:  func(o *sandbox.Options) { o.VMM = "/bin/false" },
+			mutate:  func(_ testing.TB, o *sandbox.Options) { o.VMM = "/bin/false" },
 			prepare: func(*testing.T, *env) string { return "probe" }},
+		// thaw-vmm's load waits for the first served page, so a page
+		// server refusing the handshake fails the load ...
 		{name: "trunc-mem-uffd", uffd: true, want: "the page server failed, so the shim stopped the VMM: page server: region 0",
 			prepare: truncateMemory},
+		// ... while firecracker's load succeeds regardless, and only the
+		// shim's verdict (the handshake phase) tells the create failed.
+		{name: "handshake-fails-after-load", uffd: true, want: "handshake: page server handshake failed: page server: region 0",
+			mutate: func(t testing.TB, o *sandbox.Options) {
+				o.VMM = sandboxtest.FirecrackerLikeVMM(t, int64(sandboxtest.ProbeMemMiB)<<20)
+			},
+			prepare: truncateMemory},
+		{name: "no-handshake-after-load", uffd: true, kind: errdefs.ErrDeadlineExceeded,
+			want: "handshake: the VMM's snapshot load succeeded, but no UFFD handshake reached the page server within 2s",
+			mutate: func(t testing.TB, o *sandbox.Options) {
+				o.VMM = sandboxtest.SilentUffdVMM(t)
+				o.ReadyTimeout = 2 * time.Second
+			},
+			prepare: func(*testing.T, *env) string { return "probe" }},
 		{name: "trunc-mem-file", uffd: false, want: "the VMM refused the snapshot",
 			prepare: truncateMemory},
 		{name: "never-ready", uffd: true, kind: errdefs.ErrDeadlineExceeded, want: "did not appear on the serial console",
-			mutate: func(o *sandbox.Options) { o.ReadyTimeout = 2 * time.Second },
+			mutate: func(_ testing.TB, o *sandbox.Options) { o.ReadyTimeout = 2 * time.Second },
 			prepare: func(t *testing.T, e *env) string {
 				e.register(t, "silent", store.ReadyCheck{Kind: store.ReadySerial, Marker: "a line the probe never prints"})
 				return "silent"
+			}},
+		// A guest with a vsock device but no agent: health is never
+		// answered, so the ready phase runs out of time.
+		{name: "agent-never-healthy", uffd: true, kind: errdefs.ErrDeadlineExceeded, want: "ready: agent health: ",
+			mutate: func(_ testing.TB, o *sandbox.Options) { o.ReadyTimeout = 2 * time.Second },
+			prepare: func(t *testing.T, e *env) string {
+				s := sandboxtest.ProbeSnapshotWith(t, t.TempDir(), sandboxtest.ProbeConfig{Vsock: true})
+				if _, err := template.Register(ctxT(t), e.st, e.lay, template.RegisterRequest{Name: "agentless", VMState: s.VMState, Memory: s.Memory,
+					Rootfs: s.Rootfs, Kernel: s.Kernel, VCPUs: s.VCPUs, MemoryMiB: s.MemMiB, Ready: store.ReadyCheck{Kind: store.ReadyAgent}}); err != nil {
+					t.Fatal(err)
+				}
+				return "agentless"
 			}},
 		{name: "full-disk", uffd: true, kind: errdefs.ErrResourceExhausted, want: "no space left on device",
 			prepare: func(t *testing.T, e *env) string {
@@ -278,7 +307,11 @@ func TestCreateFailures(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, tc.mutate)
+			e := newEnv(t, func(o *sandbox.Options) {
+				if tc.mutate != nil {
+					tc.mutate(t, o)
+				}
+			})
 			e.settings.SetUFFD(tc.uffd)
 			tpl := tc.prepare(t, e)
 			_, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "doomed", Template: tpl})

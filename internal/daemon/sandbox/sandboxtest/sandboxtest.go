@@ -7,6 +7,7 @@ package sandboxtest
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -24,7 +25,7 @@ import (
 )
 
 // ReadyMarker is what the probe prints on every tick; a restored probe
-// prints it again within milliseconds (an idle probe: when resumed).
+// prints it again within milliseconds.
 const ReadyMarker = "probe: tick "
 
 // ProbeMemMiB and ProbeVCPUs are the probe template's machine.
@@ -75,9 +76,11 @@ func Cleanup() {
 	}
 }
 
-// Snapshot is a probe-guest snapshot's files.
+// Snapshot is a probe-guest snapshot's files and the machine it was
+// taken of (register it with these).
 type Snapshot struct {
 	VMState, Memory, Rootfs, Kernel string
+	MemMiB, VCPUs                   int
 }
 
 // ProbeSnapshot boots the probe guest in a thaw-vmm, lets it tick, pauses
@@ -86,18 +89,17 @@ type Snapshot struct {
 // still gets its reflink clone.
 func ProbeSnapshot(t testing.TB, dir string) Snapshot {
 	t.Helper()
-	return probeSnapshot(t, dir, "", false)
+	return ProbeSnapshotWith(t, dir, ProbeConfig{})
 }
 
-// IdleProbeSnapshot is ProbeSnapshot of an idle probe (probe.idle=1, an
-// 8-page pattern): it prints a tick, then halts with interrupts off until the VMM resumes it,
-// so a sandbox restored from it costs no CPU once ready and prints one
-// tick per resume (a pause and resume through the VMM's API proves it
-// alive). The snapshot is taken once every vCPU thread sleeps in KVM, so
-// the restored guest resumes from its HLT.
+// IdleProbeSnapshot is ProbeSnapshot of an idle probe (ProbeConfig.Idle,
+// an 8-page pattern): it prints a tick, then halts with interrupts off
+// until the VMM resumes it, so a sandbox restored from it costs no CPU
+// once ready and prints one tick per resume (a pause and resume through
+// the VMM's API proves it alive).
 func IdleProbeSnapshot(t testing.TB, dir string) Snapshot {
 	t.Helper()
-	return probeSnapshot(t, dir, "", true)
+	return ProbeSnapshotWith(t, dir, ProbeConfig{Idle: true, Pages: 8})
 }
 
 // RootDriveID is the drive_id of ProbeSnapshotWithDrive's root drive.
@@ -109,10 +111,43 @@ const RootDriveID = "rootfs"
 // sum=<FNV-1a of the first 4 KiB>".
 func ProbeSnapshotWithDrive(t testing.TB, dir, drive string) Snapshot {
 	t.Helper()
-	return probeSnapshot(t, dir, drive, false)
+	return ProbeSnapshotWith(t, dir, ProbeConfig{Drive: drive})
 }
 
-func probeSnapshot(t testing.TB, dir, drive string, idle bool) Snapshot {
+// ProbeConfig varies the probe template. Zero fields give ProbeSnapshot's.
+type ProbeConfig struct {
+	// Drive, when set, is the root drive's backing file (see
+	// ProbeSnapshotWithDrive).
+	Drive string
+	// WorkingSetMiB, when positive, gives the probe a working set of that
+	// many MiB (probe.ws), every page non-zero and distinct, which it
+	// re-checks WorkingSetChunk pages per tick (probe.ws.chunk, default
+	// 256), printing WorkingSetPass after each full pass ("ok", or the
+	// bad pages). Its memory grows to hold it: MemMiB is 64 + the set.
+	// A restore of this snapshot, and its recording run, touch the whole
+	// set within a pass, so the access log holds it all.
+	WorkingSetMiB   int
+	WorkingSetChunk int
+	// Vsock gives the probe a vsock device (guest CID 3), on which it
+	// serves an echo port (1024) and nothing else: no agent answers.
+	Vsock bool
+	// Pages is probe.pages, the pattern the probe checksums on every tick
+	// [64]; Spin is probe.spin, the loop iterations between ticks [2000].
+	// Both set how long a tick takes (on PVM, 64 pages are ~0.3 s).
+	Pages, Spin int
+	// Idle makes the probe halt with interrupts off after each tick
+	// (probe.idle=1) until thaw-vmm's resume wakes it: one tick per
+	// resume, no host CPU in between. The snapshot is taken once every
+	// vCPU thread sleeps in KVM, so a restored guest resumes from its HLT.
+	Idle bool
+}
+
+// WorkingSetPass starts the line the probe prints after each pass over
+// its working set: "probe: ws pass <n> ok" or "... bad=<pages> first=<page>".
+const WorkingSetPass = "probe: ws pass "
+
+// ProbeSnapshotWith is ProbeSnapshot for the probe configured by cfg.
+func ProbeSnapshotWith(t testing.TB, dir string, cfg ProbeConfig) Snapshot {
 	t.Helper()
 	testenv.RequireKVM(t)
 	if testenv.KVMIsPVM() {
@@ -146,52 +181,65 @@ func probeSnapshot(t testing.TB, dir, drive string, idle bool) Snapshot {
 			}
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	// Filling the working set runs at about 20 MiB/s on PVM (emulated).
+	bound := 60*time.Second + time.Duration(cfg.WorkingSetMiB)*time.Second/2
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	c := fcapi.NewClient(sock)
 	defer c.Close()
 	if err := c.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	args := "probe.pages=64 probe.ticks=0 probe.spin=2000"
-	if idle {
-		// A wake re-checksums the pattern, and every instruction of that
-		// is emulated under PVM: 8 pages keep a wake to a few ms there.
-		args = "probe.pages=8 probe.ticks=0 probe.idle=1"
+	spin := cmp.Or(cfg.Spin, 2000)
+	args := fmt.Sprintf("probe.pages=%d probe.ticks=0 probe.spin=%d", cmp.Or(cfg.Pages, 64), spin)
+	memMiB := ProbeMemMiB
+	if cfg.WorkingSetMiB > 0 {
+		// The working set starts at 64 MiB, above the probe's image and pattern.
+		memMiB += cfg.WorkingSetMiB
+		args += fmt.Sprintf(" probe.ws=%d probe.ws.chunk=%d", cfg.WorkingSetMiB, cmp.Or(cfg.WorkingSetChunk, 256))
 	}
-	if drive != "" {
+	if cfg.Idle {
+		args += " probe.idle=1"
+	}
+	if cfg.Vsock {
+		if err := c.PutVsock(ctx, fcapi.Vsock{GuestCID: 3, UDSPath: filepath.Join(dir, "template-vsock.sock")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cfg.Drive != "" {
 		args += " probe.blk.every=1"
-		if err := c.PutDrive(ctx, fcapi.Drive{DriveID: RootDriveID, PathOnHost: drive, IsRootDevice: true}); err != nil {
+		if err := c.PutDrive(ctx, fcapi.Drive{DriveID: RootDriveID, PathOnHost: cfg.Drive, IsRootDevice: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := c.PutBootSource(ctx, fcapi.BootSource{KernelImagePath: kernel, BootArgs: args}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: ProbeVCPUs, MemSizeMib: ProbeMemMiB}); err != nil {
+	if err := c.PutMachineConfig(ctx, fcapi.MachineConfig{VcpuCount: ProbeVCPUs, MemSizeMib: memMiB}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.InstanceStart(ctx); err != nil {
 		t.Fatal(err)
 	}
 	wantTicks := 2
-	if idle {
+	if cfg.Idle {
 		wantTicks = 1 // it prints no other until resumed
 	}
 	for range wantTicks {
 		select {
 		case <-ticks:
 		case <-ctx.Done():
-			t.Fatal("the probe guest printed no ticks within 60s")
+			t.Fatalf("the probe guest printed no ticks within %v", bound)
 		}
 	}
-	if idle {
+	if cfg.Idle {
 		waitVCPUsIdle(ctx, t, cmd.Process.Pid)
 	}
 	if err := c.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
-	s := Snapshot{VMState: filepath.Join(dir, "vmstate"), Memory: filepath.Join(dir, "mem"), Rootfs: filepath.Join(dir, "rootfs.ext4"), Kernel: kernel}
+	s := Snapshot{VMState: filepath.Join(dir, "vmstate"), Memory: filepath.Join(dir, "mem"), Rootfs: filepath.Join(dir, "rootfs.ext4"), Kernel: kernel,
+		MemMiB: memMiB, VCPUs: ProbeVCPUs}
 	if err := c.CreateSnapshot(ctx, fcapi.SnapshotCreateParams{SnapshotType: fcapi.SnapshotFull, SnapshotPath: s.VMState, MemFilePath: s.Memory}); err != nil {
 		t.Fatal(err)
 	}
