@@ -122,7 +122,8 @@ func CPU(threads []Thread) time.Duration {
 type Mapping struct {
 	Start, End uint64
 	// Path is the mapped file, a bracketed pseudo-name ("[heap]",
-	// "[stack]") or "" for anonymous memory.
+	// "[stack]") or "" for anonymous memory. Runs of spaces inside a
+	// file name read as one space (smaps pads the column with spaces).
 	Path      string
 	Rss, Pss  uint64
 	Anonymous uint64
