@@ -174,7 +174,7 @@ func serve(o options, stdout io.Writer, log *slog.Logger) error {
 			log.Error("closing the machine", "err", err)
 		}
 	}()
-	srv := api.NewServer(m, fcapi.InstanceInfo{ID: o.id, VMMVersion: version}, log)
+	srv := api.NewServer(newProcsMachine(m), fcapi.InstanceInfo{ID: o.id, VMMVersion: version}, log)
 	go forwardInput(os.Stdin, m, log)
 
 	var l net.Listener

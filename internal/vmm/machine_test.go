@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/thawvm/thaw/guest/probe"
+	kabi "github.com/thawvm/thaw/internal/abi/kvm"
 	"github.com/thawvm/thaw/internal/testenv"
 )
 
@@ -259,6 +260,75 @@ func TestMisbehavingGuests(t *testing.T) {
 		}
 		// Close (in the cleanup) must return although the guest never will.
 	})
+	t.Run("idle", func(t *testing.T) {
+		// probe.idle halts with interrupts off after each tick; only a
+		// resume wakes it, and each wake prints exactly one more tick.
+		m, out := startProbe(t, "probe.idle=1 probe.pages=0 probe.ticks=0", 2, 32)
+		waitFor(t, out, "probe: tick 1 ", 30*time.Second)
+		// Idle means both vCPU threads (named as Firecracker names them)
+		// sleep in KVM: vCPU 0 halted, vCPU 1 waiting for a SIPI.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			blocked := vcpuThreadsBlocked(t)
+			if blocked == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("vCPU threads named fc_vcpu sleeping in kvm_vcpu_block: got %d, want 2", blocked)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		for n := 2; n <= 3; n++ {
+			// The tick is printed a few instructions before the HLT:
+			// pause until the pause finds vCPU 0 halted.
+			var st uint32
+			for try := 0; ; try++ {
+				if err := m.Pause(); err != nil {
+					t.Fatal(err)
+				}
+				var err error
+				if st, err = m.hw.vcpus[0].cpu.MPState(); err != nil {
+					t.Fatal(err)
+				}
+				if st == kabi.KVM_MP_STATE_HALTED || try == 100 {
+					break
+				}
+				if err := m.Resume(); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if st != kabi.KVM_MP_STATE_HALTED {
+				t.Fatalf("vCPU 0 of an idle probe: got MP state %d, want %d (halted)", st, kabi.KVM_MP_STATE_HALTED)
+			}
+			if got := strings.Count(out.String(), "probe: tick "); got != n-1 {
+				t.Fatalf("ticks before resume %d: got %d, want %d; output:\n%s", n-1, got, n-1, out.String())
+			}
+			if err := m.Resume(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, out, fmt.Sprintf("probe: tick %d ", n), 30*time.Second)
+		}
+	})
+}
+
+// vcpuThreadsBlocked counts this process's threads named "fc_vcpu N" that
+// sleep in KVM's vCPU block (a halted or not yet started vCPU).
+func vcpuThreadsBlocked(t *testing.T) int {
+	t.Helper()
+	tasks, err := filepath.Glob("/proc/self/task/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, task := range tasks {
+		comm, _ := os.ReadFile(filepath.Join(task, "comm"))
+		wchan, _ := os.ReadFile(filepath.Join(task, "wchan"))
+		if strings.HasPrefix(string(comm), "fc_vcpu ") && string(wchan) == "kvm_vcpu_block" {
+			n++
+		}
+	}
+	return n
 }
 
 // TestStateErrors checks the calls a machine refuses in each state.
