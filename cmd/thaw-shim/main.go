@@ -20,12 +20,26 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/thawvm/thaw/internal/shim"
 )
 
+// maxProcs caps the shim's GOMAXPROCS (unless the environment sets it).
+// Its work is one page-server goroutine (faults and prefetch in one loop)
+// and rare control requests, so two Ps cover it, while the default, one
+// P per host CPU, costs every sandbox memory on a large host (each P's
+// caches and the threads that come with them; docs/benchmarks/thawd.md).
+// One P would save 340 KiB more per shim, but then a control request or
+// the settle watcher can hold the only P when a fault arrives (measured:
+// worse fault p99 and prefetch coverage in thaw-pagebench).
+const maxProcs = 2
+
 func main() {
+	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) > maxProcs {
+		runtime.GOMAXPROCS(maxProcs)
+	}
 	cfg, err := shim.ParseArgs(os.Args[1:])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "thaw-shim: %v\n", err)

@@ -8,7 +8,9 @@
 //
 // It exits 0 when the guest shuts down or resets (as Firecracker does) or
 // on SIGINT/SIGTERM, and 1 when the VM fails or the configuration is bad.
-// THAW_VMM_XSAVE=false hides XSAVE and AVX from the guest (see XSAVEEnv).
+// THAW_VMM_XSAVE=false hides XSAVE and AVX from the guest (see XSAVEEnv);
+// THAW_VMM_SHUTDOWN_DUMP=<file> writes guest memory there if the guest
+// triple-faults (see ShutdownDumpEnv).
 package main
 
 import (
@@ -34,6 +36,11 @@ import (
 // KVM cannot track the guest's XCR0 (KVM nested under QEMU TCG, whose
 // emulated SVM does not intercept XSETBV), and harmless elsewhere but slower.
 const XSAVEEnv = "THAW_VMM_XSAVE"
+
+// ShutdownDumpEnv names a file to write guest memory to (raw, the memory
+// file's format) when the guest triple-faults: to read the guest's page
+// tables and IDT as they were when it died.
+const ShutdownDumpEnv = "THAW_VMM_SHUTDOWN_DUMP"
 
 // version is reported by --version and GET /.
 const version = "0.1.0"
@@ -161,13 +168,13 @@ func serve(o options, stdout io.Writer, log *slog.Logger) error {
 	if !xsave {
 		log.Info("hiding XSAVE and AVX from the guest", "env", XSAVEEnv)
 	}
-	m := vmm.New(vmm.Config{Serial: stdout, NoXSAVE: !xsave}, log)
+	m := vmm.New(vmm.Config{Serial: stdout, NoXSAVE: !xsave, ShutdownDump: os.Getenv(ShutdownDumpEnv)}, log)
 	defer func() {
 		if err := m.Close(); err != nil {
 			log.Error("closing the machine", "err", err)
 		}
 	}()
-	srv := api.NewServer(m, fcapi.InstanceInfo{ID: o.id, VMMVersion: version}, log)
+	srv := api.NewServer(newProcsMachine(m), fcapi.InstanceInfo{ID: o.id, VMMVersion: version}, log)
 	go forwardInput(os.Stdin, m, log)
 
 	var l net.Listener

@@ -23,7 +23,8 @@
 //
 // # Serving
 //
-// Serve runs one loop in the caller's goroutine and starts no others. Every
+// Serve runs one loop in the caller's goroutine and starts no others
+// (context.AfterFunc runs one to wake it when its context ends). Every
 // system call on the uffd runs inside (*os.File).SyscallConn().Control, so
 // Close cannot free the fd number while an ioctl uses it and a reused number
 // can never make one server answer another VMM's faults. Each iteration
@@ -31,7 +32,9 @@
 // with UFFDIO_COPY; only when nothing is pending does the prefetcher copy
 // one run (contiguous missing pages, one multi-page UFFDIO_COPY with
 // DONTWAKE, then one UFFDIO_WAKE); with nothing to do it sleeps in poll(2)
-// on the uffd and a pidfd of the VMM for at most Config.PollInterval.
+// on the uffd, a pidfd of the VMM and an eventfd that Close and the end of
+// its context write to, so an idle server costs no CPU (Config.PollInterval
+// only bounds the sleep, as a safety net).
 // All-zero 4 KiB pages are installed with UFFDIO_ZEROPAGE (read faults and
 // prefetch; write faults copy), so they cost the VM no memory until written.
 //

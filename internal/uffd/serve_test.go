@@ -302,6 +302,40 @@ func TestCancelWithFaultsPending(t *testing.T) {
 	}
 }
 
+// TestIdleServeWakes checks that a page server with nothing to do sleeps
+// until something happens rather than waking periodically: with a poll
+// interval far longer than the test waits, cancelling its context and
+// closing it still stop it at once.
+func TestIdleServeWakes(t *testing.T) {
+	testenv.RequireUFFD(t)
+	for _, how := range []string{"cancel", "close"} {
+		t.Run(how, func(t *testing.T) {
+			noLeaks(t)
+			const size = 1 << 20
+			path, src := memFile(t, size, 7)
+			s := startSession(t, uffdtest.Spec{MemFile: path, Regions: oneRegion(size), Threads: 1, Pattern: uffdtest.Random, Hang: true},
+				src, uffd.ServerParams{Config: uffd.Config{PollInterval: 10 * time.Second}})
+			deadline := time.Now().Add(10 * time.Second)
+			for !s.srv.Stats().PrefetchDone {
+				if time.Now().After(deadline) {
+					t.Fatal("prefetch not done after 10s")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			time.Sleep(50 * time.Millisecond) // let Serve reach poll(2)
+			if how == "cancel" {
+				s.cancel()
+			} else {
+				s.srv.Close()
+			}
+			// Within half the poll interval: only the wake can explain it.
+			if err := s.serveResult(5 * time.Second); err != nil {
+				t.Fatalf("Serve after %s: %v, want nil", how, err)
+			}
+		})
+	}
+}
+
 // TestTwoServersOpenCloseRapidly runs two page servers side by side for many
 // short sessions, each VMM with its own memory file. The uffd fd numbers are
 // reused from round to round; a server that touched a closed number would

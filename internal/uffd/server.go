@@ -3,6 +3,7 @@ package uffd
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,7 +20,9 @@ import (
 // Config tunes a Server. Zero fields take the defaults in brackets.
 type Config struct {
 	// PollInterval bounds how long Serve sleeps in poll(2) with nothing to
-	// do before it rechecks ctx [50ms]. The VMM exiting wakes it at once.
+	// do [5s]. A fault, the VMM exiting, ctx ending and Close all wake it
+	// at once, so this is only a safety net: an idle page server should
+	// not wake the shim (a short interval costs every idle sandbox CPU).
 	PollInterval time.Duration
 	// BatchSize is how many uffd messages one read(2) may return [128].
 	BatchSize int
@@ -37,7 +40,7 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	if c.PollInterval == 0 {
-		c.PollInterval = 50 * time.Millisecond
+		c.PollInterval = 5 * time.Second
 	}
 	if c.BatchSize == 0 {
 		c.BatchSize = 128
@@ -103,6 +106,10 @@ type Server struct {
 	serving atomic.Bool
 	started time.Time // when Serve began
 
+	// wake is an eventfd that ctx ending and Close write to, so that a
+	// Serve sleeping in poll(2) returns at once.
+	wake *os.File
+
 	closed    atomic.Bool // set before the fds are closed
 	closeOnce sync.Once
 	closeErr  error
@@ -152,6 +159,11 @@ func NewServer(p ServerParams) (*Server, error) {
 	if !s.cfg.DisablePrefetch {
 		s.pf = newPrefetcher(&s.regions, p.Order)
 	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("page server: eventfd: %w", err)
+	}
+	s.wake = os.NewFile(uintptr(efd), "uffd-server-wake")
 	s.uffd, s.peer = p.Handshake.Uffd, p.Handshake.peer
 	p.Handshake.Uffd, p.Handshake.peer = nil, nil
 	return s, nil
@@ -170,8 +182,9 @@ func (s *Server) Regions() []Region { return append([]Region(nil), s.regions.reg
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
+		s.kick()
 		var errs []error
-		errs = append(errs, s.uffd.Close())
+		errs = append(errs, s.uffd.Close(), s.wake.Close())
 		if s.peer != nil {
 			errs = append(errs, s.peer.Close())
 		}
@@ -183,18 +196,31 @@ func (s *Server) Close() error {
 // errGone means the VMM's address space no longer exists.
 var errGone = errors.New("VMM address space gone")
 
+// kick makes a Serve sleeping in poll(2) return (the eventfd stays
+// readable; Serve is leaving anyway).
+func (s *Server) kick() {
+	one := binary.NativeEndian.AppendUint64(nil, 1) // eventfd(2) adds a host-order uint64
+	_ = control(s.wake, func(fd uintptr) error {
+		_, err := unix.Write(int(fd), one)
+		return err
+	})
+}
+
 // Serve answers page faults and events until ctx is done, the VMM goes away
 // (its process exits or its address space is gone) or Close is called, in
 // which cases it returns nil; or until a fatal problem, such as a fault
 // outside every region or a copy the kernel refuses, which it returns.
 // Faults always come first: the prefetcher copies one run only when a
 // non-blocking read has found no message pending. Serve starts no
-// goroutines and may be called once.
+// goroutines of its own (context.AfterFunc runs one to wake it when ctx
+// ends) and may be called once.
 func (s *Server) Serve(ctx context.Context) error {
 	if !s.serving.CompareAndSwap(false, true) {
 		return errors.New("page server: Serve called twice")
 	}
 	s.started = time.Now()
+	stopWake := context.AfterFunc(ctx, s.kick)
+	defer stopWake()
 	if s.pf == nil {
 		s.st.prefDone.Store(true)
 	}
@@ -302,31 +328,14 @@ func (s *Server) serve(ctx context.Context) error {
 	}
 }
 
-// wait sleeps in poll(2) until the uffd is readable, the VMM exits or
-// timeout passes. It returns errGone when the VMM has exited.
+// wait sleeps in poll(2) until the uffd is readable, the VMM exits, ctx
+// ends or Close is called (kick), or timeout passes. It returns errGone
+// when the VMM has exited.
 func (s *Server) wait(timeout time.Duration) error {
 	var peerExited bool
 	err := control(s.uffd, func(ufd uintptr) error {
-		fds := []unix.PollFd{{Fd: int32(ufd), Events: unix.POLLIN}}
-		poll := func() error {
-			_, err := unix.Poll(fds, int(timeout/time.Millisecond))
-			if err != nil && err != unix.EINTR {
-				return fmt.Errorf("polling the userfaultfd: %w", err)
-			}
-			if len(fds) > 1 && fds[1].Revents != 0 {
-				peerExited = true
-			}
-			if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
-				return fmt.Errorf("polling the userfaultfd: revents %#x", fds[0].Revents)
-			}
-			return nil
-		}
-		if s.peer == nil {
-			return poll()
-		}
-		return control(s.peer, func(pfd uintptr) error {
-			fds = append(fds, unix.PollFd{Fd: int32(pfd), Events: unix.POLLIN})
-			return poll()
+		return control(s.wake, func(wfd uintptr) error {
+			return s.pollFDs(ufd, wfd, timeout, &peerExited)
 		})
 	})
 	if err != nil {
@@ -336,6 +345,32 @@ func (s *Server) wait(timeout time.Duration) error {
 		return fmt.Errorf("VMM process %d exited: %w", s.peerPID, errGone)
 	}
 	return nil
+}
+
+// pollFDs is wait's poll(2); the caller holds the uffd and wake
+// descriptors (control).
+func (s *Server) pollFDs(ufd, wfd uintptr, timeout time.Duration, peerExited *bool) error {
+	fds := []unix.PollFd{{Fd: int32(ufd), Events: unix.POLLIN}, {Fd: int32(wfd), Events: unix.POLLIN}}
+	poll := func() error {
+		_, err := unix.Poll(fds, int(timeout/time.Millisecond))
+		if err != nil && err != unix.EINTR {
+			return fmt.Errorf("polling the userfaultfd: %w", err)
+		}
+		if len(fds) > 2 && fds[2].Revents != 0 {
+			*peerExited = true
+		}
+		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
+			return fmt.Errorf("polling the userfaultfd: revents %#x", fds[0].Revents)
+		}
+		return nil
+	}
+	if s.peer == nil {
+		return poll()
+	}
+	return control(s.peer, func(pfd uintptr) error {
+		fds = append(fds, unix.PollFd{Fd: int32(pfd), Events: unix.POLLIN})
+		return poll()
+	})
 }
 
 // handleMsg handles one message. It reports again=true for a fault that

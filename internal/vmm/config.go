@@ -40,6 +40,11 @@ type Config struct {
 	// for hosts whose KVM cannot track the guest's XCR0, such as KVM
 	// nested under QEMU TCG.
 	NoXSAVE bool
+	// ShutdownDump, when set, is where guest memory is written (raw, in
+	// the memory file's format) when the guest triple-faults, to debug
+	// the guest: its page tables, IDT and stacks as they were. The other
+	// vCPUs may still run while it is written. Fixed at New.
+	ShutdownDump string
 }
 
 // withDefaults fills unset fields with Firecracker's defaults.

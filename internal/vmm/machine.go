@@ -68,6 +68,9 @@ type vcpu struct {
 type Machine struct {
 	log   *slog.Logger
 	debug bool // log at debug level: checked first on hot paths
+	// shutdownDump is cfg.ShutdownDump, fixed at New so that vCPU threads
+	// read it without mu.
+	shutdownDump string
 
 	// ctl serialises the lifecycle operations (Start, Pause, Resume,
 	// Close), so that none sees another half done: Pause waits for the
@@ -108,7 +111,7 @@ type hardware struct {
 // New returns an unstarted machine configured with cfg (which the API may
 // still change before Start).
 func New(cfg Config, log *slog.Logger) *Machine {
-	m := &Machine{log: log, cfg: cfg, state: NotStarted, done: make(chan struct{})}
+	m := &Machine{log: log, cfg: cfg, shutdownDump: cfg.ShutdownDump, state: NotStarted, done: make(chan struct{})}
 	m.debug = log.Enabled(context.Background(), slog.LevelDebug)
 	m.cond = sync.NewCond(&m.mu)
 	return m
@@ -341,10 +344,48 @@ func (m *Machine) Resume() error {
 		return fmt.Errorf("%w: cannot resume a machine that is %s", ErrState, m.state)
 	}
 	for _, v := range m.hw.vcpus {
+		// Every vCPU is parked or gone (Pause waited; a loaded machine's
+		// vCPUs never ran), so none is inside KVM_RUN.
+		if err := wakeHaltedNoIRQ(v.cpu); err != nil {
+			return err
+		}
 		v.cpu.SetImmediateExit(false)
 	}
 	m.state = Running
 	m.cond.Broadcast()
+	return nil
+}
+
+// rflagsIF is RFLAGS.IF, the interrupt enable flag.
+const rflagsIF = 1 << 9
+
+// wakeHaltedNoIRQ makes a vCPU that is halted with interrupts disabled
+// runnable again, so that it continues after its HLT when resumed.
+// Nothing else would ever wake it: only an NMI, SMI or INIT ends such a
+// halt (Intel SDM vol. 2, HLT) and thaw-vmm sends none. To the guest it
+// looks like an SMI whose handler did not restart the HLT, which every
+// guest that halts in a loop tolerates. Guests halted with interrupts
+// enabled (a Linux idle loop) are left alone: their timers wake them.
+// This lets a guest without interrupts (the probe under PVM) idle at no
+// host CPU cost and still answer a pause and resume.
+func wakeHaltedNoIRQ(cpu *kvm.VCPU) error {
+	st, err := cpu.MPState()
+	if err != nil {
+		return fmt.Errorf("vcpu %d: %w", cpu.ID(), err)
+	}
+	if st != kabi.KVM_MP_STATE_HALTED {
+		return nil
+	}
+	r, err := cpu.Regs()
+	if err != nil {
+		return fmt.Errorf("vcpu %d: %w", cpu.ID(), err)
+	}
+	if r.RFLAGS&rflagsIF != 0 {
+		return nil
+	}
+	if err := cpu.SetMPState(kabi.KVM_MP_STATE_RUNNABLE); err != nil {
+		return fmt.Errorf("vcpu %d: %w", cpu.ID(), err)
+	}
 	return nil
 }
 

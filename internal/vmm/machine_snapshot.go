@@ -54,6 +54,16 @@ func (m *Machine) CreateSnapshot(ctx context.Context, p fcapi.SnapshotCreatePara
 		return err
 	}
 	start := time.Now()
+	// The virtio devices work on guest memory from their own goroutines
+	// and go on serving while the vCPUs are parked. Stop them for the
+	// whole snapshot: the queue positions saved and the rings in the
+	// memory file must describe the same moment, and no device may raise
+	// an interrupt after the irqchip's state was read. A device restarted
+	// between the two (as a vsock transport resumes with a TRANSPORT_RESET
+	// event) would leave a memory file ahead of the vmstate, and every
+	// clone would complete the same descriptors a second time.
+	pauseVirtio(hw)
+	defer resumeVirtio(hw)
 	st, err := captureMachine(hw, drives)
 	if err != nil {
 		return fmt.Errorf("capturing the VM state: %w", err)
@@ -69,7 +79,8 @@ func (m *Machine) CreateSnapshot(ctx context.Context, p fcapi.SnapshotCreatePara
 	return nil
 }
 
-// captureMachine reads the state of a paused machine's hardware.
+// captureMachine reads the state of a paused machine's hardware; its virtio
+// transports must be paused too (pauseVirtio).
 func captureMachine(hw *hardware, drives []DriveConfig) (*vmstate.State, error) {
 	st := &vmstate.State{Machine: vmstate.Machine{VCPUCount: len(hw.vcpus), MemSizeMib: int(hw.mem.Size() >> 20)}}
 	for _, r := range hw.mem.Regions() {

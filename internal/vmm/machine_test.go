@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/thawvm/thaw/guest/probe"
+	kabi "github.com/thawvm/thaw/internal/abi/kvm"
 	"github.com/thawvm/thaw/internal/testenv"
 )
 
@@ -214,10 +216,34 @@ func TestMisbehavingGuests(t *testing.T) {
 		}
 	})
 	t.Run("triple fault", func(t *testing.T) {
-		m, out := startProbe(t, "probe.triple=1", 2, 32)
+		testenv.RequireKVM(t)
+		dump := filepath.Join(t.TempDir(), "shutdown.mem")
+		out := &testenv.Buffer{}
+		m := New(Config{Kernel: probePath(t), Cmdline: "probe.triple=1", VCPUs: 2, MemMiB: 32, Serial: out, ShutdownDump: dump}, testLogger(t))
+		t.Cleanup(func() { m.Close() })
+		if err := m.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		e := wait(t, m, 30*time.Second)
 		if e.Err != nil || !strings.Contains(e.Reason, "triple fault") {
 			t.Fatalf("exit: got %v, want a clean stop naming the triple fault; output:\n%s", e, out.String())
+		}
+		// The report carries the registers, or says why it cannot (a
+		// vCPU reset by KVM on AMD).
+		if !strings.Contains(e.Reason, "cr2 ") && !strings.Contains(e.Reason, "registers unknown") {
+			t.Errorf("triple fault report: got %q, want the registers (cr2, cr3, ...) or the reason they are unknown", e.Reason)
+		}
+		// Config.ShutdownDump: guest memory as the guest left it, the
+		// probe's own image included.
+		mem, err := os.ReadFile(dump)
+		if err != nil {
+			t.Fatalf("shutdown dump: %v (report %q)", err, e.Reason)
+		}
+		if len(mem) != 32<<20 || !bytes.Contains(mem, []byte("probe: triple fault")) {
+			t.Errorf("shutdown dump: got %d bytes (probe's message in it: %v), want 32 MiB of guest memory holding the probe", len(mem), bytes.Contains(mem, []byte("probe: triple fault")))
+		}
+		if !strings.Contains(e.Reason, dump) {
+			t.Errorf("triple fault report %q does not name the dump %s", e.Reason, dump)
 		}
 	})
 	t.Run("hang", func(t *testing.T) {
@@ -234,6 +260,75 @@ func TestMisbehavingGuests(t *testing.T) {
 		}
 		// Close (in the cleanup) must return although the guest never will.
 	})
+	t.Run("idle", func(t *testing.T) {
+		// probe.idle halts with interrupts off after each tick; only a
+		// resume wakes it, and each wake prints exactly one more tick.
+		m, out := startProbe(t, "probe.idle=1 probe.pages=0 probe.ticks=0", 2, 32)
+		waitFor(t, out, "probe: tick 1 ", 30*time.Second)
+		// Idle means both vCPU threads (named as Firecracker names them)
+		// sleep in KVM: vCPU 0 halted, vCPU 1 waiting for a SIPI.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			blocked := vcpuThreadsBlocked(t)
+			if blocked == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("vCPU threads named fc_vcpu sleeping in kvm_vcpu_block: got %d, want 2", blocked)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		for n := 2; n <= 3; n++ {
+			// The tick is printed a few instructions before the HLT:
+			// pause until the pause finds vCPU 0 halted.
+			var st uint32
+			for try := 0; ; try++ {
+				if err := m.Pause(); err != nil {
+					t.Fatal(err)
+				}
+				var err error
+				if st, err = m.hw.vcpus[0].cpu.MPState(); err != nil {
+					t.Fatal(err)
+				}
+				if st == kabi.KVM_MP_STATE_HALTED || try == 100 {
+					break
+				}
+				if err := m.Resume(); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if st != kabi.KVM_MP_STATE_HALTED {
+				t.Fatalf("vCPU 0 of an idle probe: got MP state %d, want %d (halted)", st, kabi.KVM_MP_STATE_HALTED)
+			}
+			if got := strings.Count(out.String(), "probe: tick "); got != n-1 {
+				t.Fatalf("ticks before resume %d: got %d, want %d; output:\n%s", n-1, got, n-1, out.String())
+			}
+			if err := m.Resume(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, out, fmt.Sprintf("probe: tick %d ", n), 30*time.Second)
+		}
+	})
+}
+
+// vcpuThreadsBlocked counts this process's threads named "fc_vcpu N" that
+// sleep in KVM's vCPU block (a halted or not yet started vCPU).
+func vcpuThreadsBlocked(t *testing.T) int {
+	t.Helper()
+	tasks, err := filepath.Glob("/proc/self/task/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, task := range tasks {
+		comm, _ := os.ReadFile(filepath.Join(task, "comm"))
+		wchan, _ := os.ReadFile(filepath.Join(task, "wchan"))
+		if strings.HasPrefix(string(comm), "fc_vcpu ") && string(wchan) == "kvm_vcpu_block" {
+			n++
+		}
+	}
+	return n
 }
 
 // TestStateErrors checks the calls a machine refuses in each state.

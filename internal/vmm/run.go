@@ -3,12 +3,14 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 
 	"golang.org/x/sys/unix"
 
 	kabi "github.com/thawvm/thaw/internal/abi/kvm"
 	"github.com/thawvm/thaw/internal/vmm/kvm"
+	"github.com/thawvm/thaw/internal/vmm/snapshot"
 )
 
 // runVCPU is the body of a vCPU's goroutine. It locks itself to an OS
@@ -17,6 +19,13 @@ import (
 func (m *Machine) runVCPU(v *vcpu) {
 	runtime.LockOSThread()
 	v.tid.Store(int32(unix.Gettid()))
+	// Name the thread as Firecracker names its vCPU threads, so that top,
+	// perf and thawd's benchmarks (which split a VMM's CPU time into
+	// vCPU and VMM threads) see the same names with either VMM. The
+	// thread is never handed back to the runtime (no UnlockOSThread), so
+	// the name cannot leak to other goroutines. A failure only costs the
+	// name.
+	_ = os.WriteFile("/proc/thread-self/comm", []byte(fmt.Sprintf("fc_vcpu %d", v.cpu.ID())), 0)
 	defer func() {
 		m.mu.Lock()
 		m.exited++
@@ -101,7 +110,15 @@ func (m *Machine) handleExit(v *vcpu, reason uint32) (Exit, bool) {
 		// waits for an interrupt itself.
 		return Exit{Reason: fmt.Sprintf("vcpu %d halted", id)}, true
 	case kabi.KVM_EXIT_SHUTDOWN:
-		return Exit{Reason: fmt.Sprintf("triple fault (guest shutdown) on vcpu %d%s", id, m.ripOf(v))}, true
+		e := Exit{Reason: fmt.Sprintf("triple fault (guest shutdown) on vcpu %d%s", id, shutdownState(v.cpu))}
+		if path := m.shutdownDump; path != "" {
+			if err := snapshot.WriteMemory(path, hw.mem); err != nil {
+				e.Reason += "; dumping guest memory: " + err.Error()
+			} else {
+				e.Reason += "; guest memory dumped to " + path
+			}
+		}
+		return e, true
 	case kabi.KVM_EXIT_SYSTEM_EVENT:
 		ev := v.cpu.SystemEvent()
 		switch ev.Type {
@@ -137,6 +154,36 @@ func (m *Machine) ripOf(v *vcpu) string {
 	}
 	return fmt.Sprintf(" at rip %#x", r.RIP)
 }
+
+// shutdownState describes a vCPU after KVM_EXIT_SHUTDOWN. On Intel the
+// registers are the faulting ones, and CR2 names the last page fault. On
+// AMD, KVM reinitialises the vCPU on a shutdown exit (the VMCB is undefined
+// after one: svm.c's shutdown_interception), so the registers read back are
+// the reset state, rip 0xfff0 in the reset code segment, and say nothing
+// about the fault; the report says so rather than print them.
+func shutdownState(cpu *kvm.VCPU) string {
+	r, err := cpu.Regs()
+	if err != nil {
+		return ""
+	}
+	s, err := cpu.Sregs()
+	if err != nil {
+		return fmt.Sprintf(" at rip %#x", r.RIP)
+	}
+	if r.RIP == resetRIP && s.CS.Base == resetCSBase {
+		return fmt.Sprintf(" (registers unknown: KVM reset the vCPU on the shutdown exit, as it does on AMD, so it reads rip %#x, the reset vector; "+
+			"record the host's kvm:kvm_exit trace events to see the rip and the exception being delivered when it happened)", r.RIP)
+	}
+	return fmt.Sprintf(" at rip %#x (rsp %#x, cs %#x, cr0 %#x, cr2 %#x, cr3 %#x, cr4 %#x, efer %#x)",
+		r.RIP, r.RSP, s.CS.Selector, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER)
+}
+
+// The x86 reset state of rip and the CS base (Intel SDM vol. 3A, 10.1.4
+// "First Instruction Executed").
+const (
+	resetRIP    = 0xfff0
+	resetCSBase = 0xffff0000
+)
 
 func internalErrorName(sub uint32) string {
 	switch sub {

@@ -38,10 +38,25 @@ type restoredDevices struct {
 	vsock  *VsockConfig
 }
 
+// pauseVirtio stops every virtio device's own work on guest memory (vsock's
+// live connections are reset, as Firecracker's are when it saves a vsock
+// device), so that their state and guest memory hold still.
+func pauseVirtio(hw *hardware) {
+	for _, d := range hw.virtio {
+		d.mmio.Pause()
+	}
+}
+
+// resumeVirtio undoes pauseVirtio, so the machine can go on.
+func resumeVirtio(hw *hardware) {
+	for _, d := range hw.virtio {
+		d.mmio.Resume()
+	}
+}
+
 // captureVirtio saves every virtio device in bus order: its window, GSI,
-// host configuration, transport and device state. Each transport is paused
-// (vsock's live connections are reset, as Firecracker's are) while its
-// state is read and resumed afterwards, so the machine can go on.
+// host configuration, transport and device state. The transports must be
+// paused (pauseVirtio).
 func captureVirtio(hw *hardware, drives []DriveConfig) ([]vmstate.Device, error) {
 	partUUID := map[string]string{}
 	for _, d := range drives {
@@ -49,7 +64,6 @@ func captureVirtio(hw *hardware, drives []DriveConfig) ([]vmstate.Device, error)
 	}
 	var out []vmstate.Device
 	for _, d := range hw.virtio {
-		d.mmio.Pause()
 		ts := d.mmio.State()
 		var (
 			kind, id  string
@@ -64,10 +78,8 @@ func captureVirtio(hw *hardware, drives []DriveConfig) ([]vmstate.Device, error)
 			kind, id = devVirtioVsock, "vsock"
 			cfg, devs = vsockSnapConfig{UDSPath: dev.Config().UDSPath}, dev.State()
 		default:
-			d.mmio.Resume()
 			return nil, fmt.Errorf("%s: %T devices cannot be snapshotted", d.name, d.dev)
 		}
-		d.mmio.Resume()
 		vd := vmstate.Device{Kind: kind, ID: id, MMIOBase: d.addr, GSI: d.gsi}
 		var err error
 		if vd.Config, err = json.Marshal(cfg); err != nil {

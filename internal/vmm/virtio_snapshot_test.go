@@ -3,6 +3,7 @@ package vmm
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/testenv"
+	"github.com/thawvm/thaw/internal/vmm/virtio"
 	"github.com/thawvm/thaw/internal/vmm/vmstate"
 )
 
@@ -108,6 +110,7 @@ func TestSnapshotVirtioDevices(t *testing.T) {
 	if err := src.CreateSnapshot(context.Background(), fcapi.SnapshotCreateParams{SnapshotPath: statePath, MemFilePath: memPath}); err != nil {
 		t.Fatal(err)
 	}
+	checkRingsMatchMemory(t, statePath, memPath)
 	// The snapshot closed the live connection, as Firecracker's does.
 	old.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if n, err := oldR.Read(make([]byte, 1)); err != io.EOF {
@@ -157,6 +160,61 @@ func TestSnapshotVirtioDevices(t *testing.T) {
 			conn, r := vsockDial(t, sock)
 			vsockEcho(t, conn, r, "after the restore, over "+string(tc.backend.BackendType)+"\n")
 		})
+	}
+}
+
+// checkRingsMatchMemory checks that a snapshot's virtio queues and its
+// memory file describe the same moment: each ready queue's used index in
+// the memory file is the one the vmstate says the device last published.
+// A device left running while the memory is written (vsock sends its
+// TRANSPORT_RESET event as soon as it resumes) puts the file ahead of the
+// vmstate, and a clone then completes the same descriptors again.
+func checkRingsMatchMemory(t *testing.T, statePath, memPath string) {
+	t.Helper()
+	st, err := vmstate.ReadFile(statePath, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := os.ReadFile(memPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// usedIdx reads struct virtq_used's idx (after its 16-bit flags).
+	usedIdx := func(gpa uint64) (uint16, bool) {
+		for _, r := range st.Memory {
+			if gpa >= r.GuestPhysAddr && gpa+4 <= r.GuestPhysAddr+r.Size {
+				off := r.FileOffset + gpa - r.GuestPhysAddr + 2
+				return uint16(mem[off]) | uint16(mem[off+1])<<8, true
+			}
+		}
+		return 0, false
+	}
+	checked := 0
+	for _, d := range st.Devices {
+		if !isVirtio(d.Kind) {
+			continue
+		}
+		var ts virtio.State
+		if err := json.Unmarshal(d.Transport, &ts); err != nil {
+			t.Fatal(err)
+		}
+		for i, q := range ts.Queues {
+			if !q.Ready {
+				continue
+			}
+			got, ok := usedIdx(q.DeviceAddr)
+			if !ok {
+				t.Errorf("%s queue %d: used ring at %#x is outside guest memory", d.Kind, i, q.DeviceAddr)
+				continue
+			}
+			if got != q.NextUsed {
+				t.Errorf("%s queue %d: used index in the memory file %d, in the vmstate %d: the device ran while the snapshot was written", d.Kind, i, got, q.NextUsed)
+			}
+			checked++
+		}
+	}
+	if checked == 0 {
+		t.Fatal("the snapshot has no ready virtio queue to check")
 	}
 }
 

@@ -35,6 +35,12 @@
  * and prints "probe: high ok top=<hex>"; probe.triple=1 triple-faults; probe.exits=<n> writes port 0x80 n times
  * between "probe: exits start" and "probe: exits done" (a benchmark of the
  * exit path); probe.hang=1 halts with interrupts off.
+ * probe.idle=1 makes the probe idle between ticks: after each tick it
+ * halts with interrupts off (a halted vCPU costs the host no CPU), and
+ * each wake (thaw-vmm wakes such a vCPU when the machine is resumed, see
+ * Machine.Resume) polls the serial port and keyboard and prints the next
+ * tick. A restored idle probe therefore prints one tick when resumed and
+ * one more for every pause and resume that proves it alive.
  * The counter and the pattern live in guest memory, so a snapshot restored
  * elsewhere continues counting from where it was.
  */
@@ -361,6 +367,7 @@ void probe_main(u8 *zeropage)
 	u64 pages = param(cmdline, "probe.pages", 256);
 	u64 want = param(cmdline, "probe.ticks", 3);
 	u64 spin = param(cmdline, "probe.spin", 100000);
+	int idle = param(cmdline, "probe.idle", 0) != 0;
 	if (PATTERN_BASE + pages * 4096 > ram) {
 		puts("probe: error pattern does not fit in RAM\n");
 		pages = 0;
@@ -392,8 +399,11 @@ void probe_main(u8 *zeropage)
 
 	u8 prev = 0;
 	while (want == 0 || ticks < want) {
-		for (volatile u64 i = 0; i < spin; i++)
-			virtio_vsock_poll();
+		if (idle && ticks)
+			__asm__ volatile("cli; hlt" : : : "memory");
+		else
+			for (volatile u64 i = 0; i < spin; i++)
+				virtio_vsock_poll();
 		/* Echo serial input (LSR bit 0: data ready). */
 		while (inb(COM1 + 5) & 1) {
 			puts("probe: serial ");

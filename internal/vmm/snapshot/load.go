@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -77,38 +78,41 @@ func (l *Loaded) WatchPageServer(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
+	// Sleep in poll(2) on the pidfd and an eventfd that the end of ctx
+	// writes to: an idle VMM must not wake up periodically.
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("watching the page server: eventfd: %w", err)
+	}
+	wake := os.NewFile(uintptr(efd), "page-server-watch-wake")
+	defer wake.Close()
+	stop := context.AfterFunc(ctx, func() {
+		// eventfd(2) adds a host-order uint64. After WatchPageServer
+		// returned, this write fails on the closed file, harmlessly.
+		_, _ = wake.Write(binary.NativeEndian.AppendUint64(nil, 1))
+	})
+	defer stop()
+	var n int
+	var perr error
+	fds := make([]unix.PollFd, 2)
 	for ctx.Err() == nil {
-		gone, err := pidfdExited(l.server, 100*time.Millisecond)
+		err := withFDs([]*os.File{l.server, wake}, func(raw []uintptr) {
+			for i, fd := range raw {
+				fds[i] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+			}
+			n, perr = unix.Poll(fds, -1)
+		})
+		if err == nil && perr != nil && !errors.Is(perr, unix.EINTR) {
+			err = perr
+		}
 		if err != nil {
 			return fmt.Errorf("watching the page server (pid %d): %w", l.PageServerPID, err)
 		}
-		if gone {
+		if n > 0 && fds[0].Revents != 0 {
 			return fmt.Errorf("%w (pid %d, socket %s): guest memory can no longer be served", ErrPageServerGone, l.PageServerPID, l.socket)
 		}
 	}
 	return nil
-}
-
-// pidfdExited polls a pidfd for up to timeout.
-func pidfdExited(pidfd *os.File, timeout time.Duration) (bool, error) {
-	rc, err := pidfd.SyscallConn()
-	if err != nil {
-		return false, err
-	}
-	var n int
-	var perr error
-	if err := rc.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		for {
-			n, perr = unix.Poll(fds, int(timeout/time.Millisecond))
-			if !errors.Is(perr, unix.EINTR) {
-				return
-			}
-		}
-	}); err != nil {
-		return false, err
-	}
-	return n > 0, perr
 }
 
 // CheckLayout reports whether st's memory regions are the layout this

@@ -105,11 +105,24 @@ func serveGuestPayload(l net.Listener, r *Results) error {
 // socket (Firecracker's CONNECT protocol), sends a payload and checks the
 // echo.
 func echoThroughGuest(ctx context.Context, uds string, r *Results) error {
+	mibps, err := echo(ctx, uds)
+	if err != nil {
+		return err
+	}
+	r.VsockEchoMiBps = mibps
+	fmt.Printf("driver: vsock: guest → host %.1f MiB/s, host → guest → host echo %.1f MiB/s (%d-byte payloads)\n", r.VsockGuestToHostMiBps, r.VsockEchoMiBps, wire.PayloadSize)
+	return nil
+}
+
+// echo opens a connection to the guest's echo listener through the VMM's
+// socket uds, sends one payload, checks the echo byte for byte and returns
+// the rate, both directions counted.
+func echo(ctx context.Context, uds string) (float64, error) {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	conn, err := agentapi.DialVsockUDS(dctx, uds, wire.GuestPort)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(2 * time.Minute))
@@ -122,15 +135,13 @@ func echoThroughGuest(ctx context.Context, uds string, r *Results) error {
 		err = werr
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
 	d := time.Since(t0)
 	if !bytes.Equal(got, p) {
-		return fmt.Errorf("echo of %d bytes came back as %d bytes differing at byte %d", len(p), len(got), firstDiff(got, p))
+		return 0, fmt.Errorf("echo of %d bytes came back as %d bytes differing at byte %d", len(p), len(got), firstDiff(got, p))
 	}
-	r.VsockEchoMiBps = float64(2*len(p)) / (1 << 20) / d.Seconds()
-	fmt.Printf("driver: vsock: guest → host %.1f MiB/s, host → guest → host echo %.1f MiB/s (%d-byte payloads)\n", r.VsockGuestToHostMiBps, r.VsockEchoMiBps, len(p))
-	return nil
+	return float64(2*len(p)) / (1 << 20) / d.Seconds(), nil
 }
 
 func firstDiff(a, b []byte) int {
@@ -157,6 +168,16 @@ func copyFile(src, dst string) error {
 		return fmt.Errorf("copying %s to %s: %w", src, dst, err)
 	}
 	return out.Close()
+}
+
+// agentHealth waits until the guest's thaw-agent answers health through
+// the VMM's socket uds, as thawd does after starting or restoring a sandbox.
+func agentHealth(ctx context.Context, uds string) (agentapi.Health, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	ac := agentapi.NewClient(agentapi.VsockDialer(uds, agentapi.DefaultVsockPort))
+	defer ac.Close()
+	return ac.WaitReady(ctx, 20*time.Millisecond)
 }
 
 // agentRoundTrip talks to the guest's thaw-agent the way thawd does

@@ -10,14 +10,16 @@
 //     results), and vsock both ways with 1.5 MiB payloads checked byte for
 //     byte: guest-initiated to <uds>_<port>, host-initiated with CONNECT;
 //     the real thaw-agent answers health and round-trips a file;
-//  3. snapshot: boot a guest (with the fast arguments: kernel log off) whose ticker process
-//     prints from a timer, pause, Full snapshot;
+//  3. snapshot: boot a guest (with the fast arguments: kernel log off)
+//     with a vsock device, an echo listener and the real thaw-agent, whose
+//     ticker process prints from a timer; pause, Full snapshot;
 //  4. restore with the File backend and with the Uffd backend (pages
-//     served by internal/uffd in this process, not the VMM's): the same
-//     ticker continues from the snapshot's tick, its clocks do not jump,
-//     console input still reaches init, and a reboot exits cleanly. (The
-//     template has no virtio devices: thaw-vmm cannot snapshot their
-//     state yet.)
+//     served by internal/uffd in this process, not the VMM's), each clone
+//     on its own vsock socket (vsock_override): the same ticker continues
+//     from the snapshot's tick, its clocks do not jump, a new
+//     host-initiated vsock connection to the guest's listener echoes a
+//     payload, the agent answers health, console input still reaches init,
+//     and a reboot exits cleanly.
 //
 // Each step's times go to <results>/linux.json; it exits 1 at the first
 // failing step, naming it, or 3 (ExitHang) when the guest made no progress
@@ -37,6 +39,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thawvm/thaw/internal/agentapi"
 	"github.com/thawvm/thaw/internal/fcapi"
 )
 
@@ -59,6 +62,10 @@ type Results struct {
 	FileFirstTickMS       float64 `json:"file_first_tick_ms"`        // load call → first tick after restore
 	UffdLoadMS            float64 `json:"uffd_load_ms"`              // PUT /snapshot/load, Uffd, resume_vm
 	UffdFirstTickMS       float64 `json:"uffd_first_tick_ms"`        // load call → first tick after restore
+	FileAgentHealthyMS    float64 `json:"file_agent_healthy_ms"`     // load call → the restored agent answered health, File
+	UffdAgentHealthyMS    float64 `json:"uffd_agent_healthy_ms"`     // load call → the restored agent answered health, Uffd
+	FileEchoMiBps         float64 `json:"file_echo_mib_s"`           // host-initiated echo on a new connection after a File restore
+	UffdEchoMiBps         float64 `json:"uffd_echo_mib_s"`           // the same after an Uffd restore
 	UffdFaultsServed      uint64  `json:"uffd_faults_served"`        // page faults the page server answered
 	UffdFaultPages        uint64  `json:"uffd_fault_pages"`          // pages installed to answer faults
 	ClockJumpMaxMS        float64 `json:"clock_jump_max_ms"`         // largest change of realtime-monotonic across a restore
@@ -269,12 +276,24 @@ func makeSnapshot(ctx context.Context, c config, r *Results, statePath, memPath 
 		return tick{}, err
 	}
 	defer v.kill()
-	start, err := boot(ctx, v, c, fast+" thaw.then=tick")
+	uds := filepath.Join(c.work, "template.vsock")
+	if err := v.client.PutVsock(ctx, fcapi.Vsock{GuestCID: 3, UDSPath: uds}); err != nil {
+		return tick{}, err
+	}
+	start, err := boot(ctx, v, c, fast+" thaw.vsock=listen thaw.agent=1 thaw.then=tick")
 	if err != nil {
 		return tick{}, err
 	}
 	if _, err := v.waitFor(readyRE, c.timeout); err != nil {
 		return tick{}, err
+	}
+	if _, err := v.waitFor(regexp.MustCompile(`thaw-guestinit: vsock listening`), c.timeout); err != nil {
+		return tick{}, err
+	}
+	// The agent must be serving when the snapshot is taken, so that a
+	// clone's agent is up from its first instruction.
+	if _, err := agentHealth(ctx, uds); err != nil {
+		return tick{}, fmt.Errorf("template's thaw-agent: %w", err)
 	}
 	r.FastBootToMarkerMS = ms(time.Since(start))
 	fmt.Printf("driver: InstanceStart → init marker %.0f ms with %q\n", r.FastBootToMarkerMS, fast)
@@ -344,12 +363,29 @@ func restore(ctx context.Context, c config, r *Results, backend fcapi.MemBackend
 		return err
 	}
 	defer v.kill()
+	// Each clone gets its own vsock socket; the template's may still exist.
+	uds := filepath.Join(c.work, "clone-"+string(backend)+".vsock")
 	t0 := time.Now()
-	load := fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: mb, ResumeVM: true}
+	load := fcapi.SnapshotLoadParams{SnapshotPath: statePath, MemBackend: mb, ResumeVM: true, VsockOverride: &fcapi.VsockOverride{UDSPath: uds}}
 	if err := v.client.LoadSnapshot(ctx, load); err != nil {
 		return err
 	}
 	loadMS := ms(time.Since(t0))
+	// The agent's listener was in the snapshot; the clone's vsock device
+	// must reach it through the clone's own socket. Poll for its health
+	// from the load on, as thawd would, while the ticks are checked.
+	type healthResult struct {
+		h   agentapi.Health
+		at  time.Duration
+		err error
+	}
+	healthc := make(chan healthResult, 1)
+	hctx, hcancel := context.WithCancel(ctx)
+	defer hcancel() // an early return stops the polling
+	go func() {
+		h, err := agentHealth(hctx, uds)
+		healthc <- healthResult{h, time.Since(t0), err}
+	}()
 	m, err := v.waitFor(tickRE, c.timeout)
 	if err != nil {
 		return err
@@ -383,20 +419,37 @@ func restore(ctx context.Context, c config, r *Results, backend fcapi.MemBackend
 		r.ClockJumpMaxMS = max(r.ClockJumpMaxMS, ms(jump.Abs()))
 		prev = t
 	}
+	var hr healthResult
+	select {
+	case hr = <-healthc:
+	case <-v.done:
+		return fmt.Errorf("waiting for the restored thaw-agent: thaw-vmm exited (%v); output:\n%s", v.err, tail(v.output()))
+	}
+	if hr.err != nil {
+		return fmt.Errorf("restored thaw-agent on %s: %w", uds, hr.err)
+	}
+	h, healthy := hr.h, ms(hr.at)
+	// A new host-initiated connection to the guest's echo listener: the
+	// transport was reset by the restore, the listener must survive it.
+	echoMiBps, err := echo(ctx, uds)
+	if err != nil {
+		return fmt.Errorf("host-initiated vsock after restore: %w", err)
+	}
 	if err := rebootByConsole(v, c.timeout); err != nil {
 		return err
 	}
 	switch backend {
 	case fcapi.MemBackendFile:
-		r.FileLoadMS, r.FileFirstTickMS = loadMS, first
+		r.FileLoadMS, r.FileFirstTickMS, r.FileAgentHealthyMS, r.FileEchoMiBps = loadMS, first, healthy, echoMiBps
 	case fcapi.MemBackendUffd:
-		r.UffdLoadMS, r.UffdFirstTickMS = loadMS, first
+		r.UffdLoadMS, r.UffdFirstTickMS, r.UffdAgentHealthyMS, r.UffdEchoMiBps = loadMS, first, healthy, echoMiBps
 		st := ps.stop()
 		if st.err != nil && !errors.Is(st.err, context.Canceled) {
 			return fmt.Errorf("page server: %w", st.err)
 		}
 		r.UffdFaultsServed, r.UffdFaultPages = st.stats.Faults, st.stats.FaultPages
 	}
-	fmt.Printf("driver: %s restore: load %.1f ms, first tick %.0f ms after the load call; ticks %d..%d continue\n", backend, loadMS, first, ts[0].n, ts[len(ts)-1].n)
+	fmt.Printf("driver: %s restore: load %.1f ms, first tick %.0f ms after the load call; ticks %d..%d continue; agent (protocol %d) healthy %.0f ms after the load call; new vsock connection echoed at %.1f MiB/s\n",
+		backend, loadMS, first, ts[0].n, ts[len(ts)-1].n, h.Protocol, healthy, echoMiBps)
 	return nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/thawvm/thaw/guest/probe"
 	"github.com/thawvm/thaw/internal/fcapi"
+	"github.com/thawvm/thaw/internal/procstat"
 	"github.com/thawvm/thaw/internal/testenv"
 )
 
@@ -39,8 +40,8 @@ var (
 	buildErr  error
 )
 
-// Binaries builds cmd/thaw-shim, cmd/thaw-vmm and cmd/thawd once per test
-// binary into a temporary directory and returns it (remove it with
+// Binaries builds cmd/thaw-shim, cmd/thaw-vmm and cmd/thawd (static,
+// CGO_ENABLED=0) once per test binary into a temporary directory and returns it (remove it with
 // Cleanup from TestMain).
 func Binaries(t testing.TB) (dir string) {
 	t.Helper()
@@ -50,7 +51,12 @@ func Binaries(t testing.TB) (dir string) {
 			return
 		}
 		for _, cmd := range []string{"thaw-shim", "thaw-vmm", "thawd"} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, cmd), "github.com/thawvm/thaw/cmd/"+cmd).CombinedOutput()
+			// Built as they are deployed (scripts/demo): static, without
+			// cgo, so that per-process memory measured here is what a
+			// host pays.
+			build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(binDir, cmd), "github.com/thawvm/thaw/cmd/"+cmd)
+			build.Env = append(os.Environ(), "CGO_ENABLED=0")
+			out, err := build.CombinedOutput()
 			if err != nil {
 				buildErr = fmt.Errorf("go build %s: %v\n%s", cmd, err, out)
 				return
@@ -86,6 +92,16 @@ func ProbeSnapshot(t testing.TB, dir string) Snapshot {
 	return ProbeSnapshotWith(t, dir, ProbeConfig{})
 }
 
+// IdleProbeSnapshot is ProbeSnapshot of an idle probe (ProbeConfig.Idle,
+// an 8-page pattern): it prints a tick, then halts with interrupts off
+// until the VMM resumes it, so a sandbox restored from it costs no CPU
+// once ready and prints one tick per resume (a pause and resume through
+// the VMM's API proves it alive).
+func IdleProbeSnapshot(t testing.TB, dir string) Snapshot {
+	t.Helper()
+	return ProbeSnapshotWith(t, dir, ProbeConfig{Idle: true, Pages: 8})
+}
+
 // RootDriveID is the drive_id of ProbeSnapshotWithDrive's root drive.
 const RootDriveID = "rootfs"
 
@@ -119,6 +135,11 @@ type ProbeConfig struct {
 	// [64]; Spin is probe.spin, the loop iterations between ticks [2000].
 	// Both set how long a tick takes (on PVM, 64 pages are ~0.3 s).
 	Pages, Spin int
+	// Idle makes the probe halt with interrupts off after each tick
+	// (probe.idle=1) until thaw-vmm's resume wakes it: one tick per
+	// resume, no host CPU in between. The snapshot is taken once every
+	// vCPU thread sleeps in KVM, so a restored guest resumes from its HLT.
+	Idle bool
 }
 
 // WorkingSetPass starts the line the probe prints after each pass over
@@ -177,6 +198,9 @@ func ProbeSnapshotWith(t testing.TB, dir string, cfg ProbeConfig) Snapshot {
 		memMiB += cfg.WorkingSetMiB
 		args += fmt.Sprintf(" probe.ws=%d probe.ws.chunk=%d", cfg.WorkingSetMiB, cmp.Or(cfg.WorkingSetChunk, 256))
 	}
+	if cfg.Idle {
+		args += " probe.idle=1"
+	}
 	if cfg.Vsock {
 		if err := c.PutVsock(ctx, fcapi.Vsock{GuestCID: 3, UDSPath: filepath.Join(dir, "template-vsock.sock")}); err != nil {
 			t.Fatal(err)
@@ -197,12 +221,19 @@ func ProbeSnapshotWith(t testing.TB, dir string, cfg ProbeConfig) Snapshot {
 	if err := c.InstanceStart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for range 2 {
+	wantTicks := 2
+	if cfg.Idle {
+		wantTicks = 1 // it prints no other until resumed
+	}
+	for range wantTicks {
 		select {
 		case <-ticks:
 		case <-ctx.Done():
 			t.Fatalf("the probe guest printed no ticks within %v", bound)
 		}
+	}
+	if cfg.Idle {
+		waitVCPUsIdle(ctx, t, cmd.Process.Pid)
 	}
 	if err := c.Pause(ctx); err != nil {
 		t.Fatal(err)
@@ -216,4 +247,24 @@ func ProbeSnapshotWith(t testing.TB, dir string, cfg ProbeConfig) Snapshot {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// waitVCPUsIdle waits until every vCPU thread of the VMM process pid
+// sleeps in KVM (procstat.Thread.InKVMBlock).
+func waitVCPUsIdle(ctx context.Context, t testing.TB, pid int) {
+	t.Helper()
+	for {
+		vcpus, idle, err := procstat.VCPUsIdle(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vcpus == ProbeVCPUs && idle == vcpus {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the idle probe's vCPU threads did not all halt: %d of %d sleep in KVM", idle, vcpus)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
