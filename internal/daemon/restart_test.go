@@ -163,7 +163,7 @@ func TestRestartReattaches(t *testing.T) {
 	t.Cleanup(func() {
 		// A failed test may leave shims and VMMs: they would keep the
 		// mount busy.
-		for _, pid := range processesUnder(data) {
+		for _, pid := range sandboxtest.ProcessesUnder(data) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
@@ -310,7 +310,7 @@ func TestRestartReattaches(t *testing.T) {
 	if ents, err := os.ReadDir(filepath.Join(data, "sandboxes")); err != nil || len(ents) != 0 {
 		t.Errorf("sandbox directories (sockets, logs) after deleting all: got %v, %v; want none", ents, err)
 	}
-	if pids := processesUnder(data); !slices.Equal(pids, []int{second.cmd.Process.Pid}) {
+	if pids := sandboxtest.ProcessesUnder(data); !slices.Equal(pids, []int{second.cmd.Process.Pid}) {
 		t.Errorf("processes under %s after deleting all: got %v, want only thawd (%d)", data, pids, second.cmd.Process.Pid)
 	}
 }
@@ -332,29 +332,6 @@ func shimStats(t *testing.T, data, id string) shim.PageStats {
 	return st
 }
 
-// processesUnder lists live (not zombie) processes whose command line or
-// working directory mentions dir: shims and VMMs run in their sandbox
-// directories.
-func processesUnder(dir string) []int {
-	var pids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		if st, err := proc.ReadStat(pid); err != nil || st.State == 'Z' {
-			continue
-		}
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
-		if strings.Contains(string(cmdline), dir) || cwd == dir || strings.HasPrefix(cwd, dir+"/") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 // TestRestartDuringCreates kills thawd with SIGKILL while creates are
 // under way, each with its shim and VMM running and its guest ticking but
 // not yet ready (the template's ready marker never appears). The new thawd
@@ -369,7 +346,7 @@ func TestRestartDuringCreates(t *testing.T) {
 	snap := sandboxtest.ProbeSnapshot(t, t.TempDir())
 	data := filepath.Join(disktest.Mount(t, "xfs", 400), "d")
 	t.Cleanup(func() {
-		for _, pid := range processesUnder(data) {
+		for _, pid := range sandboxtest.ProcessesUnder(data) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
@@ -417,7 +394,7 @@ func TestRestartDuringCreates(t *testing.T) {
 	}
 	// The creates' shims and VMMs, by pid and start time.
 	procs := map[int]uint64{}
-	for _, pid := range processesUnder(filepath.Join(data, "sandboxes")) {
+	for _, pid := range sandboxtest.ProcessesUnder(filepath.Join(data, "sandboxes")) {
 		if st, err := proc.ReadStat(pid); err == nil {
 			procs[pid] = st.StartTime
 		}
@@ -458,7 +435,7 @@ func TestRestartDuringCreates(t *testing.T) {
 	if ents, err := os.ReadDir(filepath.Join(data, "sandboxes")); err != nil || len(ents) != 0 {
 		t.Errorf("sandbox directories after deleting all: got %v, %v; want none", ents, err)
 	}
-	if pids := processesUnder(data); !slices.Equal(pids, []int{second.cmd.Process.Pid}) {
+	if pids := sandboxtest.ProcessesUnder(data); !slices.Equal(pids, []int{second.cmd.Process.Pid}) {
 		t.Errorf("processes under %s after deleting all: got %v, want only thawd (%d)", data, pids, second.cmd.Process.Pid)
 	}
 }

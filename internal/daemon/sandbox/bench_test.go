@@ -11,7 +11,6 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/sandbox"
 	"github.com/thawvm/thaw/internal/daemon/sandbox/sandboxtest"
 	"github.com/thawvm/thaw/internal/daemon/store"
-	"github.com/thawvm/thaw/internal/daemon/template"
 )
 
 // BenchmarkCreate measures create latency (Manager.Create called → the
@@ -27,12 +26,7 @@ func BenchmarkCreate(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/concurrent=%d", backend, concurrent), func(b *testing.B) {
 				e := newEnv(b, func(o *sandbox.Options) { o.Prefetch = backend == "uffd-prefetch"; o.RecordMax = 3 * time.Second })
 				e.settings.SetUFFD(backend != "file")
-				s := probeSnapshot(b)
-				if _, err := template.Register(context.Background(), e.st, e.lay, template.RegisterRequest{Name: "rec", VMState: s.VMState, Memory: s.Memory,
-					Rootfs: s.Rootfs, VCPUs: sandboxtest.ProbeVCPUs, MemoryMiB: sandboxtest.ProbeMemMiB,
-					Ready: store.ReadyCheck{Kind: store.ReadySerial, Marker: sandboxtest.ReadyMarker}, Record: e.m.RecordFunc()}); err != nil {
-					b.Fatal(err)
-				}
+				e.registerSnapshot(b, "rec", probeSnapshot(b), store.ReadyCheck{Kind: store.ReadySerial, Marker: sandboxtest.ReadyMarker}, true)
 				var lat []time.Duration
 				var mu sync.Mutex
 				b.ResetTimer()

@@ -343,17 +343,48 @@ func waitReady(ctx context.Context, h *shim.Handle, r store.ReadyCheck, bound ti
 	if !agentReady(r) {
 		return waitSerial(ctx, h, r.Marker, bound)
 	}
+	ctx, release := endWithVM(ctx, h, "its agent answered")
+	defer release()
 	ac := agentapi.NewClient(agentapi.VsockDialer(filepath.Join(h.Dir, VsockName), agentapi.DefaultVsockPort))
 	defer ac.Close()
 	if _, err := ac.WaitReady(ctx, 20*time.Millisecond); err != nil {
-		return timeoutKind(ctx, fmt.Errorf("agent health: %w", err))
+		return vmEndedOr(ctx, timeoutKind(ctx, fmt.Errorf("agent health: %w", err)))
 	}
 	entropy := make([]byte, 64)
 	rand.Read(entropy)
 	if _, err := ac.Init(ctx, agentapi.InitRequest{Env: env, Hostname: hostname, Time: time.Now(), Entropy: entropy}); err != nil {
-		return timeoutKind(ctx, fmt.Errorf("agent init: %w", err))
+		return vmEndedOr(ctx, timeoutKind(ctx, fmt.Errorf("agent init: %w", err)))
 	}
 	return nil
+}
+
+// errVMEnded marks the cause endWithVM cancels with.
+var errVMEnded = errors.New("the VM ended")
+
+// endWithVM returns ctx cancelled, with a cause that says how the VM ended
+// and what its VMM printed last, as soon as the shim reports the VMM gone:
+// a guest that dies during its ready check (a triple fault, a VMM that
+// exits) then fails the create at once instead of when the check's bound
+// runs out. release stops the watch and waits for it.
+func endWithVM(ctx context.Context, h *shim.Handle, before string) (_ context.Context, release func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if st, err := h.Wait(ctx); err == nil {
+			cancel(fmt.Errorf("%w before %s (%s)%s", errVMEnded, before, describe(st), vmmTail(h.Dir)))
+		}
+	}()
+	return ctx, func() { cancel(nil); <-done }
+}
+
+// vmEndedOr returns endWithVM's cause when the VM's end cancelled ctx, and
+// err otherwise.
+func vmEndedOr(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); errors.Is(cause, errVMEnded) {
+		return cause
+	}
+	return err
 }
 
 func agentReady(r store.ReadyCheck) bool { return r.Kind != store.ReadySerial }

@@ -59,12 +59,7 @@ func newDensityEnv(t testing.TB, backend string) *env {
 		o.RecordMax = 3 * time.Second
 	})
 	e.settings.SetUFFD(backend != "file")
-	s := idleProbeSnapshot(t)
-	if _, err := template.Register(context.Background(), e.st, e.lay, template.RegisterRequest{Name: "idle", VMState: s.VMState, Memory: s.Memory,
-		Rootfs: s.Rootfs, VCPUs: sandboxtest.ProbeVCPUs, MemoryMiB: sandboxtest.ProbeMemMiB,
-		Ready: store.ReadyCheck{Kind: store.ReadySerial, Marker: sandboxtest.ReadyMarker}, Record: e.m.RecordFunc()}); err != nil {
-		t.Fatal(err)
-	}
+	e.registerSnapshot(t, "idle", idleProbeSnapshot(t), store.ReadyCheck{Kind: store.ReadySerial, Marker: sandboxtest.ReadyMarker}, true)
 	return e
 }
 

@@ -2,7 +2,12 @@ package sandbox
 
 import (
 	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,10 +20,11 @@ import (
 // TestAgentReady runs the agent ready check against a real agent behind a
 // vsock socket (on the host: thaw-vmm has no vsock device yet): health,
 // then init with the sandbox's hostname, env, the clock and entropy. An
-// agent that never answers ends in "deadline exceeded".
+// agent that never answers ends in "deadline exceeded". The handles' shim
+// sockets answer nothing, so the VM is never seen to end.
 func TestAgentReady(t *testing.T) {
 	dir := t.TempDir()
-	h := &shim.Handle{Dir: dir}
+	h := &shim.Handle{Client: shim.NewClient(filepath.Join(dir, "no-shim.sock")), Dir: dir}
 	sys := sandboxtest.ServeVsockAgent(t, filepath.Join(dir, VsockName))
 	before := time.Now()
 	if err := waitReady(context.Background(), h, store.ReadyCheck{}, 10*time.Second, "sb-1", []string{"A=b"}); err != nil {
@@ -29,9 +35,42 @@ func TestAgentReady(t *testing.T) {
 		t.Errorf("init: got hostname %q, clock %v, %d entropy bytes; want sb-1, about now, 64", host, clock, entropy)
 	}
 
-	silent := &shim.Handle{Dir: t.TempDir()} // no agent behind it
+	silentDir := t.TempDir() // no agent behind it
+	silent := &shim.Handle{Client: shim.NewClient(filepath.Join(silentDir, "no-shim.sock")), Dir: silentDir}
 	err := waitReady(context.Background(), silent, store.ReadyCheck{Kind: store.ReadyAgent}, 300*time.Millisecond, "sb-2", nil)
 	if !errdefs.IsDeadlineExceeded(err) {
 		t.Errorf("agent that never answers: got %v, want deadline exceeded", err)
+	}
+}
+
+// TestAgentReadyVMEnds checks that a VM which ends while its agent is
+// awaited fails the ready check at once, saying how it ended and what the
+// VMM printed, rather than when the check's bound runs out. The shim is a
+// stand-in whose /wait answers, after a moment, that the VMM exited.
+func TestAgentReadyVMEnds(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, shim.VMMLogName), []byte("vcpu 0: the guest triple-faulted\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "shim.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /wait", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(200 * time.Millisecond)
+		json.NewEncoder(w).Encode(shim.Status{ID: "sb", State: shim.StateFailed, Reason: "the VMM exited", Exit: &shim.ExitStatus{Code: 1}, Done: true})
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+
+	h := &shim.Handle{Client: shim.NewClient(sock), Dir: dir}
+	// Without the watch, this would end at its bound with "deadline
+	// exceeded" and nothing about the VM.
+	err = waitReady(context.Background(), h, store.ReadyCheck{Kind: store.ReadyAgent}, time.Minute, "sb", nil)
+	if err == nil || !strings.Contains(err.Error(), "the VM ended before its agent answered") || !strings.Contains(err.Error(), "triple-faulted") {
+		t.Fatalf("got %v, want the VM's end and the VMM's output", err)
 	}
 }

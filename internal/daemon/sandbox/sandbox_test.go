@@ -124,9 +124,19 @@ func newEnv(t testing.TB, mutate func(*sandbox.Options)) *env {
 
 func (e *env) register(t testing.TB, name string, ready store.ReadyCheck) store.Template {
 	t.Helper()
-	s := probeSnapshot(t)
-	tpl, err := template.Register(context.Background(), e.st, e.lay, template.RegisterRequest{Name: name, VMState: s.VMState, Memory: s.Memory,
-		Rootfs: s.Rootfs, Kernel: s.Kernel, VCPUs: sandboxtest.ProbeVCPUs, MemoryMiB: sandboxtest.ProbeMemMiB, Ready: ready})
+	return e.registerSnapshot(t, name, probeSnapshot(t), ready, false)
+}
+
+// registerSnapshot registers probe snapshot s as template name, with its
+// recording run when record is set (an access log for ordered prefetch).
+func (e *env) registerSnapshot(t testing.TB, name string, s sandboxtest.Snapshot, ready store.ReadyCheck, record bool) store.Template {
+	t.Helper()
+	req := template.RegisterRequest{Name: name, VMState: s.VMState, Memory: s.Memory,
+		Rootfs: s.Rootfs, Kernel: s.Kernel, VCPUs: sandboxtest.ProbeVCPUs, MemoryMiB: sandboxtest.ProbeMemMiB, Ready: ready}
+	if record {
+		req.Record = e.m.RecordFunc()
+	}
+	tpl, err := template.Register(context.Background(), e.st, e.lay, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,28 +147,6 @@ func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// processesIn lists live processes whose command line or working directory
-// mentions dir (shims and VMMs run in their sandbox directory).
-func processesIn(dir string) []int {
-	var pids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
-		if st, err := proc.ReadStat(pid); err == nil && st.State == 'Z' {
-			continue
-		}
-		if strings.Contains(string(cmdline), dir) || cwd == dir || strings.HasPrefix(cwd, dir+"/") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
 
 // assertGone checks that nothing of sandbox id is left: record, directory,
@@ -172,7 +160,7 @@ func (e *env) assertGone(t *testing.T, id string) {
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("directory %s: got %v, want it gone", dir, err)
 	}
-	if pids := processesIn(dir); len(pids) > 0 {
+	if pids := sandboxtest.ProcessesUnder(dir); len(pids) > 0 {
 		t.Errorf("processes left for %s: %v", id, pids)
 	}
 	if n := e.settings.Slots().Stats().InUse; n != 0 {
@@ -447,7 +435,7 @@ func TestPauseResume(t *testing.T) {
 	if p.State != store.Paused || !p.Shim.IsZero() {
 		t.Errorf("after pause: got state %s shim %+v, want paused, no shim", p.State, p.Shim)
 	}
-	if pids := processesIn(sb.Dir); len(pids) > 0 {
+	if pids := sandboxtest.ProcessesUnder(sb.Dir); len(pids) > 0 {
 		t.Errorf("processes of a paused sandbox: %v", pids)
 	}
 	for _, f := range []string{sandbox.PauseStateName, sandbox.PauseMemName} {
@@ -519,7 +507,7 @@ func TestReconcile(t *testing.T) {
 	if k, err := e.st.Sandbox("killed"); err != nil || k.State != store.Failed || !strings.Contains(k.Reason, "gone") {
 		t.Errorf("killed sandbox: got %+v, %v, want failed because its shim is gone", k, err)
 	}
-	if pids := processesIn(sbs[2].Dir); len(pids) > 0 {
+	if pids := sandboxtest.ProcessesUnder(sbs[2].Dir); len(pids) > 0 {
 		t.Errorf("orphan shim still running: %v", pids)
 	}
 	keep, _ := e.st.Sandbox("keep")
@@ -641,7 +629,7 @@ func TestRecordedTemplate(t *testing.T) {
 	if names := phaseNames(b.Timings); !slices.Equal(names, []string{"copy", "record-restore", "record-ready", "record-settle", "record-stop"}) {
 		t.Errorf("build timings: got %v, want copy and the recording run's restore, ready, settle, stop", names)
 	}
-	if pids := processesIn(filepath.Join(e.lay.Root(), "tmp")); len(pids) > 0 {
+	if pids := sandboxtest.ProcessesUnder(filepath.Join(e.lay.Root(), "tmp")); len(pids) > 0 {
 		t.Errorf("processes of the build VM left: %v", pids)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(e.lay.Root(), "tmp")); len(ents) > 0 {
