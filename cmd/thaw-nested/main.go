@@ -5,9 +5,12 @@
 //
 //	thaw-nested -payload DIR [-auto] [-out DIR] [-console] [-shell] [-cpus 2] [-mem 2048]
 //	            [-boot-timeout 3m] [-setup-timeout 2m] [-timeout 10m] [-shutdown-timeout 1m]
+//	            [-nested-paging]
 //
 // -auto runs the payload directly instead when the host's /dev/kvm runs
 // normal Linux guests (hardware KVM), and logs which path it took.
+// L1's kvm_amd uses shadow paging (npt=0) unless -nested-paging (or
+// THAW_NESTED_PAGING=1) keeps nested paging; the log says which it used.
 // -shell drops into an L1 shell on this terminal after the payload (or after
 // a setup error), for debugging. Installs its Debian packages through
 // scripts/setup when run from the repository and they are missing. Exits
@@ -26,6 +29,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/thawvm/thaw/internal/conf"
 	"github.com/thawvm/thaw/internal/nested"
 )
 
@@ -56,6 +60,11 @@ func run() (int, error) {
 	flag.DurationVar(&cfg.Timeouts.Setup, "setup-timeout", 0, "L1 init → payload start (default 2m)")
 	flag.DurationVar(&cfg.Timeouts.Payload, "timeout", 0, "the payload's run (default 10m)")
 	flag.DurationVar(&cfg.Timeouts.Shutdown, "shutdown-timeout", 0, "payload exit → QEMU exit (default 1m)")
+	npt, err := conf.EnvBool(nested.NestedPagingEnv, false)
+	if err != nil {
+		return 0, err
+	}
+	flag.BoolVar(&cfg.NestedPaging, "nested-paging", npt, "keep L1's kvm_amd with nested paging instead of shadow paging (npt=0); default from "+nested.NestedPagingEnv)
 	flag.Parse()
 	if payload == "" || flag.NArg() > 0 {
 		flag.Usage()
@@ -107,7 +116,7 @@ func run() (int, error) {
 			return 0, fmt.Errorf("copying result files to %s: %w: %s", out, err, b)
 		}
 	}
-	log.Info("payload finished", "exit", r.ExitCode, "attempts", r.Attempts,
+	log.Info("payload finished", "exit", r.ExitCode, "attempts", r.Attempts, "paging", r.Paging,
 		"kvm_ready", r.KVMReady, "run", r.Run, "total", r.Total)
 	if !keep {
 		os.RemoveAll(work)

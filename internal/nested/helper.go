@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thawvm/thaw/internal/conf"
 	"github.com/thawvm/thaw/internal/testenv"
 )
 
@@ -68,6 +69,11 @@ func (h *Harness) RunWhereGuestsRun(ctx context.Context, p Payload, workDir stri
 // directory), for debugging a failure after the fact.
 const WorkDirEnv = "THAW_NESTED_WORKDIR"
 
+// NestedPagingEnv, a boolean (internal/conf), sets Config.NestedPaging in
+// Test and thaw-nested: 1 keeps L1's kvm_amd with nested paging instead of
+// the default shadow paging, to compare the two or to check a newer QEMU.
+const NestedPagingEnv = "THAW_NESTED_PAGING"
+
 // TimeoutScaleEnv multiplies the harness's step timeouts in tests, for
 // machines even slower or busier than the defaults allow for.
 const TimeoutScaleEnv = "THAW_NESTED_TIMEOUT_SCALE"
@@ -98,6 +104,11 @@ func Test(t testing.TB, p Payload) *Result {
 		missing(t, fmt.Sprintf("the nested harness needs %s: run scripts/setup", strings.Join(m, ", ")))
 	}
 	var cfg Config
+	npt, err := conf.EnvBool(NestedPagingEnv, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.NestedPaging = npt
 	if v := os.Getenv(TimeoutScaleEnv); v != "" {
 		scale, err := strconv.ParseFloat(v, 64)
 		if err != nil || scale <= 0 {
@@ -125,8 +136,8 @@ func Test(t testing.TB, p Payload) *Result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("nested: attempts %d, QEMU start → /dev/kvm ready %v, payload %v, total %v",
-		r.Attempts, r.KVMReady.Round(time.Millisecond), r.Run.Round(time.Millisecond), r.Total.Round(time.Millisecond))
+	t.Logf("nested: L1 %s paging, attempts %d, QEMU start → /dev/kvm ready %v, payload %v, total %v",
+		r.Paging, r.Attempts, r.KVMReady.Round(time.Millisecond), r.Run.Round(time.Millisecond), r.Total.Round(time.Millisecond))
 	return r
 }
 

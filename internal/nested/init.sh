@@ -1,6 +1,8 @@
 #!/bin/busybox sh
 # PID 1 of the nested harness's L1 (built into the initramfs by l1.go).
-# It loads the modules listed in /etc/thaw-modules, waits for /dev/kvm,
+# It loads the modules listed in /etc/thaw-modules (kvm_amd with npt=0,
+# shadow paging, when the kernel command line has thaw_npt=0), waits for
+# /dev/kvm, reports the paging mode L1's KVM uses ("paging" marker),
 # mounts the payload disk read-only at /payload and the results disk at
 # /results, runs /payload/run with THAW_RESULTS=/results/out, and powers off.
 # Every step prints a "thaw-nested-mark" line on the serial console; the
@@ -29,7 +31,11 @@ shell() {
 mark init
 
 while read -r m; do
-	insmod "/lib/modules/$m.ko" || fail "insmod $m failed"
+	args=
+	if [ "$m" = kvm_amd ] && grep -qw thaw_npt=0 /proc/cmdline; then
+		args=npt=0
+	fi
+	insmod "/lib/modules/$m.ko" $args || fail "insmod $m $args failed"
 done </etc/thaw-modules
 mark modules
 for i in $(seq 50); do
@@ -38,6 +44,11 @@ for i in $(seq 50); do
 done
 [ -c /dev/kvm ] || fail "no /dev/kvm after loading kvm_amd (does the QEMU CPU model have svm?)"
 mark kvm-ready
+case "$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)" in
+Y) mark paging nested ;;
+N) mark paging shadow ;;
+*) fail "cannot read /sys/module/kvm_amd/parameters/npt" ;;
+esac
 
 # Disks are found by their virtio serial, not by probe order.
 for b in /sys/block/vd*; do

@@ -65,6 +65,27 @@ type Config struct {
 	Shell bool
 	// Console, if set, receives L1's serial console as it happens.
 	Console io.Writer
+	// NestedPaging keeps L1's kvm_amd with nested paging (NPT). By default
+	// L1 loads it with npt=0 (shadow paging): QEMU 7.2 TCG's emulated SVM
+	// hands L2 guests spurious instruction-fetch page faults under nested
+	// paging, which triple-fault Linux guests (docs/testing.md). Set it to
+	// compare the two, or to check a newer QEMU; NestedPagingEnv sets it
+	// in Test and thaw-nested.
+	NestedPaging bool
+}
+
+// Paging modes of L1's KVM, as Result.Paging reports them.
+const (
+	PagingShadow = "shadow" // kvm_amd npt=0: L1's KVM walks the guest's page tables
+	PagingNested = "nested" // kvm_amd npt=1: the (emulated) CPU walks both levels
+)
+
+// paging is the mode the configuration asks L1's KVM for.
+func (c *Config) paging() string {
+	if c.NestedPaging {
+		return PagingNested
+	}
+	return PagingShadow
 }
 
 func (c *Config) setDefaults() {
@@ -134,6 +155,9 @@ type Result struct {
 	Serial string
 	// Attempts is how many L1 boots it took (a hang is retried).
 	Attempts int
+	// Paging is the paging mode L1's KVM used (PagingShadow or
+	// PagingNested); empty when the payload ran directly.
+	Paging string
 	// KVMReady is QEMU start → /dev/kvm ready in L1; Run is the payload's
 	// own time; Total is everything, cache checks and retries included.
 	KVMReady, Run, Total time.Duration

@@ -267,6 +267,9 @@ func TestRunNested(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkEchoResult(t, r)
+	if r.Paging != PagingShadow {
+		t.Errorf("L1 paging %q, want %q (the default)", r.Paging, PagingShadow)
+	}
 	if !r.Nested || r.Attempts < 1 || r.KVMReady <= 0 {
 		t.Errorf("result says nested %v, attempts %d, kvm ready after %v; want true, ≥1, >0", r.Nested, r.Attempts, r.KVMReady)
 	}
@@ -274,7 +277,7 @@ func TestRunNested(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"thaw-nested-mark kvm-ready", "out from payload data"} {
+	for _, want := range []string{"thaw-nested-mark kvm-ready", "thaw-nested-mark paging shadow", "out from payload data"} {
 		if !strings.Contains(string(serial), want) {
 			t.Errorf("serial log %s lacks %q", r.Serial, want)
 		}
@@ -437,6 +440,55 @@ func TestProgress(t *testing.T) {
 	}
 	if err := p.handle(mark{"payload-exit", "zero", at(9)}); err == nil {
 		t.Error(`handle(payload-exit "zero"): got nil error`)
+	}
+
+	for _, tt := range []struct {
+		want, got string
+		ok        bool
+	}{
+		{PagingShadow, PagingShadow, true},
+		{PagingNested, PagingNested, true},
+		{"", PagingNested, true},
+		{PagingShadow, PagingNested, false},
+		{PagingNested, PagingShadow, false},
+	} {
+		p := newProgress(to, false, start)
+		p.timer.Stop()
+		p.wantPaging = tt.want
+		err := p.handle(mark{"paging", tt.got, at(6)})
+		if (err == nil) != tt.ok {
+			t.Errorf("want paging %q, L1 reports %q: got error %v, want error %v", tt.want, tt.got, err, !tt.ok)
+		}
+		if tt.ok && p.r.Paging != tt.got {
+			t.Errorf("want paging %q, L1 reports %q: got Result.Paging %q, want %q", tt.want, tt.got, p.r.Paging, tt.got)
+		}
+	}
+}
+
+func TestConfigPaging(t *testing.T) {
+	for _, tt := range []struct {
+		npt     bool
+		want    string
+		cmdline bool // qemuArgs' -append has thaw_npt=0
+	}{
+		{false, PagingShadow, true},
+		{true, PagingNested, false},
+	} {
+		h, err := New(Config{NestedPaging: tt.npt}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := h.cfg.paging(); got != tt.want {
+			t.Errorf("NestedPaging %v: got paging %q, want %q", tt.npt, got, tt.want)
+		}
+		args := h.qemuArgs(bootSpec{}, "results.img")
+		i := slices.Index(args, "-append")
+		if i < 0 || i+1 >= len(args) {
+			t.Fatalf("qemu args %q: no -append", args)
+		}
+		if got := slices.Contains(strings.Fields(args[i+1]), "thaw_npt=0"); got != tt.cmdline {
+			t.Errorf("NestedPaging %v: kernel command line %q has thaw_npt=0 %v, want %v", tt.npt, args[i+1], got, tt.cmdline)
+		}
 	}
 }
 

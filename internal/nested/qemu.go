@@ -54,6 +54,9 @@ func (h *Harness) qemuArgs(s bootSpec, results string) []string {
 	if h.cfg.Shell {
 		cmdline += " thaw_shell=1"
 	}
+	if !h.cfg.NestedPaging {
+		cmdline += " thaw_npt=0" // the init loads kvm_amd with npt=0
+	}
 	return []string{
 		"-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "EPYC,-pdpe1gb",
 		"-smp", strconv.Itoa(h.cfg.CPUs), "-m", strconv.Itoa(h.cfg.MemoryMiB),
@@ -123,13 +126,17 @@ func (h *Harness) boot(ctx context.Context, s bootSpec) (*Result, error) {
 	}
 
 	p := newProgress(s.timeouts, h.cfg.Shell, start)
+	p.wantPaging = h.cfg.paging()
 	p.r.Serial = serialPath
 	defer p.timer.Stop()
 	for {
 		select {
 		case m := <-marks:
-			if m.name == "kvm-ready" {
+			switch m.name {
+			case "kvm-ready":
 				h.log.Info("L1 /dev/kvm ready", "after", m.at.Sub(start).Round(time.Millisecond))
+			case "paging":
+				h.log.Info("L1 KVM paging mode", "paging", m.arg)
 			}
 			if err := p.handle(m); err != nil {
 				stop()
@@ -166,6 +173,7 @@ type progress struct {
 	timeout      time.Duration
 	timer        *time.Timer
 	payloadStart time.Time
+	wantPaging   string // the paging mode L1 must report; "" takes any
 	initErr      string // the init's "error" marker
 	done         bool   // the init's last marker: results are on disk
 	r            *Result
@@ -191,6 +199,11 @@ func (p *progress) handle(m mark) error {
 		p.next(StepSetup, p.timeouts.Setup)
 	case "kvm-ready":
 		p.r.KVMReady = m.at.Sub(p.start)
+	case "paging":
+		if p.wantPaging != "" && m.arg != p.wantPaging {
+			return fmt.Errorf("L1's KVM uses %s paging, want %s: the L1 init did not load kvm_amd as asked (Config.NestedPaging)", m.arg, p.wantPaging)
+		}
+		p.r.Paging = m.arg
 	case "payload-start":
 		p.payloadStart = m.at
 		p.next(StepPayload, p.timeouts.Payload)

@@ -31,26 +31,6 @@ const VMMEnv = "THAW_LINUX_VMM"
 // exception being delivered (intr_info).
 const KVMTraceEnv = "THAW_LINUX_KVM_TRACE"
 
-// NestedPagingEnv, set to 1, keeps L1's kvm_amd with nested paging
-// instead of reloading it with npt=0 (kvmShadowPaging): to compare the
-// two, or to check a newer QEMU.
-const NestedPagingEnv = "THAW_LINUX_NESTED_PAGING"
-
-// kvmShadowPaging is the run script's part that reloads kvm_amd in L1 with
-// npt=0. QEMU TCG's emulated SVM (Debian 12's QEMU 7.2) delivers
-// spurious page faults to an L2 guest with nested paging on: an
-// instruction fetch from a present kernel page, right after an exit,
-// raised #PF (error code 0x10, not present) while KVM injected nothing,
-// and the guest, unable to fetch its #PF handler either, triple-faulted.
-// It hit plain boots as well as restored clones (docs/testing.md). With
-// shadow paging L1's KVM walks the guest's page tables itself and QEMU
-// never emulates a nested walk.
-const kvmShadowPaging = `if [ "$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)" = Y ]; then
-	rmmod kvm_amd && insmod /lib/modules/kvm_amd.ko npt=0 || { echo "run: reloading kvm_amd with npt=0 failed" >&2; exit 1; }
-	for i in $(seq 50); do [ -c /dev/kvm ] && break; sleep 0.1; done
-fi
-`
-
 const kvmTraceStart = `t=/sys/kernel/tracing
 mount -t tracefs nodev $t 2>/dev/null
 echo 16384 > $t/buffer_size_kb
@@ -136,16 +116,11 @@ func TestLinuxGuest(t *testing.T) {
 	// does not pass the guest's XSETBV to KVM: KVM then reports XSAVE
 	// sizes for an XCR0 the guest did not set (the guest kernel's "XSAVE
 	// consistency problem" dump) and reloads a stale XCR0 on entry. Hide
-	// XSAVE there; on hardware KVM the guest keeps it. Nested paging is
-	// off there too (kvmShadowPaging).
+	// XSAVE there; on hardware KVM the guest keeps it. L1's KVM uses
+	// shadow paging there (the harness's default, nested.NestedPagingEnv):
+	// QEMU's emulated nested paging triple-faults these guests.
 	trace := os.Getenv(KVMTraceEnv) == "1"
-	run := "#!/bin/sh\nwork=$(mktemp -d) || exit 1\nif [ \"$THAW_NESTED\" = 1 ]; then\n\texport THAW_VMM_XSAVE=false\n"
-	if os.Getenv(NestedPagingEnv) == "1" {
-		t.Logf("keeping nested paging in L1 (%s=1)", NestedPagingEnv)
-	} else {
-		run += kvmShadowPaging
-	}
-	run += "fi\n"
+	run := "#!/bin/sh\nwork=$(mktemp -d) || exit 1\nif [ \"$THAW_NESTED\" = 1 ]; then\n\texport THAW_VMM_XSAVE=false\nfi\n"
 	if trace {
 		run += kvmTraceStart
 	}
