@@ -300,19 +300,27 @@ func TestRestartReattaches(t *testing.T) {
 			t.Errorf("directory of %s after delete: %v", id, err)
 		}
 		if err := syscall.Kill(pid, 0); err == nil {
-			if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(st), ") Z ") {
+			if st, err := proc.ReadStat(pid); err != nil || st.State != 'Z' {
 				t.Errorf("shim %d of %s still running after delete", pid, id)
 			}
 		}
 	}
+	assertAllDeleted(ctx, t, c, data, second)
+}
+
+// assertAllDeleted checks that, once every sandbox was deleted through
+// thawd p, nothing is left: no record, no sandbox directory (sockets,
+// logs), and no process under data but p itself.
+func assertAllDeleted(ctx context.Context, t *testing.T, c *thawapi.Client, data string, p *thawdProc) {
+	t.Helper()
 	if sbs, err := c.Sandboxes(ctx); err != nil || len(sbs) != 0 {
 		t.Errorf("sandboxes after deleting all: got %v, %v; want none", sbs, err)
 	}
 	if ents, err := os.ReadDir(filepath.Join(data, "sandboxes")); err != nil || len(ents) != 0 {
 		t.Errorf("sandbox directories (sockets, logs) after deleting all: got %v, %v; want none", ents, err)
 	}
-	if pids := sandboxtest.ProcessesUnder(data); !slices.Equal(pids, []int{second.cmd.Process.Pid}) {
-		t.Errorf("processes under %s after deleting all: got %v, want only thawd (%d)", data, pids, second.cmd.Process.Pid)
+	if pids := sandboxtest.ProcessesUnder(data); !slices.Equal(pids, []int{p.cmd.Process.Pid}) {
+		t.Errorf("processes under %s after deleting all: got %v, want only thawd (%d)", data, pids, p.cmd.Process.Pid)
 	}
 }
 
@@ -430,13 +438,5 @@ func TestRestartDuringCreates(t *testing.T) {
 			t.Errorf("delete %s: %v", sb.ID, err)
 		}
 	}
-	if sbs, err := c.Sandboxes(ctx); err != nil || len(sbs) != 0 {
-		t.Errorf("sandboxes after deleting all: got %v, %v; want none", sbs, err)
-	}
-	if ents, err := os.ReadDir(filepath.Join(data, "sandboxes")); err != nil || len(ents) != 0 {
-		t.Errorf("sandbox directories after deleting all: got %v, %v; want none", ents, err)
-	}
-	if pids := sandboxtest.ProcessesUnder(data); !slices.Equal(pids, []int{second.cmd.Process.Pid}) {
-		t.Errorf("processes under %s after deleting all: got %v, want only thawd (%d)", data, pids, second.cmd.Process.Pid)
-	}
+	assertAllDeleted(ctx, t, c, data, second)
 }
