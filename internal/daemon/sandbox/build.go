@@ -129,7 +129,10 @@ func (m *Manager) BootSnapshot(ctx context.Context, r template.BootRequest, log 
 	if r.Ready.Kind == store.ReadySerial {
 		err = waitSerial(rctx, h, r.Ready.Marker, m.opts.ReadyTimeout)
 	} else {
-		_, err = ac.WaitReady(rctx, 50*time.Millisecond)
+		wctx, release := endWithVM(rctx, h, "its agent answered")
+		_, err = ac.WaitReady(wctx, 50*time.Millisecond)
+		err = vmEndedOr(wctx, err)
+		release()
 	}
 	cancel()
 	if err != nil {

@@ -363,9 +363,10 @@ var errVMEnded = errors.New("the VM ended")
 
 // endWithVM returns ctx cancelled, with a cause that says how the VM ended
 // and what its VMM printed last, as soon as the shim reports the VMM gone:
-// a guest that dies during its ready check (a triple fault, a VMM that
-// exits) then fails the create at once instead of when the check's bound
-// runs out. release stops the watch and waits for it.
+// a guest that dies during a ready check (a triple fault, a VMM that
+// exits) then fails it at once instead of when the check's bound runs
+// out. Every ready check (serial or agent, create or build) runs under it.
+// release stops the watch and waits for it.
 func endWithVM(ctx context.Context, h *shim.Handle, before string) (_ context.Context, release func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	done := make(chan struct{})
@@ -399,21 +400,18 @@ func timeoutKind(ctx context.Context, err error) error {
 // waitSerial waits until marker appears in the VMM's output, the VM ends
 // or ctx ends.
 func waitSerial(ctx context.Context, h *shim.Handle, marker string, bound time.Duration) error {
+	ctx, release := endWithVM(ctx, h, fmt.Sprintf("%q appeared on its serial console", marker))
+	defer release()
 	path := filepath.Join(h.Dir, shim.VMMLogName)
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	for n := 0; ; n++ {
+	for {
 		data, err := os.ReadFile(path)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("reading the serial log: %w", err)
 		}
 		if bytes.Contains(data, []byte(marker)) {
 			return nil
-		}
-		if n%10 == 0 {
-			if st, err := h.Status(ctx); err == nil && st.Done {
-				return fmt.Errorf("the VM ended (%s %s) before %q appeared on its serial console%s", st.State, st.Reason, marker, vmmTail(h.Dir))
-			}
 		}
 		select {
 		case <-ctx.Done():

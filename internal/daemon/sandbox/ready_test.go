@@ -43,8 +43,8 @@ func TestAgentReady(t *testing.T) {
 	}
 }
 
-// TestAgentReadyVMEnds checks that a VM which ends while its agent is
-// awaited fails the ready check at once, saying how it ended and what the
+// TestAgentReadyVMEnds checks that a VM which ends while its agent or its
+// serial marker is awaited fails the ready check at once, saying how it ended and what the
 // VMM printed, rather than when the check's bound runs out. The shim is a
 // stand-in whose /wait answers, after a moment, that the VMM exited.
 func TestAgentReadyVMEnds(t *testing.T) {
@@ -67,10 +67,18 @@ func TestAgentReadyVMEnds(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 
 	h := &shim.Handle{Client: shim.NewClient(sock), Dir: dir}
-	// Without the watch, this would end at its bound with "deadline
+	// Without the watch, these would end at their bound with "deadline
 	// exceeded" and nothing about the VM.
-	err = waitReady(context.Background(), h, store.ReadyCheck{Kind: store.ReadyAgent}, time.Minute, "sb", nil)
-	if err == nil || !strings.Contains(err.Error(), "the VM ended before its agent answered") || !strings.Contains(err.Error(), "triple-faulted") {
-		t.Fatalf("got %v, want the VM's end and the VMM's output", err)
+	for _, tc := range []struct {
+		ready store.ReadyCheck
+		want  string
+	}{
+		{store.ReadyCheck{Kind: store.ReadyAgent}, "the VM ended before its agent answered"},
+		{store.ReadyCheck{Kind: store.ReadySerial, Marker: "ready!"}, `the VM ended before "ready!" appeared on its serial console`},
+	} {
+		err := waitReady(context.Background(), h, tc.ready, time.Minute, "sb", nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "triple-faulted") {
+			t.Errorf("%s ready check: got %v, want %q and the VMM's output", tc.ready.Kind, err, tc.want)
+		}
 	}
 }
