@@ -64,12 +64,16 @@ type RecordRequest struct {
 // the settle detector converged) and record-stop. The recorder writes
 // every page installed until the stop, so the warm-up's pages are in the
 // log in the order they were touched even when the detector settled during
-// the warm-up. Nothing of the VM is left afterwards.
+// the warm-up. Each phase is reported to Progress (if set) as it ends.
+// Nothing of the VM is left afterwards.
 func (m *Manager) Record(ctx context.Context, r RecordRequest) (rec template.Recording, err error) {
 	begun := time.Now()
 	phase := func(name string) {
 		now := time.Now()
 		rec.Phases = append(rec.Phases, store.Phase{Name: name, Duration: now.Sub(begun)})
+		if r.Progress != nil {
+			fmt.Fprintf(r.Progress, "==> %s: %v\n", name, now.Sub(begun).Round(time.Millisecond))
+		}
 		begun = now
 	}
 	var rnd [4]byte

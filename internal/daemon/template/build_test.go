@@ -225,7 +225,7 @@ func TestBuildPublishes(t *testing.T) {
 	warmup := [][]string{{"python3", "-c", "pass"}, {"nginx", "-t"}}
 	b.Record = func(_ context.Context, r RecordSpec) (Recording, error) {
 		recorded = r.RootDrive == RootDriveID && filepath.Base(r.Rootfs) == RootfsName && reflect.DeepEqual(r.Warmup, warmup)
-		io.WriteString(r.Progress, "warm-up output\n")
+		io.WriteString(r.Progress, "==> record-ready: 1s\nwarm-up output\n==> record-settle: 1s\n")
 		return Recording{Pages: 7, Phases: []store.Phase{{Name: "record-ready", Duration: time.Second}, {Name: "record-settle", Duration: time.Second}}},
 			os.WriteFile(r.Log, []byte("log"), 0o600)
 	}

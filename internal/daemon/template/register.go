@@ -54,7 +54,9 @@ type RecordSpec struct {
 	// before the wait for the settle detector; one that fails fails the
 	// run with its exit status and output.
 	Warmup [][]string
-	// Progress, if set, gets the warm-up commands' output.
+	// Progress, if set, gets a line per phase as it ends ("==> name:
+	// duration", as Register writes its own) and the warm-up commands'
+	// output, so a build's log follows the run as it goes.
 	Progress io.Writer
 }
 
@@ -222,9 +224,9 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 		b.Artifacts.AccessLog, b.AccessLogPages = AccessLogName, int64(rec.Pages)
 		if len(rec.Phases) == 0 {
 			rec.Phases = []store.Phase{{Name: "record", Duration: time.Since(copied)}}
+			progress(rec.Phases...) // a recorder with phases reported them itself
 		}
 		b.Timings = append(b.Timings, rec.Phases...)
-		progress(rec.Phases...)
 		if r.Progress != nil {
 			fmt.Fprintf(r.Progress, "==> access log: %d pages in recorded order (%.1f MiB of %d MiB)\n",
 				rec.Pages, float64(rec.Pages)*4096/(1<<20), b.MemoryBytes>>20)
