@@ -53,9 +53,9 @@ func (m *Manager) Reconcile(ctx context.Context, atStart bool) (reconcile.Plan, 
 		if r, ok := ended[a.Sandbox]; ok && a.Kind == reconcile.FailRecord {
 			a.Reason = r
 		} else if a.Kind == reconcile.FailRecord && a.Shim == nil && recordedShimAlive(records, a.Sandbox) {
-			// Discovery found the shim gone, but the process the record
-			// names runs now (it started answering, or stopped being a
-			// zombie's pid race): the next pass looks again.
+			// Decide saw neither an answer nor a live process, but the
+			// process the record names runs now (it was checked a
+			// moment earlier): the next pass looks again.
 			m.log.Warn("reconciler: shim missed discovery but is alive; leaving the sandbox alone", "sandbox", a.Sandbox)
 			continue
 		}
