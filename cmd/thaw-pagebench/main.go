@@ -3,7 +3,7 @@
 // Firecracker handshake and touches guest memory from many threads.
 //
 //	thaw-pagebench demo   [-size 256MiB] [-threads 8]   serve a memory file to a toucher and verify every byte
-//	thaw-pagebench bench  [-size 512MiB] [-reps 3]      the four side-by-side measurements of docs/benchmarks/uffd.md
+//	thaw-pagebench bench  [-size 512MiB] [-reps 3] [-prefetch-rate 256MiB/s]  the five side-by-side measurements of docs/benchmarks/uffd.md
 //	thaw-pagebench stress [-faults 10000000]            serve many faults with racing prefetch, fail on any wedged session
 //
 // Files go to -dir (default: a new directory under $TMPDIR, removed at
@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/thawvm/thaw/internal/conf"
 	"github.com/thawvm/thaw/internal/uffd/uffdtest"
 )
 
@@ -32,6 +33,15 @@ func main() {
 	threads := fs.Int("threads", 8, "toucher threads (demo, stress)")
 	reps := fs.Int("reps", 3, "repetitions per measurement; the median is reported (bench)")
 	faults := fs.Uint64("faults", 10_000_000, "faults to serve before stopping (stress)")
+	rate := conf.ByteRate(256 << 20)
+	fs.Func("prefetch-rate", "prefetch limit of measurement (5): bytes per second or e.g. 256MiB/s (bench)", func(s string) error {
+		r, err := conf.ParseByteRate(s)
+		if err == nil && r == 0 {
+			err = fmt.Errorf("prefetch rate %q: (5) measures a limit; want a non-zero rate", s)
+		}
+		rate = r
+		return err
+	})
 	dir := fs.String("dir", "", "directory for the memory file and sockets (default: a temporary directory)")
 	verbose := fs.Bool("v", false, "log the page server's messages")
 	fs.Parse(args)
@@ -61,7 +71,7 @@ func main() {
 	case "demo":
 		err = demo(workdir, n, *threads, log)
 	case "bench":
-		err = bench(workdir, n, *reps, log)
+		err = bench(workdir, n, *reps, uint64(rate), log)
 	case "stress":
 		err = stress(workdir, n, *threads, *faults, log)
 	default:
