@@ -217,3 +217,58 @@ func TestLoadMemoryUffdFailures(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteMemoryFromUffd writes the memory file of a guest restored with
+// the Uffd backend from a page server in this process, as pausing a
+// restored sandbox does, with most pages never touched since the restore:
+// WriteMemory must read them through the page server (its zero scan goes
+// through memory.Slice, which populates them inside madvise(2)) and write
+// the snapshot's pages plus the restored guest's own writes.
+func TestWriteMemoryFromUffd(t *testing.T) {
+	testenv.RequireUFFD(t)
+	const size = 64 << 20
+	mem, err := memory.New(size, memory.Backing{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	want := marks(t, mem)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mem")
+	if err := WriteMemory(path, mem); err != nil {
+		t.Fatal(err)
+	}
+	l, err := LoadMemory(context.Background(), layoutState(t, size),
+		fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: startPageServer(t, modeServe, path)}, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	written := bytes.Repeat([]byte("restored"), memory.PageSize/8)
+	const writtenGPA = 5 * memory.PageSize
+	if err := l.Memory.Write(writtenGPA, written); err != nil {
+		t.Fatal(err)
+	}
+	want[writtenGPA] = written
+	again := filepath.Join(dir, "again")
+	if err := WriteMemory(again, l.Memory); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != size {
+		t.Fatalf("memory file size: got %d, want %d", len(got), size)
+	}
+	zero := make([]byte, memory.PageSize)
+	for off := 0; off < size; off += memory.PageSize {
+		page, ok := want[uint64(off)]
+		if !ok {
+			page = zero
+		}
+		if !bytes.Equal(got[off:off+memory.PageSize], page) {
+			t.Fatalf("page at %#x of the memory file written after a Uffd restore: got %q..., want %q...", off, got[off:off+12], page[:12])
+		}
+	}
+}
