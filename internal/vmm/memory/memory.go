@@ -178,7 +178,8 @@ func (m *Memory) Close() error {
 func (m *Memory) Size() uint64 { return m.size }
 
 // Regions returns the RAM regions in guest-physical (and memory file)
-// order. The slice is a copy; the Host slices alias guest memory.
+// order. The slice is a copy; the Host slices alias guest memory and are
+// for the kernel only when the memory is Userfault-backed (see Region).
 func (m *Memory) Regions() []Region {
 	return append([]Region(nil), m.regions...)
 }

@@ -180,3 +180,64 @@ func openTemp(t *testing.T) (*os.File, error) {
 	}
 	return f, f.Truncate(PageSize)
 }
+
+// FuzzSliceUserfault feeds guest-chosen ranges (descriptor addresses and
+// lengths come from the guest) to Slice on userfault memory with two
+// regions: it must never panic, must accept exactly the ranges inside one
+// region, and must leave exactly the pages of accepted ranges marked.
+func FuzzSliceUserfault(f *testing.F) {
+	f.Add(uint64(0x1ff8), uint64(16), uint64(4<<30), uint64(4096))
+	f.Add(uint64(3<<30-8), uint64(16), uint64(0), uint64(0))
+	f.Add(uint64(4<<30+64<<10-1), uint64(1), ^uint64(0), uint64(2))
+	const size = 3<<30 + 64<<10
+	m, err := New(size, Backing{Userfault: true})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { m.Close() })
+	inRAM := func(gpa, n uint64) (int, bool) {
+		for i, r := range m.regions {
+			if gpa >= r.GPA && gpa-r.GPA < r.Size && n <= r.Size-(gpa-r.GPA) {
+				return i, true
+			}
+		}
+		return 0, false
+	}
+	f.Fuzz(func(t *testing.T, gpa1, n1, gpa2, n2 uint64) {
+		// Fresh bitmaps (the mappings' zero pages stay, harmlessly).
+		for i := range m.regions {
+			m.regions[i].present = newPageSet(m.regions[i].Size)
+		}
+		want := map[[2]uint64]bool{}     // {region, page}
+		wantWord := map[[2]uint64]bool{} // {region, bitmap word}
+		for _, s := range [][2]uint64{{gpa1, n1 % (1 << 20)}, {gpa2, n2 % (1 << 20)}} {
+			gpa, n := s[0], s[1]
+			ri, ok := inRAM(gpa, n)
+			b, err := m.Slice(gpa, n)
+			if (err == nil) != ok || (ok && uint64(len(b)) != n) {
+				t.Fatalf("Slice(%#x, %#x): got %d bytes, %v; want ok=%v", gpa, n, len(b), err, ok)
+			}
+			if ok && n > 0 {
+				off := gpa - m.regions[ri].GPA
+				for p := off / PageSize; p <= (off+n-1)/PageSize; p++ {
+					want[[2]uint64{uint64(ri), p}] = true
+					wantWord[[2]uint64{uint64(ri), p / 64}] = true
+				}
+			}
+		}
+		for ri, r := range m.regions {
+			for w := range r.present.words {
+				bits := r.present.words[w].Load()
+				if bits == 0 && !wantWord[[2]uint64{uint64(ri), uint64(w)}] {
+					continue
+				}
+				for b := range uint64(64) {
+					p := uint64(w)*64 + b
+					if got := bits&(1<<b) != 0; got != want[[2]uint64{uint64(ri), p}] {
+						t.Fatalf("region %d page %d: marked %v, want %v", ri, p, got, !got)
+					}
+				}
+			}
+		}
+	})
+}
