@@ -168,6 +168,14 @@ func TestSlicePopulatesOnlyUserfault(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	fm, err := New(PageSize, Backing{File: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fm.Close()
+	if fm.regions[0].present != nil {
+		t.Errorf("file-backed memory has a bitmap, want none")
+	}
 	if _, err := New(PageSize, Backing{File: f, Userfault: true}); err == nil || !strings.Contains(err.Error(), "exclusive") {
 		t.Errorf("New with a file and Userfault: got %v, want an error saying they are exclusive", err)
 	}
