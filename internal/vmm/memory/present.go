@@ -13,11 +13,14 @@ import (
 // never be touched by a plain load or store in Go code while a page may be
 // missing. Such an access faults in user mode and the thread sleeps in the
 // kernel until the page server answers, holding its P: it is not in a
-// system call, and a fault inside runtime.memmove is not at an asynchronous
-// preemption point. When the page server runs in the same process (the VMM
-// inside thaw-shim), a few such goroutines take every P and the page server
-// never runs again: the process deadlocks. (A vCPU's fault is harmless: it
-// happens inside KVM_RUN, a system call that gives up its P.)
+// system call. The runtime's preemption signal does interrupt that wait,
+// but the goroutine is only moved off its P at an asynchronous safe point,
+// and copy, bytes.Equal and friends run in assembly (runtime.memmove,
+// memequal) that has none: the thread re-faults and sleeps again. When the
+// page server runs in the same process (the VMM inside thaw-shim), a few
+// such goroutines take every P and the page server never runs again: the
+// process deadlocks. (A vCPU's fault is harmless: it happens inside
+// KVM_RUN, a system call that gives up its P.)
 //
 // So every Go access path (Slice, and everything built on it) first makes
 // the range present from inside a system call, madvise(MADV_POPULATE_READ,
@@ -33,8 +36,9 @@ import (
 //     server's bytes in place.
 //   - Signals do not end the wait: a storm of SIGURG (the Go runtime's
 //     preemption signal) sent to the blocked thread did not make it return
-//     early, and it never returned EINTR or EAGAIN (the GUP wait is killable
-//     only). populate still retries EINTR, which madvise(2) documents.
+//     early, and it never returned EINTR or EAGAIN (the wait in the GUP
+//     path looks killable, not interruptible). populate still retries
+//     EINTR, which madvise(2) documents; anything else is an error.
 //   - If every copy of the userfaultfd is closed while it waits (the page
 //     server's and the VMM's), the kernel drops the registration, wakes it,
 //     and it returns 0 with the missing pages zero-filled: the same silent
