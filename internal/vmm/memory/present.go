@@ -13,12 +13,11 @@ import (
 // never be touched by a plain load or store in Go code while a page may be
 // missing. Such an access faults in user mode and the thread sleeps in the
 // kernel until the page server answers, holding its P: it is not in a
-// system call. The runtime's preemption signal does interrupt that wait,
-// but the goroutine is only moved off its P at an asynchronous safe point,
-// and copy, bytes.Equal and friends run in assembly (runtime.memmove,
-// memequal) that has none: the thread re-faults and sleeps again. When the
-// page server runs in the same process (the VMM inside thaw-shim), a few
-// such goroutines take every P and the page server never runs again: the
+// system call, so the runtime does not hand the P on, and preemption does
+// not get it off either (observed with one P: reads through copy, and plain
+// 8-byte loads in Go code alike, never finished). When the page server
+// runs in the same process (the VMM inside thaw-shim), a few such
+// goroutines take every P and the page server never runs again: the
 // process deadlocks. (A vCPU's fault is harmless: it happens inside
 // KVM_RUN, a system call that gives up its P.)
 //
