@@ -93,6 +93,45 @@ func TestPopulateReadWaitsForPageServer(t *testing.T) {
 	}
 }
 
+// TestWriteAfterZeroPage checks that Go code may write a page that Slice
+// populated as the shared zero page (the page server answers a read fault
+// on an all-zero page with UFFDIO_ZEROPAGE): the write is an ordinary
+// copy-on-write fault, and the userfaultfd sees no new fault.
+func TestWriteAfterZeroPage(t *testing.T) {
+	testenv.RequireUFFD(t)
+	s, err := newServed(t.TempDir(), 16*PageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := s.close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	s.start()
+	const gpa = zeroPageMod * PageSize
+	b, err := s.mem.Slice(gpa, PageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server counts an install just after the ioctl that woke us.
+	before := s.srv.Stats()
+	for deadline := time.Now().Add(10 * time.Second); before.FaultPages == 0 && time.Now().Before(deadline); before = s.srv.Stats() {
+		time.Sleep(time.Millisecond)
+	}
+	if before.ZeroPages != 1 || before.Faults != 1 {
+		t.Fatalf("after populating an all-zero page: got %d faults, %d zero pages; want 1 and 1", before.Faults, before.ZeroPages)
+	}
+	copy(b, "written after the zero page")
+	got, err := s.mem.Slice(gpa, 7)
+	if err != nil || string(got) != "written" {
+		t.Fatalf("reading the page back: got %q, %v", got, err)
+	}
+	if after := s.srv.Stats(); after.Faults != before.Faults {
+		t.Errorf("writing a zero-page mapping: the page server saw %d more faults, want none", after.Faults-before.Faults)
+	}
+}
+
 // waitFaultPending waits until the userfaultfd has a message queued.
 func waitFaultPending(t *testing.T, s *served) {
 	t.Helper()

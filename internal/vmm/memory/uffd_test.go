@@ -24,12 +24,19 @@ type served struct {
 	done    chan error
 }
 
+// zeroPageMod: pages p with p%4 == zeroPageMod are all zeros in the
+// memory file; the rest hold no zero byte.
+const zeroPageMod = 3
+
 // newServed sets up size bytes of served memory in dir. The page server
 // does not run until start.
 func newServed(dir string, size uint64) (_ *served, err error) {
 	s := &served{content: make([]byte, size)}
 	for off := uint64(0); off < size; off += 8 {
-		copy(s.content[off:], fmt.Sprintf("%08x", off/8)) // unique per 8 bytes, never zero
+		if off/PageSize%4 == zeroPageMod {
+			continue // all-zero: the page server maps the zero page
+		}
+		copy(s.content[off:], fmt.Sprintf("%08x", off/8)) // unique per 8 bytes
 	}
 	path := filepath.Join(dir, "mem")
 	if err := os.WriteFile(path, s.content, 0o600); err != nil {
