@@ -5,6 +5,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestPageSetSize checks the bitmap's cost bound: 1 bit per 4 KiB page,
@@ -248,4 +250,24 @@ func FuzzSliceUserfault(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestCheckPopulate checks the probe New uses for MADV_POPULATE_READ: a
+// zero-length madvise succeeds for an advice the kernel knows (this one,
+// on the 5.14+ kernels the tests run on) and fails with EINVAL for one it
+// does not, without touching memory either way.
+func TestCheckPopulate(t *testing.T) {
+	m, err := New(PageSize, Backing{NoReserve: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	addr := m.regions[0].HostAddr()
+	if err := checkPopulate(addr); err != nil {
+		t.Errorf("checkPopulate: %v, want nil on this kernel", err)
+	}
+	const unknownAdvice = 0x7fff
+	if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(addr), 0, unknownAdvice); errno != unix.EINVAL {
+		t.Errorf("zero-length madvise with unknown advice %#x: got %v, want EINVAL", unknownAdvice, errno)
+	}
 }
