@@ -37,8 +37,10 @@ type Config struct {
 	// delayed by it: runs are spaced so that the bytes prefetched since
 	// Serve began stay within the rate plus one run, and while the next
 	// run is not yet due Serve sleeps in poll(2) until it is (a fault
-	// still wakes it at once). A burst of creates then leaves disk, page
-	// cache and CPU to the faults of the sandboxes being created.
+	// still wakes it at once). It bounds the disk, page cache and CPU one
+	// sandbox's prefetch takes from its neighbours; a sandbox being
+	// created among others is limited too, so it faults more instead
+	// (docs/benchmarks/uffd.md, burst).
 	PrefetchRate uint64
 	// DisableZeroPages copies all-zero pages like any other instead of
 	// mapping the shared zero page (which saves the VM the memory until it

@@ -51,10 +51,11 @@ type Config struct {
 	// also disables recording at template build.
 	UFFDPrefetch bool
 	// UFFDPrefetchRate caps each sandbox's prefetch in bytes per second
-	// (0: unlimited), so that a burst of creates leaves disk, page cache
-	// and CPU to the faults of the sandboxes being created; faults are
-	// never limited. A sandbox keeps the rate it was created with, across
-	// thawd restarts.
+	// (0: unlimited), bounding the disk, page cache and CPU one sandbox's
+	// prefetch takes from its neighbours; faults are never limited. A
+	// sandbox keeps the rate it was created with, across thawd restarts.
+	// Unlimited by default: a uniform limit also slows the prefetch of a
+	// sandbox being created (docs/benchmarks/uffd.md, burst).
 	UFFDPrefetchRate conf.ByteRate
 	// UFFDRecordMax bounds a template build's recording run.
 	UFFDRecordMax time.Duration
