@@ -128,8 +128,9 @@ func TestPacedPrefetchServesFaults(t *testing.T) {
 	t.Logf("%v", st)
 }
 
-// TestPacedServeWakes checks that a page server sleeping until its next
-// prefetch run is due (minutes away) stops at once when its context ends.
+// TestPacedServeWakes checks that a page server whose next prefetch run
+// is due minutes away sleeps until then (it does not spin: nothing wakes
+// it while the test waits) and stops at once when its context ends.
 func TestPacedServeWakes(t *testing.T) {
 	testenv.RequireUFFD(t)
 	noLeaks(t)
@@ -144,12 +145,18 @@ func TestPacedServeWakes(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	time.Sleep(50 * time.Millisecond) // let Serve reach poll(2)
+	// A loop that polled with a zero timeout, or woke every millisecond,
+	// would count hundreds of sleeps here; one that sleeps until the run
+	// is due counts none (a signal interrupting poll(2) may add one).
+	time.Sleep(300 * time.Millisecond)
+	if st := s.srv.Stats(); st.PrefetchWaits > 2 {
+		t.Errorf("%d sleeps for the limit in 300ms with the next run minutes away, want at most 2: Serve spins (%v)", st.PrefetchWaits, st)
+	}
 	s.cancel()
 	if err := s.serveResult(5 * time.Second); err != nil {
 		t.Fatalf("Serve after cancel: %v, want nil", err)
 	}
-	if st := s.srv.Stats(); st.PrefetchDone || st.PrefetchWait <= 0 {
-		t.Errorf("got done %v, wait %v; want a paced prefetch cut short", st.PrefetchDone, st.PrefetchWait)
+	if st := s.srv.Stats(); st.PrefetchDone || st.PrefetchWait <= 0 || st.PrefetchWaits == 0 {
+		t.Errorf("got done %v, wait %v in %d sleeps; want a paced prefetch cut short", st.PrefetchDone, st.PrefetchWait, st.PrefetchWaits)
 	}
 }

@@ -364,6 +364,7 @@ func (s *Server) prefetchPaced() error {
 	if d := s.pace.delay(now); d > 0 {
 		err := s.wait(d)
 		s.st.prefWait.Add(int64(time.Since(now)))
+		s.st.prefWaits.Add(1)
 		return err
 	}
 	before := s.st.prefBytes.Load()
