@@ -273,3 +273,32 @@ func TestBuildPublishes(t *testing.T) {
 		t.Errorf("build VM directory %s still there (%v)", got.Dir, err)
 	}
 }
+
+// TestBuildWarmupFailureLeavesNothing: a warm-up command that fails in the
+// recording run fails the build with its kind and message (the template's
+// error, for the user to fix), and nothing of the build is left.
+func TestBuildWarmupFailureLeavesNothing(t *testing.T) {
+	b, st, lay := newBuilder(t, func(_ context.Context, r BootRequest, _ io.Writer) ([]store.Phase, error) {
+		writeFile(t, r.VMState, 10)
+		writeFile(t, r.Memory, 64<<20)
+		return nil, nil
+	})
+	b.Record = func(_ context.Context, r RecordSpec) (Recording, error) {
+		if err := os.WriteFile(r.Log, []byte("half a log"), 0o600); err != nil {
+			return Recording{}, err
+		}
+		return Recording{}, errdefs.FailedPrecondition("warm-up command 1/1 (%s) ended with exit code 3; its output ended with:\nno module named x", r.Warmup[0][0])
+	}
+	s := ext4Spec(t)
+	s.Warmup = [][]string{{"python3", "-c", "import x"}}
+	_, err := b.Build(t.Context(), "build-x", s, io.Discard)
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "exit code 3") || !strings.Contains(err.Error(), "no module named x") {
+		t.Errorf("got %v, want failed precondition with the warm-up's exit code and output", err)
+	}
+	if ts, _ := st.Templates(); len(ts) != 0 {
+		t.Errorf("got templates %v, want none", ts)
+	}
+	if l := leftovers(t, lay); len(l) != 0 {
+		t.Errorf("left behind %v", l)
+	}
+}
