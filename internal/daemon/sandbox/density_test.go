@@ -74,6 +74,11 @@ type cost struct {
 	// (its share of the page cache it served from), and the rest of each
 	// process (runtime, heap, stacks, binary text).
 	guestPSS, shimFilePSS, shimPSS, vmmPSS uint64
+	// shimAnon and vmmAnon are the anonymous part of shimPSS and vmmPSS
+	// (not shared, so PSS = RSS): the Go runtime's heap, stacks and
+	// metadata and the binary's written data, what each process costs
+	// however many sandboxes share its binary.
+	shimAnon, vmmAnon uint64
 	// vmmPID is the VMM's pid, for idleCPU.
 	vmmPID int
 	// idleShim and idleVMM are the CPU time the shim and the whole VMM
@@ -143,6 +148,7 @@ func measure(ctx context.Context, sb store.Sandbox, memFile string) (cost, error
 			c.shimFilePSS += m.Pss
 		} else {
 			c.shimPSS += m.Pss
+			c.shimAnon += m.Anonymous
 		}
 	}
 	if maps, err = procstat.Smaps(vmmPID); err != nil {
@@ -153,6 +159,7 @@ func measure(ctx context.Context, sb store.Sandbox, memFile string) (cost, error
 			c.guestPSS += m.Pss
 		} else {
 			c.vmmPSS += m.Pss
+			c.vmmAnon += m.Anonymous
 		}
 	}
 	return c, nil
@@ -391,6 +398,8 @@ func benchDensity(b *testing.B, backend string, concurrent int) {
 		sum.shimFilePSS += c.shimFilePSS
 		sum.shimPSS += c.shimPSS
 		sum.vmmPSS += c.vmmPSS
+		sum.shimAnon += c.shimAnon
+		sum.vmmAnon += c.vmmAnon
 	}
 	// Idle CPU was measured in the first round only.
 	for _, c := range costs[:min(len(costs), concurrent)] {
@@ -412,6 +421,8 @@ func benchDensity(b *testing.B, backend string, concurrent int) {
 	b.ReportMetric(kib(sum.shimFilePSS/un), "shim-memfile-pss-KiB")
 	b.ReportMetric(kib(sum.shimPSS/un), "shim-pss-KiB")
 	b.ReportMetric(kib(sum.vmmPSS/un), "vmm-pss-KiB")
+	b.ReportMetric(kib(sum.shimAnon/un), "shim-anon-KiB")
+	b.ReportMetric(kib(sum.vmmAnon/un), "vmm-anon-KiB")
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 	b.ReportMetric(us(sum.idleShim/idleN), "idle-shim-cpu-us/s")
 	b.ReportMetric(us(sum.idleVMM/idleN), "idle-vmm-cpu-us/s")
@@ -447,7 +458,7 @@ func TestIdleSandbox(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.guestPSS == 0 || c.shimPSS == 0 || c.vmmPSS == 0 || c.vcpuCPU == 0 || c.shimCPU == 0 {
+			if c.guestPSS == 0 || c.shimPSS == 0 || c.vmmPSS == 0 || c.shimAnon == 0 || c.vmmAnon == 0 || c.vcpuCPU == 0 || c.shimCPU == 0 {
 				t.Errorf("measurement of a running sandbox: got %+v, want guest memory, shim and VMM memory, and vCPU and shim CPU time", c)
 			}
 			for range 2 {
