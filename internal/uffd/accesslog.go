@@ -116,29 +116,45 @@ func ReadAccessLog(r io.Reader) (*AccessLog, error) {
 		}
 		l.Offsets = append(l.Offsets, off)
 	}
-	if err := checkRepeats(l.Offsets); err != nil {
+	if err := checkRepeats(l.Offsets, l.PageSize, l.FileSize); err != nil {
 		return nil, err
 	}
 	return l, nil
 }
 
-// checkRepeats reports the first record that repeats an earlier offset.
-// It sorts a copy to find out whether any does, rather than filling a set
-// while reading: a map of every record of a large template's log (131072
-// for a 512 MiB working set) allocated several MiB in every shim that
-// prefetched from it, and a GC never gave them back (docs/benchmarks/thawd.md).
-func checkRepeats(offsets []uint64) error {
+// checkRepeats reports the first record that repeats an earlier offset
+// (offsets are page-aligned and inside the file by now). It does not fill
+// a set while reading: a map of every record of a large template's log
+// (131072 for a 512 MiB working set) allocated several MiB in every shim
+// that prefetched from it, and an idle shim never gives them back
+// (docs/benchmarks/thawd.md). A bitmap of the file's pages costs a bit a
+// page; where that is more than a sorted copy of the records (a short log
+// of a huge file), sorting finds whether any repeats.
+func checkRepeats(offsets []uint64, pageSize, fileSize uint64) error {
+	repeat := func(i int, off uint64) error {
+		return fmt.Errorf("access log line %d: offset %#x appears twice", i+2, off)
+	}
+	if pages := fileSize / pageSize; pages/8 <= 8*uint64(len(offsets)) {
+		seen := make([]uint64, (pages+63)/64)
+		for i, off := range offsets {
+			p := off / pageSize
+			if seen[p/64]&(1<<(p%64)) != 0 {
+				return repeat(i, off)
+			}
+			seen[p/64] |= 1 << (p % 64)
+		}
+		return nil
+	}
 	sorted := slices.Clone(offsets)
 	slices.Sort(sorted)
 	if len(slices.Compact(sorted)) == len(offsets) {
 		return nil
 	}
-	// A broken log: find the line of the first repeat, as a reader
-	// stopping there would report it.
+	// A broken log: name the line of the first repeat.
 	seen := make(map[uint64]bool)
 	for i, off := range offsets {
 		if seen[off] {
-			return fmt.Errorf("access log line %d: offset %#x appears twice", i+2, off)
+			return repeat(i, off)
 		}
 		seen[off] = true
 	}
