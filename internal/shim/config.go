@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/thawvm/thaw/internal/conf"
+	"github.com/thawvm/thaw/internal/uffd"
 )
 
 // PageMode says what the shim does with the VMM's guest memory.
@@ -73,6 +74,11 @@ type Config struct {
 	AccessLog string
 	// Prefetch turns the prefetcher on (serve mode).
 	Prefetch bool
+	// PrefetchRate caps the prefetcher in bytes per second (serve mode
+	// with prefetch on; 0: unlimited; see uffd.Config.PrefetchRate). It is
+	// part of the shim's command line, so a shim reattached by a restarted
+	// thawd keeps it.
+	PrefetchRate uint64
 	// RecordLog is where the access log is written (record mode).
 	RecordLog string
 	// SettleMin and SettleMax bound the settle detector (record mode)
@@ -177,8 +183,8 @@ func (c Config) Validate() error {
 	}
 	switch c.Pages {
 	case PagesNone:
-		if c.MemFile != "" || c.AccessLog != "" || c.RecordLog != "" || c.Prefetch {
-			bad("pages none: mem file, access log, record log and prefetch need a page server (pages serve or record)")
+		if c.MemFile != "" || c.AccessLog != "" || c.RecordLog != "" || c.Prefetch || c.PrefetchRate != 0 {
+			bad("pages none: mem file, access log, record log, prefetch and prefetch rate need a page server (pages serve or record)")
 		}
 	case PagesServe:
 		if !filepath.IsAbs(c.MemFile) {
@@ -190,6 +196,12 @@ func (c Config) Validate() error {
 		if c.AccessLog != "" && !c.Prefetch {
 			bad("access log %q is a prefetch order, but prefetch is off", c.AccessLog)
 		}
+		if c.PrefetchRate != 0 && !c.Prefetch {
+			bad("prefetch rate %s limits the prefetcher, but prefetch is off", conf.ByteRate(c.PrefetchRate))
+		}
+		if c.PrefetchRate != 0 && c.PrefetchRate < uffd.MinPrefetchRate {
+			bad("prefetch rate %s: want 0 (unlimited) or at least %d bytes/s", conf.ByteRate(c.PrefetchRate), uffd.MinPrefetchRate)
+		}
 		if c.RecordLog != "" {
 			bad("record log %q: recording needs pages record", c.RecordLog)
 		}
@@ -200,8 +212,8 @@ func (c Config) Validate() error {
 		if !filepath.IsAbs(c.RecordLog) {
 			bad("record log %q: pages record needs an absolute path to write the access log to", c.RecordLog)
 		}
-		if c.Prefetch || c.AccessLog != "" {
-			bad("pages record: prefetch and an access log are for pages serve (recording runs without prefetch)")
+		if c.Prefetch || c.AccessLog != "" || c.PrefetchRate != 0 {
+			bad("pages record: prefetch, its rate and an access log are for pages serve (recording runs without prefetch)")
 		}
 	default:
 		bad("pages %q: want %q, %q or %q", c.Pages, PagesNone, PagesServe, PagesRecord)
@@ -267,6 +279,9 @@ func (c Config) Args() []string {
 	if c.Prefetch {
 		a = append(a, "--prefetch=true")
 	}
+	if c.PrefetchRate != 0 {
+		a = append(a, "--prefetch-rate", conf.ByteRate(c.PrefetchRate).String())
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -304,6 +319,11 @@ func ParseArgs(args []string) (Config, error) {
 	fs.Func("prefetch", "prefetch (true/false/1/0/on/off)", func(s string) error {
 		v, err := conf.ParseBool(s)
 		c.Prefetch = v
+		return err
+	})
+	fs.Func("prefetch-rate", "prefetch limit: bytes per second, e.g. 209715200 or 200MiB/s; 0 or unlimited", func(s string) error {
+		r, err := conf.ParseByteRate(s)
+		c.PrefetchRate = uint64(r)
 		return err
 	})
 	fs.DurationVar(&c.SettleMin, "settle-min", 0, "settle detector minimum")
