@@ -244,14 +244,24 @@ func killShim(sh store.Shim) error {
 			}
 		}
 	}
+	// SIGKILL takes effect asynchronously (a VMM with a large memory
+	// takes a while to tear down): wait for the shim and its children.
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if alive, _ := proc.Alive(sh.PID, sh.StartTime); !alive {
+	for {
+		var left []int
+		for _, p := range append([]proc.Stat{{PID: sh.PID, StartTime: sh.StartTime}}, children...) {
+			if alive, _ := proc.Alive(p.PID, p.StartTime); alive {
+				left = append(left, p.PID)
+			}
+		}
+		if len(left) == 0 {
 			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("shim %d: processes %v still alive 5s after SIGKILL", sh.PID, left)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return fmt.Errorf("shim %d still alive 5s after SIGKILL", sh.PID)
 }
 
 // childrenOf lists the live children of pid, read from /proc.
