@@ -35,10 +35,10 @@ func imageKind(path string) (string, error) {
 // progress display (with --json, only the final run is printed). It fails
 // when the build fails.
 func build(ctx context.Context, c *thawapi.Client, p printer, args []string) error {
-	const use = "thaw template build NAME --image PATH [--kind dir|tar|oci|docker|ext4] [--ref REF] [--run CMD]... [--env K=V]... [--workdir DIR] [--start CMD] [--ready-serial TEXT] --vcpus N --memory-mib N [--disk-mib N]"
+	const use = "thaw template build NAME --image PATH [--kind dir|tar|oci|docker|ext4] [--ref REF] [--run CMD]... [--env K=V]... [--workdir DIR] [--start CMD] [--warmup CMD]... [--ready-serial TEXT] --vcpus N --memory-mib N [--disk-mib N]"
 	fs := newFlags("template build")
 	var r thawapi.BuildTemplate
-	var runs, env listFlag
+	var runs, env, warmups listFlag
 	image := fs.String("image", "", "image source on the host: directory, tarball, OCI layout, docker-save archive or ext4 image (required)")
 	fs.StringVar(&r.Image.Kind, "kind", "", "image kind (default: guessed from --image; docker archives need --kind docker)")
 	fs.StringVar(&r.Image.Ref, "ref", "", "image ref (oci) or tag (docker) when the source holds several")
@@ -46,6 +46,8 @@ func build(ctx context.Context, c *thawapi.Client, p printer, args []string) err
 	fs.Var(&env, "env", "K=V for every step (repeatable)")
 	workdir := fs.String("workdir", "", "working directory of every step")
 	fs.StringVar(&r.Start, "start", "", "command started detached after the steps, running in every sandbox")
+	fs.Var(&warmups, "warmup", "a command and its arguments (split into words like a shell, run without one) that the recording run "+
+		"runs through the agent, so every sandbox prefetches the pages it touches: --warmup 'python3 -c pass' (repeatable, in order; one that fails fails the build)")
 	serial := fs.String("ready-serial", "", "ready when this appears on the serial console; default: the agent's health")
 	fs.IntVar(&r.VCPUs, "vcpus", 1, "vCPUs")
 	fs.IntVar(&r.MemoryMiB, "memory-mib", 256, "memory in MiB")
@@ -78,6 +80,13 @@ func build(ctx context.Context, c *thawapi.Client, p printer, args []string) err
 	}
 	if len(runs) == 0 && (len(env) > 0 || *workdir != "") {
 		return usagef("template build: --env and --workdir apply to --run steps, and there are none")
+	}
+	for _, w := range warmups {
+		argv, err := splitWords(w)
+		if err != nil {
+			return usagef("template build: --warmup %q: %v", w, err)
+		}
+		r.Warmup = append(r.Warmup, argv)
 	}
 	r.Ready = &thawapi.ReadyCheck{Kind: "agent"}
 	if *serial != "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -34,6 +35,15 @@ func fakeBoot(fail error) template.Booter {
 	}
 }
 
+// fakeRecord stands in for the recording run: it logs the warm-up
+// commands it was given, one argv per line, and writes a one-page log.
+func fakeRecord(_ context.Context, r template.RecordSpec) (template.Recording, error) {
+	for _, w := range r.Warmup {
+		fmt.Fprintf(r.Progress, "warming up: %q\n", w)
+	}
+	return template.Recording{Pages: 1}, os.WriteFile(r.Log, []byte("log"), 0o600)
+}
+
 func ext4Image(t *testing.T) string {
 	p := filepath.Join(t.TempDir(), "root.ext4")
 	if err := os.WriteFile(p, make([]byte, 1<<20), 0o600); err != nil {
@@ -46,11 +56,14 @@ func TestTemplateBuild(t *testing.T) {
 	sock := serveBuilds(t, fakeBoot(nil))
 	img := ext4Image(t)
 	code, out, errOut := thaw(t, sock, "template", "build", "web", "--image", img, "--run", "apt-get install -y nginx",
-		"--env", "A=1", "--workdir", "/srv", "--start", "nginx", "--memory-mib", "64")
+		"--env", "A=1", "--workdir", "/srv", "--start", "nginx", "--memory-mib", "64",
+		"--warmup", `python3 -c 'print("hi there")'`, "--warmup", "nginx -t")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"==> build build-", "copying " + img, "running: apt-get install -y nginx in /srv with A=1", "published", "64MiB"} {
+	for _, want := range []string{"==> build build-", "copying " + img, "running: apt-get install -y nginx in /srv with A=1", "published", "64MiB",
+		`warming up: ["python3" "-c" "print(\"hi there\")"]`, `warming up: ["nginx" "-t"]`,
+		"\nwarm-up ", ` python3 -c 'print("hi there")'` + "\n", " nginx -t\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
@@ -77,6 +90,8 @@ func TestTemplateBuildFailures(t *testing.T) {
 		{[]string{"template", "build", "--image", img}, 2, "takes a name first"},
 		{[]string{"template", "build", "web", "--image", img, "--env", "A=1"}, 2, "there are none"},
 		{[]string{"template", "build", "web", "--image", img, "extra"}, 2, "unexpected arguments"},
+		{[]string{"template", "build", "web", "--image", img, "--warmup", "echo $HOME"}, 2, `--warmup "echo $HOME": '$' is shell syntax`},
+		{[]string{"template", "build", "web", "--image", img, "--warmup", " "}, 2, "no command"},
 	}
 	for _, tt := range tests {
 		code, _, errOut := thaw(t, sock, tt.args...)

@@ -60,8 +60,9 @@ commands:
   template ls             list templates
   template inspect NAME   show a template and its builds
   template build NAME --image PATH [--kind dir|tar|oci|docker|ext4] [--ref REF] [--run CMD]... [--env K=V]...
-                 [--workdir DIR] [--start CMD] [--ready-serial TEXT] [--vcpus N] [--memory-mib N] [--disk-mib N]
-                          build a template from an image: steps, start command, snapshot; the log is the progress
+                 [--workdir DIR] [--start CMD] [--warmup CMD]... [--ready-serial TEXT] [--vcpus N] [--memory-mib N] [--disk-mib N]
+                          build a template from an image: steps, start command, snapshot, then the recording run,
+                          which runs the --warmup commands so every sandbox prefetches their pages; the log is the progress
   template register NAME --vmstate F --memory F --rootfs F --vcpus N --memory-mib N [--kernel F] [--ready-serial TEXT]
                           register an existing snapshot as the template's current build
   template rm [--force] NAME
@@ -473,6 +474,13 @@ func (p printer) template(t thawapi.Template) error {
 		}
 		if b.Recorded {
 			fmt.Fprintf(tw, "access log\t%d pages (%.1f MiB of %d MiB)\n", b.AccessLogPages, float64(b.AccessLogPages*4096)/(1<<20), b.MemoryMiB)
+		}
+		for i, w := range b.Warmup {
+			label := ""
+			if i == 0 {
+				label = "warm-up"
+			}
+			fmt.Fprintf(tw, "%s\t%s\n", label, shellWords(w))
 		}
 		return tw.Flush()
 	}

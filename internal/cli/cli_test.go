@@ -77,7 +77,8 @@ func serveBuilds(t *testing.T, boot template.Booter) string {
 				t.Fatal(err)
 			}
 		}
-		b := &template.Builder{Store: st, Layout: lay, Kernel: filepath.Join(bin, "vmlinux"), Agent: filepath.Join(bin, "thaw-agent"), Boot: boot}
+		b := &template.Builder{Store: st, Layout: lay, Kernel: filepath.Join(bin, "vmlinux"), Agent: filepath.Join(bin, "thaw-agent"), Boot: boot,
+			Record: fakeRecord}
 		opts.Builds = template.NewRuns(t.Context(), b, nil)
 	}
 	srv, err := api.New(opts)

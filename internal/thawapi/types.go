@@ -63,9 +63,12 @@ type Build struct {
 	AccessLogPages int64      `json:"access_log_pages"`
 	Recorded       bool       `json:"recorded"`
 	Ready          ReadyCheck `json:"ready"`
-	Timings        []Phase    `json:"timings"`
-	CreatedAt      time.Time  `json:"created_at"`
-	FinishedAt     *time.Time `json:"finished_at,omitempty"`
+	// Warmup are the commands the build's recording run executed after
+	// init, so that their pages are in the access log.
+	Warmup     [][]string `json:"warmup,omitempty"`
+	Timings    []Phase    `json:"timings"`
+	CreatedAt  time.Time  `json:"created_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
 }
 
 // Template describes a template and its builds.
@@ -241,10 +244,17 @@ type BuildTemplate struct {
 	Steps []BuildStep `json:"steps,omitempty"`
 	// Start is run detached after the steps (/bin/sh -c) and is running
 	// in every sandbox.
-	Start     string      `json:"start,omitempty"`
-	Ready     *ReadyCheck `json:"ready,omitempty"`
-	VCPUs     int         `json:"vcpus"`
-	MemoryMiB int         `json:"memory_mib"`
+	Start string      `json:"start,omitempty"`
+	Ready *ReadyCheck `json:"ready,omitempty"`
+	// Warmup are commands (each an argv, no shell) the build's recording
+	// run executes through the agent after init, in order, so that the
+	// pages they touch are in the access log and prefetched into every
+	// sandbox: python3 -c pass makes a sandbox's first python3 find its
+	// pages there. One that fails fails the build. They need the agent
+	// ready check and prefetch on.
+	Warmup    [][]string `json:"warmup,omitempty"`
+	VCPUs     int        `json:"vcpus"`
+	MemoryMiB int        `json:"memory_mib"`
 	// DiskMiB is the root filesystem's size (ignored for "ext4").
 	DiskMiB int `json:"disk_mib,omitempty"`
 }

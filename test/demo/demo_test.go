@@ -3,6 +3,7 @@ package demo
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,21 +35,28 @@ type sandbox struct {
 
 // template is the part of `thaw --json template inspect` the test checks.
 type template struct {
-	Current string `json:"current"`
-	Builds  []struct {
-		ID             string  `json:"id"`
-		Recorded       bool    `json:"recorded"`
-		AccessLogPages int64   `json:"access_log_pages"`
-		Timings        []phase `json:"timings"`
-	} `json:"builds"`
+	Current string  `json:"current"`
+	Builds  []build `json:"builds"`
+}
+
+// build is one of its builds.
+type build struct {
+	ID             string     `json:"id"`
+	Recorded       bool       `json:"recorded"`
+	AccessLogPages int64      `json:"access_log_pages"`
+	Warmup         [][]string `json:"warmup"`
+	Timings        []phase    `json:"timings"`
 }
 
 // TestMainJob builds the main job's payload with `scripts/demo --payload`
 // (the same packaging scripts/demo runs, so the two cannot drift) and
 // runs it where Linux guests run. It checks that every step of the sequence
 // succeeded; that thawd built the template itself (`thaw template build`:
-// image, boot, the build step through the agent, snapshot, recording run)
-// and recorded a non-empty access log; that the sandbox restored from it
+// image, boot, the build step through the agent, snapshot, recording run
+// with python3 -c pass as its warm-up) and recorded a non-empty access log,
+// larger than the same build's without the warm-up (the payload's "cold"
+// file asks for that build too) by at least python3's start-up; that the
+// sandbox restored from it
 // prefetches in that log's order; that python3 in the sandbox printed 42
 // and the build step's file is there; and that the sandbox's create was
 // timed, phase by phase. It never skips once KVM and root are there: any
@@ -65,6 +73,9 @@ func TestMainJob(t *testing.T) {
 		t.Fatalf("scripts/demo --payload: %v\n%s", err, b)
 	}
 	t.Logf("payload built in %v", time.Since(start).Round(time.Millisecond))
+	if err := os.WriteFile(filepath.Join(payload, "cold"), []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	r := nested.Test(t, nested.Payload{Dir: payload, Timeout: 15 * time.Minute})
 	out := string(r.Output)
@@ -78,7 +89,8 @@ func TestMainJob(t *testing.T) {
 	}
 	// The CLI streamed the build's log (the step's command, each phase as
 	// it ended) and printed the sandbox's prefetch mode.
-	for _, w := range []string{"==> step 1/1: echo thaw-demo-build-step-ran", "==> boot: ", "==> snapshot: ", "==> record-settle: ",
+	for _, w := range []string{"==> step 1/1: echo thaw-demo-build-step-ran", "==> boot: ", "==> snapshot: ",
+		"==> warm-up command 1/1 (python3 -c pass)", "==> record-warmup: ", "==> record-settle: ",
 		"==> access log: ", "prefetch     ordered ("} {
 		if !strings.Contains(out, w) {
 			t.Errorf("output does not say %q", w)
@@ -86,7 +98,7 @@ func TestMainJob(t *testing.T) {
 	}
 
 	steps := readSteps(t, filepath.Join(r.Files, "steps"))
-	wantSteps := []string{"data directory", "start thawd", "template build", "create", "exec", "build step", "inspect"}
+	wantSteps := []string{"data directory", "start thawd", "template build", "template build without warm-up", "create", "exec", "build step", "inspect"}
 	for i, name := range wantSteps {
 		switch {
 		case i >= len(steps):
@@ -113,31 +125,25 @@ func TestMainJob(t *testing.T) {
 		t.Errorf("the build step's file in the sandbox holds %q, want %q", got, "thaw-demo-build-step-ran\n")
 	}
 
-	js, err := os.ReadFile(filepath.Join(r.Files, "template.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tpl template
-	if err := json.Unmarshal(js, &tpl); err != nil {
-		t.Fatalf("template.json: %v\n%s", err, js)
-	}
-	if len(tpl.Builds) != 1 || tpl.Builds[0].ID != tpl.Current {
-		t.Fatalf("template.json: got builds %+v, current %q; want one, the current", tpl.Builds, tpl.Current)
-	}
-	b := tpl.Builds[0]
-	if !b.Recorded || b.AccessLogPages <= 0 {
-		t.Errorf("build %s: recorded %t with %d access-log pages, want a non-empty access log", b.ID, b.Recorded, b.AccessLogPages)
-	}
-	var names []string
-	for _, p := range b.Timings {
-		names = append(names, p.Name)
-	}
-	if got, want := strings.Join(names, " "), "image shim boot steps ready snapshot stop copy record-restore record-ready record-settle record-stop"; got != want {
-		t.Errorf("build phases: got %q, want %q", got, want)
+	b := readBuild(t, filepath.Join(r.Files, "template.json"), "record-warmup ")
+	if got := fmt.Sprintf("%q", b.Warmup); got != `[["python3" "-c" "pass"]]` {
+		t.Errorf("build %s: warm-up %s, want python3 -c pass", b.ID, got)
 	}
 	t.Logf("build: %d access-log pages, phases %+v", b.AccessLogPages, b.Timings)
+	cold := readBuild(t, filepath.Join(r.Files, "template-cold.json"), "")
+	if cold.Warmup != nil {
+		t.Errorf("build without warm-up %s: warm-up %q, want none", cold.ID, cold.Warmup)
+	}
+	t.Logf("build without warm-up: %d access-log pages, phases %+v", cold.AccessLogPages, cold.Timings)
+	// python3's start-up touches several MiB (interpreter, libraries,
+	// the standard modules it imports); two recordings of the same
+	// build without it differ by about a hundred pages.
+	const minGrowth = 256
+	if b.AccessLogPages < cold.AccessLogPages+minGrowth {
+		t.Errorf("access log with the python3 warm-up: %d pages, without: %d; want at least %d more", b.AccessLogPages, cold.AccessLogPages, minGrowth)
+	}
 
-	js, err = os.ReadFile(filepath.Join(r.Files, "create.json"))
+	js, err := os.ReadFile(filepath.Join(r.Files, "create.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,6 +161,38 @@ func TestMainJob(t *testing.T) {
 		t.Errorf("sandbox page server: got %+v, want ordered prefetch of the build's %d access-log pages", sb.Pages, b.AccessLogPages)
 	}
 	t.Logf("create: %.1f ms %+v; pages %+v", sb.CreateMS, sb.Create, sb.Pages)
+}
+
+// readBuild reads `thaw --json template inspect`'s answer at path, checks
+// that it holds one build, the current one, recorded with a non-empty
+// access log and timed in the build's phases (warmup is "record-warmup "
+// when the recording run ran warm-up commands), and returns it.
+func readBuild(t *testing.T, path, warmup string) build {
+	t.Helper()
+	js, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tpl template
+	if err := json.Unmarshal(js, &tpl); err != nil {
+		t.Fatalf("%s: %v\n%s", path, err, js)
+	}
+	if len(tpl.Builds) != 1 || tpl.Builds[0].ID != tpl.Current {
+		t.Fatalf("%s: got builds %+v, current %q; want one, the current", path, tpl.Builds, tpl.Current)
+	}
+	b := tpl.Builds[0]
+	if !b.Recorded || b.AccessLogPages <= 0 {
+		t.Errorf("build %s: recorded %t with %d access-log pages, want a non-empty access log", b.ID, b.Recorded, b.AccessLogPages)
+	}
+	var names []string
+	for _, p := range b.Timings {
+		names = append(names, p.Name)
+	}
+	want := "image shim boot steps ready snapshot stop copy record-restore record-ready " + warmup + "record-settle record-stop"
+	if got := strings.Join(names, " "); got != want {
+		t.Errorf("build %s phases: got %q, want %q", b.ID, got, want)
+	}
+	return b
 }
 
 type step struct {

@@ -53,6 +53,7 @@ func newFixture(t *testing.T) *fixture {
 	b1 := store.Build{ID: "b1", State: store.BuildReady, Dir: "/d/templates/py/b1",
 		Artifacts: store.Artifacts{Memory: "mem", VMState: "vmstate", Rootfs: "rootfs.ext4", AccessLog: "access.log"},
 		VCPUs:     2, MemoryMiB: 256, DiskMiB: 1024, MemoryBytes: 256 << 20, AccessLogPages: 1234,
+		Warmup:  [][]string{{"python3", "-c", "pass"}},
 		Timings: []store.Phase{{Name: "boot", Duration: 1500 * time.Millisecond}}, CreatedAt: t0, FinishedAt: t0.Add(time.Minute)}
 	b2 := store.Build{ID: "b2", State: store.Building, Dir: "/d/templates/py/b2", VCPUs: 2, MemoryMiB: 256, DiskMiB: 1024, CreatedAt: t0}
 	if err := st.CreateTemplate(store.Template{Name: "py", Builds: []store.Build{b1, b2}, Current: "b1", CreatedAt: t0}); err != nil {
@@ -173,6 +174,9 @@ func TestInspect(t *testing.T) {
 	}
 	if tp.Current != "b1" || len(tp.Builds) != 2 || !tp.Builds[0].Recorded || tp.Builds[1].Recorded || tp.Builds[1].FinishedAt != nil {
 		t.Errorf("got %+v", tp)
+	}
+	if w := tp.Builds[0].Warmup; len(w) != 1 || strings.Join(w[0], " ") != "python3 -c pass" || tp.Builds[1].Warmup != nil {
+		t.Errorf("builds' warm-up: got %q and %q, want b1's python3 -c pass and none", w, tp.Builds[1].Warmup)
 	}
 	status, body = f.do(t, "GET", "/v1/sandboxes", "", nil)
 	var list []thawapi.Sandbox

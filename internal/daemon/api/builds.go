@@ -34,7 +34,7 @@ func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	spec := template.BuildSpec{Name: req.Name, Source: template.ImageSource{Kind: req.Image.Kind, Path: req.Image.Path, Ref: req.Image.Ref},
-		Start: req.Start, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB}
+		Start: req.Start, Warmup: req.Warmup, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskMiB: req.DiskMiB}
 	for _, st := range req.Steps {
 		spec.Steps = append(spec.Steps, template.Step{Shell: st.Run, Env: st.Env, Workdir: st.Workdir})
 	}

@@ -28,6 +28,8 @@ func TestBuildRoutes(t *testing.T) {
 		{"unknown kind", `{"name":"web","image":{"kind":"iso","path":"` + img + `"},"vcpus":1,"memory_mib":128}`, "source.kind"},
 		{"unknown field", `{"name":"web","image":{"kind":"ext4","path":"` + img + `"},"vcpus":1,"memory_mib":128,"cpus":2}`, "cpus"},
 		{"empty step", `{"name":"web","image":{"kind":"ext4","path":"` + img + `"},"steps":[{"run":""}],"vcpus":1,"memory_mib":128}`, "steps[0].run is empty"},
+		{"empty warm-up", `{"name":"web","image":{"kind":"ext4","path":"` + img + `"},"warmup":[["true"],[]],"vcpus":1,"memory_mib":128}`, "warmup[1] is empty"},
+		{"warm-up as a string", `{"name":"web","image":{"kind":"ext4","path":"` + img + `"},"warmup":["python3 -c pass"],"vcpus":1,"memory_mib":128}`, "warmup"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			status, body := post(tc.body)
@@ -35,6 +37,11 @@ func TestBuildRoutes(t *testing.T) {
 				t.Errorf("got %d %s, want 400 saying %q", status, body, tc.want)
 			}
 		})
+	}
+	// This thawd records nothing (its builder has no recording run), so
+	// warm-up commands, which only shape the access log, are refused.
+	if status, body := post(`{"name":"web","image":{"kind":"ext4","path":"` + img + `"},"warmup":[["python3","-c","pass"]],"vcpus":1,"memory_mib":128}`); status != http.StatusPreconditionFailed || !strings.Contains(string(body), "uffd_prefetch is off") {
+		t.Errorf("warm-up without recording: got %d %s, want 412 saying prefetch is off", status, body)
 	}
 
 	good := `{"name":"web","image":{"kind":"ext4","path":"` + img + `"},"steps":[{"run":"true"}],"start":"sleep 1d","vcpus":1,"memory_mib":128}`

@@ -42,8 +42,8 @@ func templateOut(t store.Template) thawapi.Template {
 			VCPUs: b.VCPUs, MemoryMiB: b.MemoryMiB, DiskMiB: b.DiskMiB,
 			MemoryBytes: b.MemoryBytes, RootfsBytes: b.RootfsBytes, AccessLogPages: b.AccessLogPages,
 			Recorded: b.Artifacts.AccessLog != "",
-			Ready:    readyOut(b.Ready),
-			Timings:  timings, CreatedAt: b.CreatedAt, FinishedAt: timePtr(b.FinishedAt),
+			Ready:    readyOut(b.Ready), Warmup: b.Warmup,
+			Timings: timings, CreatedAt: b.CreatedAt, FinishedAt: timePtr(b.FinishedAt),
 		}
 	}
 	return out

@@ -75,6 +75,12 @@ type Config struct {
 	// stopping an unknown shim) one reconciler pass may take; 0 means it
 	// only reports.
 	ReconcileMaxActions int
+	// ShimUnresponsiveLimit is how long a running sandbox's shim may be
+	// alive without answering its control socket (in every reconciler
+	// pass) before the reconciler fails the sandbox and stops the shim.
+	// Generous on purpose: a shim on a heavily loaded host can be slow
+	// to answer for a while, and failing it stops a healthy VM.
+	ShimUnresponsiveLimit time.Duration
 	// LogLevel is the minimum level logged.
 	LogLevel slog.Level
 }
@@ -94,6 +100,7 @@ func Default() Config {
 		ReadyTimeout:          30 * time.Second,
 		ReconcileInterval:     30 * time.Second,
 		ReconcileMaxActions:   10,
+		ShimUnresponsiveLimit: 5 * time.Minute,
 		LogLevel:              slog.LevelInfo,
 	}
 }
@@ -185,6 +192,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReconcileMaxActions < 0 {
 		bad("reconcile_max_actions", "%d: must be 0 or more", c.ReconcileMaxActions)
+	}
+	if c.ShimUnresponsiveLimit < time.Second {
+		bad("shim_unresponsive_limit", "%v: must be at least 1s (the reconciler checks every reconcile_interval, so the limit is reached at the first pass after it)", c.ShimUnresponsiveLimit)
 	}
 	if len(errs) == 0 {
 		return nil

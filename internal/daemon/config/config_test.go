@@ -69,6 +69,8 @@ func TestValidate(t *testing.T) {
 		{"negative ready timeout", func(c *Config) { c.ReadyTimeout = -time.Second }, "ready_timeout:"},
 		{"fast reconcile", func(c *Config) { c.ReconcileInterval = time.Millisecond }, "reconcile_interval:"},
 		{"negative actions", func(c *Config) { c.ReconcileMaxActions = -1 }, "reconcile_max_actions:"},
+		{"zero unresponsive limit", func(c *Config) { c.ShimUnresponsiveLimit = 0 }, "shim_unresponsive_limit: 0s: must be at least 1s"},
+		{"tiny unresponsive limit", func(c *Config) { c.ShimUnresponsiveLimit = time.Millisecond }, "shim_unresponsive_limit:"},
 		{"prefetch rate below a page a second", func(c *Config) { c.UFFDPrefetchRate = 1000 }, "uffd_prefetch_rate: 1000B/s is too low: must be 0 (unlimited) or at least 4096"},
 	}
 	for _, tt := range tests {
@@ -172,6 +174,9 @@ func TestApplyEnv(t *testing.T) {
 		{"bad bool", env("THAW_UFFD", "maybe"), nil, `environment THAW_UFFD: invalid boolean "maybe"`},
 		{"bad int", env("THAW_MAX_CONCURRENT_RESTORES", "lots"), nil, `environment THAW_MAX_CONCURRENT_RESTORES: invalid integer "lots"`},
 		{"bad duration", env("THAW_UFFD_RECORD_MAX", "10"), nil, `environment THAW_UFFD_RECORD_MAX: invalid duration "10"`},
+		{"unresponsive limit", env("THAW_SHIM_UNRESPONSIVE_LIMIT", "90s"), func(c *Config) { c.ShimUnresponsiveLimit = 90 * time.Second }, ""},
+		{"unresponsive limit without a unit", env("THAW_SHIM_UNRESPONSIVE_LIMIT", "300"), nil,
+			`environment THAW_SHIM_UNRESPONSIVE_LIMIT: invalid duration "300"`},
 		{"bad rate", env("THAW_UFFD_PREFETCH_RATE", "200MiB"), nil, `environment THAW_UFFD_PREFETCH_RATE: invalid rate "200MiB": use a whole number of bytes per second ("209715200"), a whole number with a unit per second ("200MiB/s"`},
 	}
 	for _, tt := range tests {

@@ -53,6 +53,7 @@ var settings = []Setting{
 	{"ready_timeout", "bound on a restored guest's readiness (agent health and init, or the serial marker)", func(c *Config) any { return &c.ReadyTimeout }},
 	{"reconcile_interval", "how often the reconciler compares records with live shims", func(c *Config) any { return &c.ReconcileInterval }},
 	{"reconcile_max_actions", "destructive actions one reconciler pass may take (0: report only)", func(c *Config) any { return &c.ReconcileMaxActions }},
+	{"shim_unresponsive_limit", "how long a running sandbox's shim may be alive without answering before the reconciler fails the sandbox and stops the shim", func(c *Config) any { return &c.ShimUnresponsiveLimit }},
 	{"log_level", "minimum log level: debug, info, warn or error", func(c *Config) any { return &c.LogLevel }},
 }
 

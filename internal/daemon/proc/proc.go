@@ -20,6 +20,9 @@ type Stat struct {
 	Comm string
 	// State is the one-letter process state: R, S, D, Z (zombie), T, ...
 	State byte
+	// PPID is the parent's pid (field 4), PGID the process group (field
+	// 5).
+	PPID, PGID int
 	// StartTime is when the process started, in clock ticks after boot
 	// (field 22). With PID it identifies a process for the life of the
 	// boot.
@@ -74,11 +77,19 @@ func ParseStat(data []byte) (Stat, error) {
 	if len(rest[0]) != 1 || !isLetter(rest[0][0]) {
 		return Stat{}, fmt.Errorf("parsing stat %.40q: bad state %q", data, rest[0])
 	}
+	ids := [2]int{}
+	for i, what := range []string{"parent pid", "process group"} {
+		n, err := strconv.Atoi(string(rest[1+i]))
+		if err != nil || n < 0 {
+			return Stat{}, fmt.Errorf("parsing stat %.40q: bad %s %q", data, what, rest[1+i])
+		}
+		ids[i] = n
+	}
 	start, err := strconv.ParseUint(string(rest[startField-3]), 10, 64)
 	if err != nil {
 		return Stat{}, fmt.Errorf("parsing stat %.40q: bad start time %q", data, rest[startField-3])
 	}
-	return Stat{PID: pid, Comm: string(data[open+1 : closing]), State: rest[0][0], StartTime: start}, nil
+	return Stat{PID: pid, Comm: string(data[open+1 : closing]), State: rest[0][0], PPID: ids[0], PGID: ids[1], StartTime: start}, nil
 }
 
 // Alive reports whether the process with the given pid and start time still

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -16,9 +17,11 @@ func TestParseStat(t *testing.T) {
 		want    Stat
 		wantErr string
 	}{
-		{"42 (thaw-shim)" + tail, Stat{42, "thaw-shim", 'S', 987654}, ""},
-		{"7 (a) b) (c)" + tail, Stat{7, "a) b) (c", 'S', 987654}, ""},
-		{"7 ()" + tail, Stat{7, "", 'S', 987654}, ""},
+		{"42 (thaw-shim)" + tail, Stat{PID: 42, Comm: "thaw-shim", State: 'S', PPID: 1, PGID: 100, StartTime: 987654}, ""},
+		{"7 (a) b) (c)" + tail, Stat{PID: 7, Comm: "a) b) (c", State: 'S', PPID: 1, PGID: 100, StartTime: 987654}, ""},
+		{"7 ()" + tail, Stat{PID: 7, Comm: "", State: 'S', PPID: 1, PGID: 100, StartTime: 987654}, ""},
+		{"7 (x) S x 100 100 0 -1 4194560 200 0 0 0 5 3 0 0 20 0 1 0 1 2", Stat{}, "bad parent pid"},
+		{"7 (x) S 1 -100 100 0 -1 4194560 200 0 0 0 5 3 0 0 20 0 1 0 1 2", Stat{}, "bad process group"},
 		{"7 (x) Z 1 2", Stat{}, "fields after comm"},
 		{"x (y)" + tail, Stat{}, "bad pid"},
 		{"7 no comm", Stat{}, "no (comm)"},
@@ -51,7 +54,7 @@ func FuzzParseStat(f *testing.F) {
 			t.Fatalf("parsed pid %d", st.PID)
 		}
 		// Whatever parsed must survive being written back in the kernel's format.
-		again, err := ParseStat(fmt.Appendf(nil, "%d (%s) %s 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 %d 0", st.PID, st.Comm, []byte{st.State}, st.StartTime))
+		again, err := ParseStat(fmt.Appendf(nil, "%d (%s) %s %d %d 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 %d 0", st.PID, st.Comm, []byte{st.State}, st.PPID, st.PGID, st.StartTime))
 		if err != nil || again != st {
 			t.Fatalf("reformatted %+v parsed as %+v, %v", st, again, err)
 		}
@@ -63,8 +66,8 @@ func TestSelf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.StartTime == 0 || st.State == 'Z' {
-		t.Errorf("own stat = %+v", st)
+	if st.StartTime == 0 || st.State == 'Z' || st.PPID != os.Getppid() || st.PGID != syscall.Getpgrp() {
+		t.Errorf("own stat = %+v, want a start time, not a zombie, parent %d, process group %d", st, os.Getppid(), syscall.Getpgrp())
 	}
 	alive, err := Alive(os.Getpid(), st.StartTime)
 	if err != nil || !alive {

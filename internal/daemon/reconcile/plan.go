@@ -8,6 +8,11 @@
 // teardown, expiring a sandbox) are capped per pass: if discovery of live
 // shims ever breaks and reports none, one pass must not fail every sandbox
 // on the host. Ephemeral VMs (ids starting "build-") are ignored.
+//
+// A recorded shim that is alive but does not answer is left alone (on a
+// loaded host a slow shim is not a dead one) until it has been silent in
+// every pass for SilentLimit: then it is wedged, and its record is failed
+// and the shim stopped, a destructive action like any other.
 package reconcile
 
 import (
@@ -27,6 +32,19 @@ type Live struct {
 	PID           int
 	StartTime     uint64
 	ControlSocket string
+}
+
+// Silent is a shim that did not answer discovery although the process its
+// record names (pid and start time) is alive: slow on a loaded host, or
+// wedged.
+type Silent struct {
+	ID            string
+	PID           int
+	StartTime     uint64
+	ControlSocket string
+	// Since is when a pass first found it silent; every pass since found
+	// it silent too (one that finds it answering starts over).
+	Since time.Time
 }
 
 // Kind is what an action does.
@@ -93,6 +111,13 @@ type Input struct {
 	CreatingGrace time.Duration
 	// MaxDestructive caps destructive actions; 0 means report only.
 	MaxDestructive int
+	// Silent are the recorded shims that are alive but did not answer.
+	// One silent for SilentLimit or longer is wedged: its record is
+	// failed and it is stopped. One silent for less is left alone (a
+	// slow shim is not a dead one), as is every one when SilentLimit is
+	// 0.
+	Silent      []Silent
+	SilentLimit time.Duration
 }
 
 // Plan is the outcome of a pass.
@@ -103,6 +128,9 @@ type Plan struct {
 	// Deferred are the destructive actions the cap held back; the next
 	// pass will find them again.
 	Deferred []Action
+	// Waiting are the sandboxes whose shim is silent but not yet for
+	// SilentLimit: nothing is done to them this pass.
+	Waiting []Action
 }
 
 // Decide computes the actions for one pass.
@@ -116,6 +144,11 @@ func Decide(in Input) Plan {
 		live[l.ID] = append(live[l.ID], l)
 	}
 	claimed := map[*Live]bool{} // live shims a record accounts for
+	silent := map[string]*Silent{}
+	for i := range in.Silent {
+		silent[in.Silent[i].ID] = &in.Silent[i]
+	}
+	var waiting []Action
 	for _, r := range in.Records {
 		shims := live[r.ID]
 		var match *Live
@@ -130,7 +163,23 @@ func Decide(in Input) Plan {
 		expired := !r.ExpiresAt.IsZero() && !in.Now.Before(r.ExpiresAt)
 		switch r.State {
 		case store.Running, store.Pausing, store.Resuming:
+			quiet := silent[r.ID]
+			if quiet != nil && (quiet.PID != r.Shim.PID || quiet.StartTime != r.Shim.StartTime) {
+				quiet = nil // not the recorded shim
+			}
 			switch {
+			case match == nil && quiet != nil:
+				silentFor := in.Now.Sub(quiet.Since)
+				if in.SilentLimit <= 0 || silentFor < in.SilentLimit {
+					waiting = append(waiting, Action{Kind: FailRecord, Sandbox: r.ID,
+						Shim:   &Live{ID: quiet.ID, PID: quiet.PID, StartTime: quiet.StartTime, ControlSocket: quiet.ControlSocket},
+						Reason: fmt.Sprintf("shim (pid %d) is alive but has not answered for %v", quiet.PID, silentFor.Round(time.Second))})
+					continue
+				}
+				acts = append(acts, Action{Kind: FailRecord, Sandbox: r.ID,
+					Shim: &Live{ID: quiet.ID, PID: quiet.PID, StartTime: quiet.StartTime, ControlSocket: quiet.ControlSocket},
+					Reason: fmt.Sprintf("shim (pid %d) is alive but its control socket has not answered for %v (the limit, shim_unresponsive_limit, is %v): "+
+						"wedged, so it was stopped; the sandbox was %s", quiet.PID, silentFor.Round(time.Second), in.SilentLimit, r.State)})
 			case match == nil:
 				acts = append(acts, Action{Kind: FailRecord, Sandbox: r.ID,
 					Reason: fmt.Sprintf("shim (pid %d) is gone; the sandbox was %s", r.Shim.PID, r.State)})
@@ -182,7 +231,7 @@ func Decide(in Input) Plan {
 	slices.SortStableFunc(acts, func(a, b Action) int {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), strings.Compare(a.Sandbox, b.Sandbox), cmp.Compare(pid(a), pid(b)))
 	})
-	var p Plan
+	p := Plan{Waiting: waiting}
 	budget := max(in.MaxDestructive, 0)
 	for _, a := range acts {
 		if a.Kind.Destructive() {

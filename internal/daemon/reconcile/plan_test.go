@@ -142,3 +142,66 @@ func TestReasons(t *testing.T) {
 		t.Errorf("got %+v, want a reason naming the gone shim", p.Actions)
 	}
 }
+
+func silent(id string, pid int, since time.Duration) Silent {
+	return Silent{ID: id, PID: pid, StartTime: uint64(pid) * 10, ControlSocket: "/run/thaw/" + id + ".sock", Since: now.Add(-since)}
+}
+
+// TestSilent: a recorded shim that is alive but does not answer is left
+// alone until it has been silent for the limit, then failed and stopped,
+// within the cap.
+func TestSilent(t *testing.T) {
+	const limit = 5 * time.Minute
+	tests := []struct {
+		name                    string
+		in                      Input
+		want, deferred, waiting string
+	}{
+		{"silent below the limit waits",
+			Input{Records: []store.Sandbox{rec("a", store.Running, 5)}, Silent: []Silent{silent("a", 5, time.Minute)}, SilentLimit: limit},
+			"", "", "fail-record a pid=5; "},
+		{"silent for the limit is wedged: failed, its shim stopped",
+			Input{Records: []store.Sandbox{rec("a", store.Running, 5), rec("b", store.Pausing, 6)},
+				Silent: []Silent{silent("a", 5, limit), silent("b", 6, time.Hour)}, SilentLimit: limit},
+			"fail-record a pid=5; fail-record b pid=6; ", "", ""},
+		{"no limit: silent shims are never failed",
+			Input{Records: []store.Sandbox{rec("a", store.Running, 5)}, Silent: []Silent{silent("a", 5, 24*time.Hour)}},
+			"", "", "fail-record a pid=5; "},
+		{"wedged shims count against the cap",
+			Input{Records: []store.Sandbox{rec("a", store.Running, 1), rec("b", store.Running, 2), rec("c", store.Running, 3)},
+				Silent:      []Silent{silent("a", 1, limit), silent("b", 2, limit), silent("c", 3, limit)},
+				SilentLimit: limit, MaxDestructive: 2},
+			"fail-record a pid=1; fail-record b pid=2; ", "fail-record c pid=3; ", ""},
+		{"a silent process that is not the recorded shim does not count",
+			Input{Records: []store.Sandbox{rec("a", store.Running, 5)}, Silent: []Silent{{ID: "a", PID: 5, StartTime: 1, Since: now.Add(-time.Minute)}}, SilentLimit: limit},
+			"fail-record a; ", "", ""},
+		{"a shim that answers is reattached whatever the silence says",
+			Input{Records: []store.Sandbox{rec("a", store.Running, 5)}, Live: []Live{live("a", 5)}, Silent: []Silent{silent("a", 5, time.Hour)}, SilentLimit: limit},
+			"reattach a pid=5; ", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := tt.in
+			in.Now = now
+			if in.MaxDestructive == 0 {
+				in.MaxDestructive = 100
+			}
+			p := Decide(in)
+			if got := render(p.Actions); got != tt.want {
+				t.Errorf("actions:\ngot  %q\nwant %q", got, tt.want)
+			}
+			if got := render(p.Deferred); got != tt.deferred {
+				t.Errorf("deferred:\ngot  %q\nwant %q", got, tt.deferred)
+			}
+			if got := render(p.Waiting); got != tt.waiting {
+				t.Errorf("waiting:\ngot  %q\nwant %q", got, tt.waiting)
+			}
+		})
+	}
+	p := Decide(Input{Records: []store.Sandbox{rec("a", store.Running, 5)}, Silent: []Silent{silent("a", 5, 301*time.Second)},
+		SilentLimit: limit, Now: now, MaxDestructive: 1})
+	if len(p.Actions) != 1 || !strings.Contains(p.Actions[0].Reason, "alive but its control socket has not answered for 5m1s") ||
+		!strings.Contains(p.Actions[0].Reason, "shim_unresponsive_limit, is 5m0s") {
+		t.Errorf("got %+v, want a reason saying how long the shim was silent and the limit", p.Actions)
+	}
+}

@@ -24,12 +24,15 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/thawvm/thaw/internal/daemon/layout"
 	"github.com/thawvm/thaw/internal/daemon/live"
 	"github.com/thawvm/thaw/internal/daemon/proc"
+	"github.com/thawvm/thaw/internal/daemon/reconcile"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/errdefs"
 	"github.com/thawvm/thaw/internal/shim"
@@ -76,6 +79,10 @@ type Options struct {
 	// MaxActions caps destructive reconciler actions per pass (0: report
 	// only).
 	MaxActions int
+	// UnresponsiveLimit is how long a running sandbox's shim may be alive
+	// without answering its control socket, in every reconciler pass,
+	// before the reconciler fails the sandbox and stops the shim [5m].
+	UnresponsiveLimit time.Duration
 }
 
 // Manager runs sandbox operations. It is safe for concurrent use.
@@ -86,6 +93,10 @@ type Manager struct {
 	mu sync.Mutex
 	// busy holds the ids with an operation in flight; guarded by mu.
 	busy map[string]string
+	// silent holds, per sandbox, the recorded shim that was alive but did
+	// not answer in the last reconciler pass, and since when it has not
+	// answered in any pass; guarded by mu.
+	silent map[string]reconcile.Silent
 }
 
 // New returns a Manager for opts.
@@ -113,10 +124,11 @@ func New(opts Options) (*Manager, error) {
 	def(&opts.StopGrace, 2*time.Second)
 	def(&opts.RecordMax, 10*time.Second)
 	def(&opts.CreatingGrace, opts.LoadTimeout+opts.ReadyTimeout+time.Minute)
+	def(&opts.UnresponsiveLimit, 5*time.Minute)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{opts: opts, log: opts.Logger, busy: map[string]string{}}, nil
+	return &Manager{opts: opts, log: opts.Logger, busy: map[string]string{}, silent: map[string]reconcile.Silent{}}, nil
 }
 
 // claim marks id busy with op, or says which operation already holds it.
@@ -197,29 +209,76 @@ func gone(ctx context.Context, h *shim.Handle) bool {
 }
 
 // killShim is the last resort for a shim whose control socket does not
-// answer: SIGKILL by pid, only if pid and start time still match. Its VMM
-// dies with it (PDEATHSIG).
+// answer (a dead socket, or a wedged shim): SIGKILL to its process group
+// (it leads one: thawd starts it in its own session), only if pid and start
+// time still match, then to the process group of each child it had (its
+// VMM, which also gets SIGKILL from PDEATHSIG when the shim dies). It waits
+// until the shim is gone.
 func killShim(sh store.Shim) error {
 	if sh.PID <= 0 {
 		return nil
 	}
-	alive, err := proc.Alive(sh.PID, sh.StartTime)
-	if err != nil || !alive {
-		return err
+	st, err := proc.ReadStat(sh.PID)
+	if errors.Is(err, proc.ErrGone) || err == nil && (st.StartTime != sh.StartTime || st.State == 'Z' || st.State == 'X') {
+		return nil // gone, or its pid is another process's now
 	}
-	p, err := os.FindProcess(sh.PID)
 	if err != nil {
 		return err
 	}
-	if err := p.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	children := childrenOf(sh.PID)
+	target := sh.PID
+	if st.PGID == sh.PID {
+		target = -sh.PID // the whole group
+	}
+	if err := syscall.Kill(target, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("killing shim %d: %w", sh.PID, err)
 	}
+	for _, c := range children {
+		// Only a child that is still the same process, and leads its own
+		// group (the shim puts its VMM in one), is killed by group.
+		if cs, err := proc.ReadStat(c.PID); err == nil && cs.StartTime == c.StartTime {
+			if cs.PGID == c.PID {
+				syscall.Kill(-c.PID, syscall.SIGKILL)
+			} else {
+				syscall.Kill(c.PID, syscall.SIGKILL)
+			}
+		}
+	}
+	// SIGKILL takes effect asynchronously (a VMM with a large memory
+	// takes a while to tear down): wait for the shim and its children.
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if alive, _ := proc.Alive(sh.PID, sh.StartTime); !alive {
+	for {
+		var left []int
+		for _, p := range append([]proc.Stat{{PID: sh.PID, StartTime: sh.StartTime}}, children...) {
+			if alive, _ := proc.Alive(p.PID, p.StartTime); alive {
+				left = append(left, p.PID)
+			}
+		}
+		if len(left) == 0 {
 			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("shim %d: processes %v still alive 5s after SIGKILL", sh.PID, left)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return fmt.Errorf("shim %d still alive 5s after SIGKILL", sh.PID)
+}
+
+// childrenOf lists the live children of pid, read from /proc.
+func childrenOf(pid int) []proc.Stat {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []proc.Stat
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if st, err := proc.ReadStat(n); err == nil && st.PPID == pid && st.State != 'Z' {
+			out = append(out, st)
+		}
+	}
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -37,8 +38,13 @@ func (m *Manager) Reconcile(ctx context.Context, atStart bool) (reconcile.Plan, 
 	if atStart {
 		grace = 0
 	}
+	silent := m.silence(records, live, ended, time.Now())
 	plan := reconcile.Decide(reconcile.Input{Records: records, Live: live, Now: time.Now(),
-		CreatingGrace: grace, MaxDestructive: m.opts.MaxActions})
+		CreatingGrace: grace, MaxDestructive: m.opts.MaxActions, Silent: silent, SilentLimit: m.opts.UnresponsiveLimit})
+	for _, a := range plan.Waiting {
+		m.log.Warn("reconciler: shim is alive but does not answer; leaving the sandbox alone until the limit", "sandbox", a.Sandbox,
+			"pid", a.Shim.PID, "why", a.Reason, "limit", m.opts.UnresponsiveLimit)
+	}
 	var errs []error
 	for _, a := range plan.Actions {
 		if m.isBusy(a.Sandbox) {
@@ -46,13 +52,11 @@ func (m *Manager) Reconcile(ctx context.Context, atStart bool) (reconcile.Plan, 
 		}
 		if r, ok := ended[a.Sandbox]; ok && a.Kind == reconcile.FailRecord {
 			a.Reason = r
-		} else if a.Kind == reconcile.FailRecord && recordedShimAlive(records, a.Sandbox) {
-			// Discovery missed the shim (its socket did not answer
-			// within the attach bound), but the process the record
-			// names still runs: a shim slow to answer on a loaded host
-			// is not a dead one, and failing the record would stop its
-			// VM. The next pass looks again.
-			m.log.Warn("reconciler: shim did not answer but is alive; leaving the sandbox alone", "sandbox", a.Sandbox)
+		} else if a.Kind == reconcile.FailRecord && a.Shim == nil && recordedShimAlive(records, a.Sandbox) {
+			// Decide saw neither an answer nor a live process, but the
+			// process the record names runs now (it was checked a
+			// moment earlier): the next pass looks again.
+			m.log.Warn("reconciler: shim missed discovery but is alive; leaving the sandbox alone", "sandbox", a.Sandbox)
 			continue
 		}
 		if err := m.act(ctx, a); err != nil {
@@ -65,6 +69,45 @@ func (m *Manager) Reconcile(ctx context.Context, atStart bool) (reconcile.Plan, 
 		m.log.Warn("reconciler deferred destructive actions (cap reached)", "deferred", len(plan.Deferred), "cap", m.opts.MaxActions)
 	}
 	return plan, errors.Join(errs...)
+}
+
+// silence finds the running (pausing, resuming) sandboxes whose recorded
+// shim is alive but was not among the shims that answered discovery, and
+// returns them with the time each was first found silent: the previous
+// pass's time when that pass found the same shim silent too, else now.
+// What it does not find silent now is forgotten, so a shim that answers
+// once starts over.
+func (m *Manager) silence(records []store.Sandbox, live []reconcile.Live, ended map[string]string, now time.Time) []reconcile.Silent {
+	answered := map[string]bool{}
+	for _, l := range live {
+		answered[l.ID] = true
+	}
+	var out []reconcile.Silent
+	for _, r := range records {
+		switch r.State {
+		case store.Running, store.Pausing, store.Resuming:
+		default:
+			continue
+		}
+		if r.Shim.PID == 0 || answered[r.ID] || ended[r.ID] != "" {
+			continue
+		}
+		if alive, err := proc.Alive(r.Shim.PID, r.Shim.StartTime); err != nil || !alive {
+			continue
+		}
+		out = append(out, reconcile.Silent{ID: r.ID, PID: r.Shim.PID, StartTime: r.Shim.StartTime, ControlSocket: r.Shim.ControlSocket, Since: now})
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	prev := m.silent
+	m.silent = map[string]reconcile.Silent{}
+	for i, s := range out {
+		if p, ok := prev[s.ID]; ok && p.PID == s.PID && p.StartTime == s.StartTime {
+			out[i].Since = p.Since
+		}
+		m.silent[s.ID] = out[i]
+	}
+	return out
 }
 
 // recordedShimAlive reports whether the shim that sandbox id's record
@@ -139,7 +182,9 @@ func (m *Manager) act(ctx context.Context, a reconcile.Action) error {
 	defer release()
 	var sh store.Shim
 	if a.Shim != nil {
-		if st, err := proc.ReadStat(a.Shim.PID); err == nil {
+		// The shim the plan names, if that process still runs (a pid
+		// alone may be another process's by now).
+		if st, err := proc.ReadStat(a.Shim.PID); err == nil && (a.Shim.StartTime == 0 || st.StartTime == a.Shim.StartTime) {
 			sh = store.Shim{PID: a.Shim.PID, StartTime: st.StartTime, ControlSocket: a.Shim.ControlSocket}
 		}
 	}
@@ -149,6 +194,11 @@ func (m *Manager) act(ctx context.Context, a reconcile.Action) error {
 	case reconcile.FailRecord:
 		if err := m.stopRecorded(ctx, sh); err != nil {
 			return err
+		}
+		if !sh.IsZero() {
+			// The shim was killed, not stopped, if it was wedged: its
+			// sockets stay behind. Nothing will answer on them again.
+			removeSockets(m.opts.Layout.SandboxDir(a.Sandbox))
 		}
 		_, err := m.opts.Store.UpdateSandbox(a.Sandbox, func(s *store.Sandbox) error {
 			s.State, s.Reason, s.Shim, s.UpdatedAt = store.Failed, a.Reason, store.Shim{}, time.Now()
@@ -201,6 +251,22 @@ func (m *Manager) Run(ctx context.Context, interval time.Duration) {
 }
 
 func isNotFound(err error) bool { return errdefs.IsNotFound(err) }
+
+// removeSockets removes the unix sockets directly in dir (a sandbox
+// directory whose shim is gone: its control, API, UFFD and vsock sockets),
+// leaving everything else (disk, logs) for inspection until the sandbox is
+// deleted.
+func removeSockets(dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if e.Type()&os.ModeSocket != 0 {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
 
 // PageStats returns the page-server counters of every running sandbox
 // restored through UFFD, asking each shim (GET /stats); a shim that does

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/disk"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/daemon/template"
+	"github.com/thawvm/thaw/internal/errdefs"
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/shim"
 )
@@ -23,9 +25,9 @@ func (m *Manager) RecordFunc() template.Recorder {
 	if !m.opts.Prefetch {
 		return nil
 	}
-	return func(ctx context.Context, vmstate, memory, rootfs, rootDrive, logPath string, ready store.ReadyCheck) (template.Recording, error) {
-		return m.Record(ctx, RecordRequest{VMState: vmstate, Memory: memory, Rootfs: rootfs, RootDrive: rootDrive,
-			Log: logPath, Ready: ready, Max: m.opts.RecordMax})
+	return func(ctx context.Context, r template.RecordSpec) (template.Recording, error) {
+		return m.Record(ctx, RecordRequest{VMState: r.VMState, Memory: r.Memory, Rootfs: r.Rootfs, RootDrive: r.RootDrive,
+			Log: r.Log, Ready: r.Ready, Warmup: r.Warmup, Progress: r.Progress, Max: m.opts.RecordMax})
 	}
 }
 
@@ -41,6 +43,10 @@ type RecordRequest struct {
 	// Log is where the access log is written (absolute).
 	Log   string
 	Ready store.ReadyCheck
+	// Warmup are run through the agent after the ready check, in order;
+	// their output goes to Progress (if set).
+	Warmup   [][]string
+	Progress io.Writer
 	// Max bounds the wait for the settle detector (THAW_UFFD_RECORD_MAX).
 	Max time.Duration
 }
@@ -49,17 +55,25 @@ type RecordRequest struct {
 // Recording): it restores the snapshot once under a recording page server
 // (prefetch off) in an ephemeral VM whose id starts "build-" and which is
 // never stored, drives the same post-restore sequence a create drives (load,
-// handshake verdict, ready check), waits until the settle detector says the
-// fault rate has converged (at most Max), stops the VM and returns the
+// handshake verdict, ready check), runs the warm-up commands through the
+// agent, waits until the settle detector says the fault rate has converged
+// (at most Max, counted from the handshake), stops the VM and returns the
 // number of pages recorded into Log with the run's phases: record-restore
 // (disk clone, shim, load, handshake verdict), record-ready (the ready
-// check), record-settle (until the settle detector converged) and
-// record-stop. Nothing of the VM is left afterwards.
+// check), record-warmup (only with warm-up commands), record-settle (until
+// the settle detector converged) and record-stop. The recorder writes
+// every page installed until the stop, so the warm-up's pages are in the
+// log in the order they were touched even when the detector settled during
+// the warm-up. Each phase is reported to Progress (if set) as it ends.
+// Nothing of the VM is left afterwards.
 func (m *Manager) Record(ctx context.Context, r RecordRequest) (rec template.Recording, err error) {
 	begun := time.Now()
 	phase := func(name string) {
 		now := time.Now()
 		rec.Phases = append(rec.Phases, store.Phase{Name: name, Duration: now.Sub(begun)})
+		if r.Progress != nil {
+			fmt.Fprintf(r.Progress, "==> %s: %v\n", name, now.Sub(begun).Round(time.Millisecond))
+		}
 		begun = now
 	}
 	var rnd [4]byte
@@ -122,6 +136,15 @@ func (m *Manager) Record(ctx context.Context, r RecordRequest) (rec template.Rec
 		return template.Recording{}, fmt.Errorf("recording run: %w", err)
 	}
 	phase("record-ready")
+	if len(r.Warmup) > 0 {
+		if !agentReady(r.Ready) {
+			return template.Recording{}, errdefs.InvalidArgument("recording run: warm-up commands need the agent, and the ready check is %q", r.Ready.Kind)
+		}
+		if err := warmUp(ctx, h, r.Warmup, r.Progress); err != nil {
+			return template.Recording{}, fmt.Errorf("recording run: %w", err)
+		}
+		phase("record-warmup")
+	}
 	sctx, cancel := context.WithTimeout(ctx, r.Max+10*time.Second)
 	st, err := h.Settle(sctx, true)
 	cancel()

@@ -558,6 +558,132 @@ func TestReconcileSlowShim(t *testing.T) {
 	waitTicks(t, sb, strings.Count(serialLog(t, sb), sandboxtest.ReadyMarker))
 }
 
+// TestReconcileWedgedShim: a shim that is alive but never answers (here
+// stopped with SIGSTOP) is left alone by passes until it has been silent,
+// in every pass, for the unresponsive limit; a pass in which it answers
+// starts the count over. Past the limit it is failed with a reason that
+// says so, and its shim and VMM are killed and its sockets removed, while
+// a healthy sandbox next to it is reattached in every pass. Deleting it
+// then leaves nothing.
+func TestReconcileWedgedShim(t *testing.T) {
+	const limit = 6 * time.Second
+	e := newEnv(t, func(o *sandbox.Options) { o.UnresponsiveLimit = limit })
+	wedged, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "wedged", Template: "probe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthy, err := e.m.Create(ctxT(t), sandbox.CreateRequest{ID: "healthy", Template: "probe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs := sandboxtest.ProcessesUnder(wedged.Dir) // the shim and its VMM
+	if len(procs) < 2 {
+		t.Fatalf("processes of the wedged sandbox: got %v, want its shim and its VMM", procs)
+	}
+	type ident struct {
+		pid   int
+		start uint64
+	}
+	var idents []ident
+	for _, pid := range procs {
+		if st, err := proc.ReadStat(pid); err == nil {
+			idents = append(idents, ident{pid, st.StartTime})
+		}
+	}
+	stop := func() {
+		if err := syscall.Kill(wedged.Shim.PID, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cont := func() { syscall.Kill(wedged.Shim.PID, syscall.SIGCONT) }
+	defer cont()
+	// pass runs one periodic pass and returns what it did to wedged.
+	pass := func() (acted, waiting bool) {
+		t.Helper()
+		plan, err := e.m.Reconcile(ctxT(t), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range plan.Actions {
+			if a.Sandbox == "healthy" && a.Kind != reconcile.Reattach {
+				t.Errorf("healthy sandbox: got %v (%s), want reattach", a.Kind, a.Reason)
+			}
+			if a.Sandbox == "wedged" && a.Kind != reconcile.Reattach {
+				acted = true
+			}
+		}
+		for _, a := range plan.Waiting {
+			waiting = waiting || a.Sandbox == "wedged"
+		}
+		return acted, waiting
+	}
+	state := func() store.Sandbox {
+		t.Helper()
+		sb, err := e.st.Sandbox("wedged")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sb
+	}
+
+	stop()
+	first := time.Now()
+	for i := 1; i <= 2; i++ {
+		if acted, waiting := pass(); acted || !waiting || state().State != store.Running {
+			t.Fatalf("pass %d, %v after the shim stopped answering (limit %v): acted %t, waiting %t, state %s; want it left alone, waiting",
+				i, time.Since(first).Round(time.Millisecond), limit, acted, waiting, state().State)
+		}
+	}
+	// It answers once: the silence starts over, so a pass past the limit
+	// counted from the first silence leaves it alone still.
+	cont()
+	if acted, waiting := pass(); acted || waiting {
+		t.Fatalf("the pass after the shim answered again: acted %t, waiting %t; want only a reattach", acted, waiting)
+	}
+	stop()
+	time.Sleep(time.Until(first.Add(limit + time.Second)))
+	if acted, waiting := pass(); acted || !waiting || state().State != store.Running {
+		t.Fatalf("silent again for less than the limit (%v after the first silence): acted %t, waiting %t, state %s; want left alone",
+			time.Since(first).Round(time.Millisecond), acted, waiting, state().State)
+	}
+	time.Sleep(limit)
+	if acted, _ := pass(); !acted {
+		t.Fatalf("silent for longer than the limit: the pass did nothing to it (state %s)", state().State)
+	}
+	sb := state()
+	if sb.State != store.Failed || !strings.Contains(sb.Reason, "alive but its control socket has not answered for") ||
+		!strings.Contains(sb.Reason, "shim_unresponsive_limit") || !sb.Shim.IsZero() {
+		t.Errorf("wedged sandbox: got %s (%q), shim %+v; want failed saying the shim did not answer within the limit, and no shim", sb.State, sb.Reason, sb.Shim)
+	}
+	t.Logf("reason: %s", sb.Reason)
+	for _, id := range idents {
+		if alive, _ := proc.Alive(id.pid, id.start); alive {
+			t.Errorf("process %d of the wedged sandbox (shim or VMM) is still alive", id.pid)
+		}
+	}
+	if pids := sandboxtest.ProcessesUnder(wedged.Dir); len(pids) > 0 {
+		t.Errorf("processes left in the wedged sandbox's directory: %v", pids)
+	}
+	ents, err := os.ReadDir(wedged.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ent := range ents {
+		if ent.Type()&os.ModeSocket != 0 {
+			t.Errorf("socket %s left in the wedged sandbox's directory", ent.Name())
+		}
+	}
+	// The next pass has nothing more to do to it.
+	if acted, waiting := pass(); acted || waiting {
+		t.Errorf("the pass after failing it: acted %t, waiting %t; want nothing", acted, waiting)
+	}
+	waitTicks(t, healthy, strings.Count(serialLog(t, healthy), sandboxtest.ReadyMarker))
+	if err := e.m.Delete(ctxT(t), "wedged"); err != nil {
+		t.Fatal(err)
+	}
+	e.assertGone(t, "wedged")
+}
+
 // TestTTLExpires: a reconciler pass after a sandbox's TTL deletes it, and
 // leaves one without a TTL alone.
 func TestTTLExpires(t *testing.T) {

@@ -274,6 +274,45 @@ func (r ReadyCheck) Validate() error {
 	return nil
 }
 
+// Limits on a build's warm-up commands.
+const (
+	MaxWarmupCommands = 64
+	MaxWarmupArgs     = 256
+	MaxWarmupBytes    = 64 << 10
+)
+
+// ValidateWarmup checks a build's warm-up commands: each one is an argv
+// (program and arguments, run through the agent without a shell) with a
+// non-empty program and no NUL bytes, and there are at most
+// MaxWarmupCommands of them, each with at most MaxWarmupArgs arguments and
+// MaxWarmupBytes bytes in all.
+func ValidateWarmup(cmds [][]string) error {
+	if len(cmds) > MaxWarmupCommands {
+		return errdefs.InvalidArgument("warmup: %d commands: want at most %d", len(cmds), MaxWarmupCommands)
+	}
+	for i, argv := range cmds {
+		switch {
+		case len(argv) == 0:
+			return errdefs.InvalidArgument("warmup[%d] is empty: give a program and its arguments, like [\"python3\", \"-c\", \"pass\"]", i)
+		case argv[0] == "":
+			return errdefs.InvalidArgument("warmup[%d][0] is empty: give the program to run", i)
+		case len(argv) > MaxWarmupArgs:
+			return errdefs.InvalidArgument("warmup[%d]: %d arguments: want at most %d", i, len(argv), MaxWarmupArgs)
+		}
+		n := 0
+		for j, a := range argv {
+			if strings.IndexByte(a, 0) >= 0 {
+				return errdefs.InvalidArgument("warmup[%d][%d] contains a NUL byte", i, j)
+			}
+			n += len(a)
+		}
+		if n > MaxWarmupBytes {
+			return errdefs.InvalidArgument("warmup[%d]: %d bytes of arguments: want at most %d", i, n, MaxWarmupBytes)
+		}
+	}
+	return nil
+}
+
 // Build is one build of a template: its machine shape, where its artifacts
 // are, how big they are and how long the build's phases took.
 type Build struct {
@@ -295,6 +334,10 @@ type Build struct {
 	DiskMiB   int    `json:"disk_mib"`
 	// Ready says how its sandboxes are checked after restore.
 	Ready ReadyCheck `json:"ready,omitzero"`
+	// Warmup are the commands the recording run executed through the
+	// agent after init, before waiting for the settle detector, so that
+	// the pages they touched are in the access log (each an argv).
+	Warmup [][]string `json:"warmup,omitempty"`
 	// MemoryBytes and RootfsBytes are the artifact sizes; AccessLogPages
 	// is the number of pages the recording run saw touched.
 	MemoryBytes    int64     `json:"memory_bytes,omitempty"`
@@ -338,6 +381,12 @@ func (b *Build) Validate() error {
 	}
 	if err := b.Ready.Validate(); err != nil {
 		return fmt.Errorf("build %q: %w", b.ID, err)
+	}
+	if err := ValidateWarmup(b.Warmup); err != nil {
+		return fmt.Errorf("build %q: %w", b.ID, err)
+	}
+	if len(b.Warmup) > 0 && (b.Ready.Kind == ReadySerial || (b.State == BuildReady && b.Artifacts.AccessLog == "")) {
+		return errdefs.InvalidArgument("build %q: warm-up commands need the agent ready check and a recording run (an access log)", b.ID)
 	}
 	if err := validatePhases(b.Timings); err != nil {
 		return fmt.Errorf("build %q: timings: %w", b.ID, err)

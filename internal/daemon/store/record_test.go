@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/thawvm/thaw/internal/errdefs"
 )
 
 func TestDecodeRefusesUnknownAndTrailing(t *testing.T) {
@@ -72,6 +74,10 @@ func FuzzDecodeTemplate(f *testing.F) {
 	b2 := readyBuild("b2")
 	b2.State, b2.Reason = BuildFailed, "step 3 exited 1"
 	f.Add("py", string(mustJSONf(f, newTemplate("py", readyBuild("b1"), b2))))
+	b3 := readyBuild("b3")
+	b3.Warmup = [][]string{{"python3", "-c", "pass"}, {"true"}}
+	f.Add("py", string(mustJSONf(f, newTemplate("py", b3))))
+	f.Add("py", `{"name":"py","builds":[{"id":"b1","state":"ready","warmup":[[]]}]}`)
 	f.Add("py", `{"name":"py","builds":[{"id":"b1"},{"id":"b1"}]}`)
 	f.Add("py", `{"name":"py","current":"b9","spec":[1,2}`)
 	f.Fuzz(func(t *testing.T, key, data string) {
@@ -113,4 +119,52 @@ func mustJSONf(f *testing.F, v any) []byte {
 		f.Fatal(err)
 	}
 	return b
+}
+
+// TestBuildWarmup checks the warm-up commands a build record may hold.
+func TestBuildWarmup(t *testing.T) {
+	long := make([]string, MaxWarmupArgs+1)
+	for i := range long {
+		long[i] = "x"
+	}
+	many := make([][]string, MaxWarmupCommands+1)
+	for i := range many {
+		many[i] = []string{"true"}
+	}
+	for _, tc := range []struct {
+		name   string
+		edit   func(b *Build)
+		errHas string // "" means valid
+	}{
+		{"none", func(b *Build) {}, ""},
+		{"argv", func(b *Build) { b.Warmup = [][]string{{"python3", "-c", "pass"}, {"/bin/true"}} }, ""},
+		{"empty command", func(b *Build) { b.Warmup = [][]string{{"true"}, {}} }, "warmup[1] is empty"},
+		{"empty program", func(b *Build) { b.Warmup = [][]string{{"", "x"}} }, "warmup[0][0] is empty"},
+		{"NUL", func(b *Build) { b.Warmup = [][]string{{"sh", "-c", "a\x00b"}} }, "warmup[0][2] contains a NUL"},
+		{"too many args", func(b *Build) { b.Warmup = [][]string{long} }, "arguments: want at most"},
+		{"too many bytes", func(b *Build) { b.Warmup = [][]string{{"echo", strings.Repeat("y", MaxWarmupBytes)}} }, "bytes of arguments"},
+		{"too many commands", func(b *Build) { b.Warmup = many }, "want at most 64"},
+		{"serial ready check", func(b *Build) {
+			b.Warmup = [][]string{{"true"}}
+			b.Ready = ReadyCheck{Kind: ReadySerial, Marker: "up"}
+		}, "need the agent ready check"},
+		{"no access log", func(b *Build) {
+			b.Warmup = [][]string{{"true"}}
+			b.Artifacts.AccessLog, b.AccessLogPages = "", 0
+		}, "a recording run"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := readyBuild("b1")
+			tc.edit(&b)
+			err := b.Validate()
+			switch {
+			case tc.errHas == "" && err != nil:
+				t.Errorf("got %v, want valid", err)
+			case tc.errHas != "" && (err == nil || !strings.Contains(err.Error(), tc.errHas)):
+				t.Errorf("got %v, want an error containing %q", err, tc.errHas)
+			case tc.errHas != "" && !errdefs.IsInvalidArgument(err):
+				t.Errorf("got %v, want invalid argument", err)
+			}
+		})
+	}
 }

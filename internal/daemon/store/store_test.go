@@ -92,7 +92,9 @@ func seed(t *testing.T, s *Store) {
 
 func TestRecordsRoundTrip(t *testing.T) {
 	s := openTest(t)
-	tmpl := newTemplate("py", readyBuild("b1"))
+	b := readyBuild("b1")
+	b.Warmup = [][]string{{"python3", "-c", "pass"}}
+	tmpl := newTemplate("py", b)
 	if err := s.CreateTemplate(tmpl); err != nil {
 		t.Fatal(err)
 	}

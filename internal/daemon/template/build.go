@@ -50,8 +50,14 @@ type BuildSpec struct {
 	Source ImageSource
 	Steps  []Step
 	// Start, if set, is started detached after the steps (/bin/sh -c).
-	Start     string
-	Ready     store.ReadyCheck
+	Start string
+	Ready store.ReadyCheck
+	// Warmup are commands (each an argv) the recording run executes
+	// through the agent after init, in order, so that the pages they touch
+	// are in the access log and prefetched into every sandbox: a
+	// sandbox's first run of them then finds its pages already there. One
+	// that fails fails the build.
+	Warmup    [][]string
 	VCPUs     int
 	MemoryMiB int
 	DiskMiB   int
@@ -104,7 +110,22 @@ func (s BuildSpec) Validate() error {
 	if err := s.Ready.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := checkWarmup(s.Warmup, s.Ready); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// checkWarmup checks warm-up commands and that the ready check can run
+// them: they go through the agent.
+func checkWarmup(cmds [][]string, ready store.ReadyCheck) error {
+	if err := store.ValidateWarmup(cmds); err != nil {
+		return err
+	}
+	if len(cmds) > 0 && ready.Kind == store.ReadySerial {
+		return errdefs.InvalidArgument("warmup: warm-up commands run through the agent, and a serial ready check (%q) says the guest has none: drop the warm-up or use the agent ready check", ready.Marker)
+	}
+	return nil
 }
 
 func (s ImageSource) source() image.Source {
@@ -170,6 +191,9 @@ type Builder struct {
 func (b *Builder) Check(spec BuildSpec) error {
 	if b.Boot == nil {
 		return errdefs.Unavailable("template builds need a VMM and shim, and this thawd has none configured")
+	}
+	if len(spec.Warmup) > 0 && b.Record == nil {
+		return errWarmupNoRecording
 	}
 	for _, f := range []struct{ what, path, fix string }{
 		{"guest kernel", b.Kernel, "set kernel in thawd's config or THAW_KERNEL"},
@@ -248,8 +272,8 @@ func (b *Builder) Build(ctx context.Context, id string, spec BuildSpec, log io.W
 		say("snapshot taken; publishing after a recording run")
 	}
 	t, err := Register(ctx, b.Store, b.Layout, RegisterRequest{Name: spec.Name, VMState: br.VMState, Memory: br.Memory, Rootfs: rootfs,
-		Kernel: b.Kernel, RootDrive: RootDriveID, VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, Ready: spec.Ready, Record: b.Record,
-		Timings: timings, Progress: log})
+		Kernel: b.Kernel, RootDrive: RootDriveID, VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, Ready: spec.Ready, Warmup: spec.Warmup,
+		Record: b.Record, Timings: timings, Progress: log})
 	if err != nil {
 		return store.Template{}, err
 	}

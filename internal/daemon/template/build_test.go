@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -54,6 +55,11 @@ func TestBuildSpecValidate(t *testing.T) {
 		{"tiny memory", func(s *BuildSpec) { s.MemoryMiB = 8 }, "memory_mib 8"},
 		{"tiny disk", func(s *BuildSpec) { s.DiskMiB = 1 }, "disk_mib 1"},
 		{"bad ready", func(s *BuildSpec) { s.Ready.Kind = "ping" }, `kind "ping"`},
+		{"empty warm-up", func(s *BuildSpec) { s.Warmup = [][]string{{"true"}, {}} }, "warmup[1] is empty"},
+		{"warm-up without a program", func(s *BuildSpec) { s.Warmup = [][]string{{"", "-c"}} }, "warmup[0][0] is empty"},
+		{"warm-up without an agent", func(s *BuildSpec) {
+			s.Warmup, s.Ready = [][]string{{"true"}}, store.ReadyCheck{Kind: store.ReadySerial, Marker: "up"}
+		}, "run through the agent"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -126,6 +132,8 @@ func TestBuildRefusedBeforeBooting(t *testing.T) {
 		{"no VMM", func(b *Builder, _ *BuildSpec) { b.Boot = nil }, errdefs.IsUnavailable, "need a VMM"},
 		{"missing image", func(_ *Builder, s *BuildSpec) { s.Source.Path = "/nonexistent/root.ext4" }, errdefs.IsInvalidArgument, "source.path"},
 		{"bad spec", func(_ *Builder, s *BuildSpec) { s.VCPUs = 99 }, errdefs.IsInvalidArgument, "vcpus 99"},
+		{"warm-up without recording", func(b *Builder, s *BuildSpec) { b.Record, s.Warmup = nil, [][]string{{"true"}} },
+			errdefs.IsFailedPrecondition, "uffd_prefetch is off"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -214,14 +222,17 @@ func TestBuildPublishes(t *testing.T) {
 		return []store.Phase{{Name: "boot", Duration: time.Second}, {Name: "steps", Duration: 2 * time.Second}}, nil
 	})
 	recorded := false
-	b.Record = func(_ context.Context, vmstate, memory, rootfs, rootDrive, logPath string, _ store.ReadyCheck) (Recording, error) {
-		recorded = rootDrive == RootDriveID && filepath.Base(rootfs) == RootfsName
+	warmup := [][]string{{"python3", "-c", "pass"}, {"nginx", "-t"}}
+	b.Record = func(_ context.Context, r RecordSpec) (Recording, error) {
+		recorded = r.RootDrive == RootDriveID && filepath.Base(r.Rootfs) == RootfsName && reflect.DeepEqual(r.Warmup, warmup)
+		io.WriteString(r.Progress, "==> record-ready: 1s\nwarm-up output\n==> record-settle: 1s\n")
 		return Recording{Pages: 7, Phases: []store.Phase{{Name: "record-ready", Duration: time.Second}, {Name: "record-settle", Duration: time.Second}}},
-			os.WriteFile(logPath, []byte("log"), 0o600)
+			os.WriteFile(r.Log, []byte("log"), 0o600)
 	}
 	s := ext4Spec(t)
 	s.Steps = []Step{{Shell: "apt-get install -y nginx", Env: []string{"A=1"}}}
 	s.Start = "nginx"
+	s.Warmup = warmup
 	var log bytes.Buffer
 	tpl, err := b.Build(t.Context(), "build-x", s, &log)
 	if err != nil {
@@ -230,17 +241,20 @@ func TestBuildPublishes(t *testing.T) {
 	if got.Kernel != b.Kernel || got.VCPUs != 1 || got.MemoryMiB != 64 || got.Start != "nginx" || len(got.Steps) != 1 || got.Steps[0].Env[0] != "A=1" {
 		t.Errorf("got boot request %+v, want the spec's machine, steps and start", got)
 	}
-	for _, want := range []string{"step output", "==> image: ", "==> copy: ", "==> record-settle: ", "==> access log: 7 pages", "published"} {
+	for _, want := range []string{"step output", "warm-up output", "==> image: ", "==> copy: ", "==> record-settle: ", "==> access log: 7 pages", "published"} {
 		if !strings.Contains(log.String(), want) {
 			t.Errorf("got log %q, want it to say %q", log.String(), want)
 		}
 	}
 	if !recorded {
-		t.Error("no recording run, or one without the build's root drive")
+		t.Error("no recording run, or one without the build's root drive and warm-up")
 	}
 	stored, err := st.Template("web")
 	if err != nil || stored.Current != tpl.Current || len(stored.Builds) != 1 || stored.Builds[0].AccessLogPages != 7 || stored.Builds[0].RootDrive != RootDriveID {
 		t.Fatalf("got stored template %+v, %v, want one recorded build", stored, err)
+	}
+	if got := stored.Builds[0].Warmup; !reflect.DeepEqual(got, warmup) {
+		t.Errorf("stored build's warm-up: got %q, want %q", got, warmup)
 	}
 	var names []string
 	for _, p := range stored.Builds[0].Timings {
@@ -257,5 +271,34 @@ func TestBuildPublishes(t *testing.T) {
 	}
 	if _, err := os.Stat(got.Dir); !os.IsNotExist(err) {
 		t.Errorf("build VM directory %s still there (%v)", got.Dir, err)
+	}
+}
+
+// TestBuildWarmupFailureLeavesNothing: a warm-up command that fails in the
+// recording run fails the build with its kind and message (the template's
+// error, for the user to fix), and nothing of the build is left.
+func TestBuildWarmupFailureLeavesNothing(t *testing.T) {
+	b, st, lay := newBuilder(t, func(_ context.Context, r BootRequest, _ io.Writer) ([]store.Phase, error) {
+		writeFile(t, r.VMState, 10)
+		writeFile(t, r.Memory, 64<<20)
+		return nil, nil
+	})
+	b.Record = func(_ context.Context, r RecordSpec) (Recording, error) {
+		if err := os.WriteFile(r.Log, []byte("half a log"), 0o600); err != nil {
+			return Recording{}, err
+		}
+		return Recording{}, errdefs.FailedPrecondition("warm-up command 1/1 (%s) ended with exit code 3; its output ended with:\nno module named x", r.Warmup[0][0])
+	}
+	s := ext4Spec(t)
+	s.Warmup = [][]string{{"python3", "-c", "import x"}}
+	_, err := b.Build(t.Context(), "build-x", s, io.Discard)
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "exit code 3") || !strings.Contains(err.Error(), "no module named x") {
+		t.Errorf("got %v, want failed precondition with the warm-up's exit code and output", err)
+	}
+	if ts, _ := st.Templates(); len(ts) != 0 {
+		t.Errorf("got templates %v, want none", ts)
+	}
+	if l := leftovers(t, lay); len(l) != 0 {
+		t.Errorf("left behind %v", l)
 	}
 }

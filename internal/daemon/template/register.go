@@ -35,13 +35,34 @@ const (
 )
 
 // Recorder runs a build's recording run on the staged snapshot files and
-// writes the access log to logPath, returning the pages recorded and the
-// run's phases (internal/daemon/sandbox's Manager.Record).
-//
-// rootfs is the staged disk, which the run must give the VM instead of the
-// snapshot's (a clone named like a sandbox's), and rootDrive the build's
-// RootDrive.
-type Recorder func(ctx context.Context, vmstate, memory, rootfs, rootDrive, logPath string, ready store.ReadyCheck) (Recording, error)
+// writes the access log, returning the pages recorded and the run's phases
+// (internal/daemon/sandbox's Manager.Record).
+type Recorder func(ctx context.Context, r RecordSpec) (Recording, error)
+
+// RecordSpec is what a recording run restores and does.
+type RecordSpec struct {
+	// VMState and Memory are the staged snapshot files (absolute).
+	VMState, Memory string
+	// Rootfs is the staged disk, which the run must give the VM instead
+	// of the snapshot's (a clone named like a sandbox's); RootDrive is the
+	// build's RootDrive.
+	Rootfs, RootDrive string
+	// Log is where the access log goes (absolute).
+	Log   string
+	Ready store.ReadyCheck
+	// Warmup are run through the agent after the ready check, in order,
+	// before the wait for the settle detector; one that fails fails the
+	// run with its exit status and output.
+	Warmup [][]string
+	// Progress, if set, gets a line per phase as it ends ("==> name:
+	// duration", as Register writes its own) and the warm-up commands'
+	// output, so a build's log follows the run as it goes.
+	Progress io.Writer
+}
+
+// errWarmupNoRecording refuses warm-up commands without a recording run:
+// they would shape an access log that nobody writes.
+var errWarmupNoRecording = errdefs.FailedPrecondition("warm-up commands fill a build's access log, and this thawd records none (uffd_prefetch is off): turn prefetch on or drop the warm-up")
 
 // Recording is what a recording run reports.
 type Recording struct {
@@ -68,6 +89,9 @@ type RegisterRequest struct {
 	VCPUs     int
 	MemoryMiB int
 	Ready     store.ReadyCheck
+	// Warmup are the recording run's warm-up commands (BuildSpec.Warmup);
+	// they need Record.
+	Warmup [][]string
 	// Record, if set, runs the recording run before the build is
 	// published; a failed recording fails the registration. Nil skips it
 	// (THAW_UFFD_PREFETCH off): sandboxes then prefetch in file order.
@@ -122,6 +146,9 @@ func (r RegisterRequest) Validate() error {
 	if err := r.Ready.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := checkWarmup(r.Warmup, r.Ready); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -132,6 +159,9 @@ func (r RegisterRequest) Validate() error {
 func Register(ctx context.Context, st *store.Store, lay layout.Layout, r RegisterRequest) (store.Template, error) {
 	if err := r.Validate(); err != nil {
 		return store.Template{}, err
+	}
+	if len(r.Warmup) > 0 && r.Record == nil {
+		return store.Template{}, errWarmupNoRecording
 	}
 	var rnd [3]byte
 	rand.Read(rnd[:])
@@ -149,7 +179,7 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 	}()
 	b := store.Build{ID: buildID, State: store.BuildReady, Dir: lay.BuildDir(r.Name, buildID),
 		Artifacts: store.Artifacts{VMState: VMStateName, Memory: MemoryName, Rootfs: RootfsName},
-		RootDrive: r.RootDrive, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Ready: r.Ready, CreatedAt: started}
+		RootDrive: r.RootDrive, VCPUs: r.VCPUs, MemoryMiB: r.MemoryMiB, Ready: r.Ready, Warmup: r.Warmup, CreatedAt: started}
 	files := []struct{ src, name string }{{r.VMState, VMStateName}, {r.Memory, MemoryName}, {r.Rootfs, RootfsName}}
 	if r.Kernel != "" {
 		files = append(files, struct{ src, name string }{r.Kernel, KernelName})
@@ -185,17 +215,18 @@ func Register(ctx context.Context, st *store.Store, lay layout.Layout, r Registe
 		if r.Progress != nil {
 			fmt.Fprintln(r.Progress, "==> recording run: the snapshot restored under a recording page server until its faults settle")
 		}
-		rec, err := r.Record(ctx, filepath.Join(staging, VMStateName), filepath.Join(staging, MemoryName), filepath.Join(staging, RootfsName),
-			r.RootDrive, filepath.Join(staging, AccessLogName), r.Ready)
+		rec, err := r.Record(ctx, RecordSpec{VMState: filepath.Join(staging, VMStateName), Memory: filepath.Join(staging, MemoryName),
+			Rootfs: filepath.Join(staging, RootfsName), RootDrive: r.RootDrive, Log: filepath.Join(staging, AccessLogName),
+			Ready: r.Ready, Warmup: r.Warmup, Progress: r.Progress})
 		if err != nil {
 			return store.Template{}, fmt.Errorf("registering template %q: %w", r.Name, err)
 		}
 		b.Artifacts.AccessLog, b.AccessLogPages = AccessLogName, int64(rec.Pages)
 		if len(rec.Phases) == 0 {
 			rec.Phases = []store.Phase{{Name: "record", Duration: time.Since(copied)}}
+			progress(rec.Phases...) // a recorder with phases reported them itself
 		}
 		b.Timings = append(b.Timings, rec.Phases...)
-		progress(rec.Phases...)
 		if r.Progress != nil {
 			fmt.Fprintf(r.Progress, "==> access log: %d pages in recorded order (%.1f MiB of %d MiB)\n",
 				rec.Pages, float64(rec.Pages)*4096/(1<<20), b.MemoryBytes>>20)

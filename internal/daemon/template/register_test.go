@@ -113,13 +113,19 @@ func TestRegister(t *testing.T) {
 	}
 	// A recorder that reports no phases is timed as one "record" phase.
 	rec := req
-	rec.Record = func(_ context.Context, _, _, _, _, logPath string, _ store.ReadyCheck) (Recording, error) {
-		return Recording{Pages: 3}, os.WriteFile(logPath, []byte("log"), 0o600)
+	rec.Record = func(_ context.Context, r RecordSpec) (Recording, error) {
+		return Recording{Pages: 3}, os.WriteFile(r.Log, []byte("log"), 0o600)
 	}
 	if tpl, err := Register(t.Context(), st, lay, rec); err != nil {
 		t.Fatal(err)
 	} else if b := tpl.BuildByID(tpl.Current); b.AccessLogPages != 3 || len(b.Timings) != 2 || b.Timings[1].Name != "record" {
 		t.Errorf("build with a recording run: got %d pages, timings %+v; want 3 pages, copy then record", b.AccessLogPages, b.Timings)
+	}
+	// Warm-up commands need a recording run to fill.
+	warm := req
+	warm.Warmup = [][]string{{"true"}}
+	if _, err := Register(t.Context(), st, lay, warm); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "records none") {
+		t.Errorf("registering with warm-up commands and no recording run: got %v, want failed precondition", err)
 	}
 	bad := req
 	bad.MemoryMiB = 2
