@@ -181,6 +181,7 @@ func (m *Machine) LoadSnapshot(ctx context.Context, p fcapi.SnapshotLoadParams) 
 	m.cfg.VCPUs, m.cfg.MemMiB = st.Machine.VCPUCount, uint64(st.Machine.MemSizeMib)
 	m.cfg.Drives, m.cfg.Vsock = devs.drives, devs.vsock
 	m.hw = hw
+	m.loaded.Store(loaded)
 	m.nvcpus = len(hw.vcpus)
 	m.state = Paused
 	for _, v := range hw.vcpus {
