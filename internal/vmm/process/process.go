@@ -257,8 +257,10 @@ func (in *Instance) Kill() {
 		close(in.killCh)
 		// The run loop may be busy closing the machine after a Stop or
 		// the guest's end; the kick and the userfaultfd release must
-		// reach it anyway.
-		in.m.Kill("the VMM was killed")
+		// reach it anyway. From a goroutine, because a snapshot load in
+		// flight holds the machine until the API server's stop (which
+		// killCh brings) cancels it, and Kill must not wait.
+		go in.m.Kill("the VMM was killed")
 	})
 }
 
