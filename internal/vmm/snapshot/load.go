@@ -282,6 +282,8 @@ func loadUffd(ctx context.Context, st *vmstate.State, socket string, timeout tim
 	switch {
 	case errors.Is(err, ErrPageServerGone):
 		err = fmt.Errorf("%w (pid %d) after the handshake on %s, before serving the first guest page", ErrPageServerGone, l.PageServerPID, socket)
+	case errors.Is(ctx.Err(), context.Canceled):
+		err = fmt.Errorf("the load was cancelled (the VMM is stopping) before the page server at %s served the first guest page: %w", socket, ctx.Err())
 	case ctx.Err() != nil:
 		err = fmt.Errorf("the page server at %s took the handshake but served no page within %v: %w", socket, timeout, ctx.Err())
 	default:
