@@ -331,8 +331,10 @@ func BenchmarkDensity(b *testing.B) {
 	for _, backend := range densityBackends {
 		for _, concurrent := range levels {
 			// The VMM modes side by side, so that they see the same load.
+			// Short names: each is part of the sandboxes' socket paths
+			// (b.TempDir), which must stay under 108 bytes.
 			for _, vmm := range vmms {
-				b.Run(fmt.Sprintf("%s/concurrent=%d/vmm=%s", backend, concurrent, vmm), func(b *testing.B) {
+				b.Run(fmt.Sprintf("%s/n=%d/%s", backend, concurrent, vmm), func(b *testing.B) {
 					benchDensity(b, vmm, backend, concurrent)
 				})
 			}
