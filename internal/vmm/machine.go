@@ -463,6 +463,15 @@ func (m *Machine) Kill(reason string) {
 			m.log.Warn("releasing the userfaultfd", "err", err)
 		}
 	}
+	// Kick again: a vCPU that was waiting for a page when stop kicked it
+	// may have lost that signal to the fault's retry, and runs on once
+	// its page arrives (as zeros, after the release). While a vCPU has
+	// not returned, Close has not started to release the hardware.
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.hw != nil && m.exited < m.nvcpus {
+		m.kickLocked()
+	}
 }
 
 // Close stops the machine if it runs, waits for its vCPU threads and
