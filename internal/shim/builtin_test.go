@@ -380,3 +380,34 @@ func TestBuiltinAttachAfterParentKill(t *testing.T) {
 	}
 	v.finish(ctx, h)
 }
+
+// TestBuiltinShimTerminated: SIGTERM to a builtin shim whose restored
+// guest runs stops the VM (code 0, as thaw-vmm on SIGTERM), writes the
+// final status file and leaves no socket behind.
+func TestBuiltinShimTerminated(t *testing.T) {
+	ctx := testCtx(t)
+	v, snap := newBuiltinVM(t, nil)
+	h := v.start(ctx)
+	if err := loadProbe(ctx, h, snap); err != nil {
+		t.Fatalf("snapshot load: %v", err)
+	}
+	waitTick(t, v)
+	if err := syscall.Kill(h.PID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitExit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := shim.ReadStatusFile(v.cfg.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != shim.StateVMMExited || !st.Stopped || !st.Done || st.Collected || st.Exit == nil || st.Exit.Code != 0 || st.Exit.Signal != 0 {
+		t.Errorf("status file: got %+v, want vmm-exited, stopped, done, not collected, exit code 0", st)
+	}
+	for _, name := range []string{shim.ControlSocketName, shim.APISocketName, shim.UFFDSocketName} {
+		if _, err := os.Lstat(filepath.Join(v.cfg.Dir, name)); err == nil {
+			t.Errorf("%s left behind", name)
+		}
+	}
+}
