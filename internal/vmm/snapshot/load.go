@@ -92,8 +92,9 @@ var ErrPageServerGone = errors.New("the page server exited")
 // server process exits (returning an error wrapping ErrPageServerGone). A
 // vCPU touching a page that was never served would wait forever, so the
 // VMM must run this for the VM's life and end, with the error, when it
-// returns one. With the File backend, or when the page server's process
-// could not be identified, it just waits for ctx.
+// returns one. With the File backend, when the page server's process
+// could not be identified, or when it is this process, it just waits for
+// ctx.
 func (l *Loaded) WatchPageServer(ctx context.Context) error {
 	if l.server == nil {
 		<-ctx.Done()
@@ -236,6 +237,13 @@ func loadUffd(ctx context.Context, st *vmstate.State, socket string, timeout tim
 	}
 	conn := c.(*net.UnixConn)
 	l.PageServerPID, l.server = peerPidfd(conn)
+	if l.server != nil && l.PageServerPID == os.Getpid() {
+		// The page server runs in this process (the builtin VMM inside
+		// thaw-shim): it cannot exit while the VM runs, and a watch on
+		// our own pidfd would only keep a thread blocked in poll(2).
+		l.server.Close()
+		l.server = nil
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
