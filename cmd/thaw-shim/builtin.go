@@ -16,8 +16,13 @@ import (
 // bad value fails that VM's start with the variable named), its log at
 // Info level next to the serial console in the VMM log. maxProcs is the
 // GOMAXPROCS ceiling the instance sizes the process to once its VM is
-// known (0 leaves GOMAXPROCS alone).
+// known (0 leaves GOMAXPROCS alone); it is at least 2 even on a one-CPU
+// host, so that the page server always has a P while Go code in the same
+// process waits on a guest-memory fault.
 func builtinVMM(maxProcs int) shim.Builtin {
+	if maxProcs > 0 {
+		maxProcs = max(maxProcs, process.StartProcs)
+	}
 	return func(cfg shim.BuiltinConfig) (shim.BuiltinInstance, error) {
 		xsave, err := conf.EnvBool(process.XSAVEEnv, true)
 		if err != nil {
