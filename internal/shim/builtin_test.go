@@ -22,6 +22,7 @@ import (
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/shim"
 	"github.com/thawvm/thaw/internal/testenv"
+	"github.com/thawvm/thaw/internal/uffd"
 )
 
 // The builtin VMM's tests run the probe guest (guest/probe) for real: a
@@ -410,4 +411,84 @@ func TestBuiltinShimTerminated(t *testing.T) {
 			t.Errorf("%s left behind", name)
 		}
 	}
+}
+
+// brokenSource serves the first page of a memory file (the snapshot
+// load's probe of the page server) and fails every other read.
+type brokenSource struct{ *uffd.FileSource }
+
+func (b brokenSource) Bytes(off, n uint64) ([]byte, error) {
+	if off != 0 {
+		return nil, errors.New("test: the page server broke")
+	}
+	return b.FileSource.Bytes(off, n)
+}
+
+// TestBuiltinStopGraceThenKill: a builtin VM whose vCPU waits for a page
+// that will never come (its page server, here one in the test process,
+// died after the first page) does not stop on the stop's request; after
+// the grace the shim kills it, and the kill frees the vCPU. On kvm_pvm a
+// signal does not get a vCPU out of such a fault, so there the stop must
+// end by the kill; with hardware KVM the stop's kick may suffice.
+func TestBuiltinStopGraceThenKill(t *testing.T) {
+	ctx := testCtx(t)
+	v, snap := newBuiltinVM(t, func(c *shim.Config) { c.Pages, c.MemFile, c.Prefetch = shim.PagesNone, "", false })
+	src, err := uffd.OpenFile(snap.mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	sock := filepath.Join(t.TempDir(), "uffd.sock")
+	ln, err := uffd.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	served := make(chan error, 1)
+	go func() {
+		hs, err := ln.Accept(ctx)
+		if err != nil {
+			served <- err
+			return
+		}
+		srv, err := uffd.NewServer(uffd.ServerParams{Config: uffd.Config{DisablePrefetch: true}, Handshake: hs, Source: brokenSource{src}})
+		if err != nil {
+			hs.Close()
+			served <- err
+			return
+		}
+		err = srv.Serve(ctx)
+		srv.Close()
+		served <- err
+	}()
+
+	h := v.start(ctx)
+	c := fcapi.NewClient(h.APISocket)
+	defer c.Close()
+	if err := c.LoadSnapshot(ctx, fcapi.SnapshotLoadParams{SnapshotPath: snap.vmstate,
+		MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: sock}, ResumeVM: true}); err != nil {
+		t.Fatalf("snapshot load: %v", err)
+	}
+	if err := <-served; err == nil || !strings.Contains(err.Error(), "the page server broke") {
+		t.Fatalf("page server: got %v, want it broken by the test", err)
+	}
+	const grace = time.Second
+	start := time.Now()
+	st, err := h.Stop(ctx, grace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	t.Logf("stop took %v: %s", took, st.Exit)
+	if st.State != shim.StateVMMExited || !st.Stopped || st.Exit == nil {
+		t.Fatalf("after stop: got state %s, stopped %t, exit %v; want vmm-exited and stopped", st.State, st.Stopped, st.Exit)
+	}
+	killed := st.Exit.Signal == int(syscall.SIGKILL)
+	if testenv.KVMIsPVM() && (!killed || took < grace) {
+		t.Errorf("on kvm_pvm: got exit %v after %v, want the kill after the %v grace", st.Exit, took, grace)
+	}
+	if !killed && st.Exit.Code != 0 {
+		t.Errorf("exit: got %v, want code 0 (stopped) or killed by SIGKILL", st.Exit)
+	}
+	v.finish(ctx, h)
 }

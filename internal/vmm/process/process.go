@@ -94,8 +94,9 @@ type End struct {
 	// stopped or killed; else what failed (the VM, a snapshot load, the
 	// API server). A VMM process exits 0 for a nil Err and 1 otherwise.
 	Err error
-	// Killed is set when Kill ended the instance (a VM that had already
-	// ended on its own keeps its own End).
+	// Killed is set when Kill was called before the instance had ended:
+	// it ended it, or cut short a stop or the guest's own end that was
+	// still under way (as SIGKILL does to a process that is exiting).
 	Killed bool
 	// Stopped is set when Stop ended it.
 	Stopped bool
@@ -220,6 +221,11 @@ func (in *Instance) run(l net.Listener) {
 	}
 	if l != nil {
 		os.Remove(in.cfg.APISocket)
+	}
+	select {
+	case <-in.killCh:
+		end.Killed = true
+	default:
 	}
 	in.mu.Lock()
 	in.end = end
