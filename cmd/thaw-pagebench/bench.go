@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/thawvm/thaw/internal/conf"
 	"github.com/thawvm/thaw/internal/uffd"
 	"github.com/thawvm/thaw/internal/uffd/uffdtest"
 )
@@ -30,9 +31,10 @@ type samples map[string][]time.Duration
 func (s samples) add(k string, d time.Duration) { s[k] = append(s[k], d) }
 func (s samples) med(k string) time.Duration    { return median(s[k]) }
 
-// bench runs the four measurements of docs/benchmarks/uffd.md side by side
-// on one memory file, each reps times, and prints the medians.
-func bench(dir string, size int64, reps int, log *slog.Logger) error {
+// bench runs the five measurements of docs/benchmarks/uffd.md side by side
+// on one memory file, each reps times, and prints the medians; rate is the
+// prefetch limit of (5).
+func bench(dir string, size int64, reps int, rate uint64, log *slog.Logger) error {
 	if reps < 1 {
 		return fmt.Errorf("reps %d: want at least 1", reps)
 	}
@@ -150,12 +152,20 @@ func bench(dir string, size int64, reps int, log *slog.Logger) error {
 	}
 
 	// (4) Working set.
-	return benchWorkingSet(dir, mem, src, size, reps, log)
+	ws, logPath, order, err := workingSet(dir, src, size, log)
+	if err != nil {
+		return err
+	}
+	if err := benchWorkingSet(dir, mem, src, size, reps, ws, logPath, order, log); err != nil {
+		return err
+	}
+	// (5) Prefetch under a rate limit.
+	return benchPaced(dir, mem, src, size, reps, rate, logPath, order, log)
 }
 
-// benchWorkingSet: a recorded working set of 20% of the file, scattered in
-// 64 KiB runs, read by one toucher thread in recorded order.
-func benchWorkingSet(dir, mem string, src *uffd.FileSource, size int64, reps int, log *slog.Logger) error {
+// workingSet records a working set of 20% of the file, scattered in 64 KiB
+// runs, as an access log, and returns its offsets, path and loaded order.
+func workingSet(dir string, src *uffd.FileSource, size int64, log *slog.Logger) ([]uint64, string, *uffd.AccessLog, error) {
 	const run = 64 << 10
 	runs := int(size / run)
 	rng := rand.New(rand.NewPCG(11, 12))
@@ -168,18 +178,24 @@ func benchWorkingSet(dir, mem string, src *uffd.FileSource, size int64, reps int
 	logPath := filepath.Join(dir, "workingset.log")
 	rec, err := uffd.CreateRecorder(logPath, src, 4096)
 	if err != nil {
-		return err
+		return nil, "", nil, err
 	}
 	for _, o := range ws {
 		rec.Record(o)
 	}
 	if err := rec.Close(); err != nil {
-		return err
+		return nil, "", nil, err
 	}
 	order := uffd.LoadAccessLog(logPath, src, log)
 	if order == nil {
-		return fmt.Errorf("working-set log %s not usable", logPath)
+		return nil, "", nil, fmt.Errorf("working-set log %s not usable", logPath)
 	}
+	return ws, logPath, order, nil
+}
+
+// benchWorkingSet: the working set read by one toucher thread in recorded
+// order.
+func benchWorkingSet(dir, mem string, src *uffd.FileSource, size int64, reps int, ws []uint64, logPath string, order *uffd.AccessLog, log *slog.Logger) error {
 	whole := []uffdtest.Layout{{Offset: 0, Size: uint64(size)}}
 	spec := uffdtest.Spec{MemFile: mem, Regions: whole, Threads: 1, Pattern: uffdtest.List, List: logPath}
 
@@ -248,5 +264,86 @@ func benchWorkingSet(dir, mem string, src *uffd.FileSource, size int64, reps int
 	}
 	d := t.med("mmap")
 	fmt.Printf("    %-28s %9v  %5.1fx faster than on-demand (no page server; page cache warm)\n", "plain MAP_PRIVATE mmap", d.Round(10*time.Microsecond), onDemand.Seconds()/d.Seconds())
+	return nil
+}
+
+// benchPaced measures prefetch under Config.PrefetchRate: (5a) the whole
+// file, nobody faulting, unlimited and limited in turn (the rate achieved
+// and the share of the time spent waiting); (5b) the working set of (4)
+// read by one toucher while the ordered prefetch is paced, against on
+// demand and unlimited ordered prefetch, with the first-touch latencies the
+// toucher saw: a fault must not wait for the limit.
+func benchPaced(dir, mem string, src *uffd.FileSource, size int64, reps int, rate uint64, logPath string, order *uffd.AccessLog, log *slog.Logger) error {
+	whole := []uffdtest.Layout{{Offset: 0, Size: uint64(size)}}
+	full := samples{}
+	var waitShare []float64
+	for range reps {
+		for _, r := range []uint64{0, rate} {
+			s, err := startSession(dir, uffdtest.Spec{MemFile: mem, Regions: whole, Threads: 1, Pattern: uffdtest.Disjoint, WaitStart: true},
+				src, uffd.Config{PrefetchRate: r}, nil, log)
+			if err != nil {
+				return err
+			}
+			if err := s.waitPrefetch(5 * time.Minute); err != nil {
+				s.close()
+				return err
+			}
+			st := s.srv.Stats()
+			s.proc.Go() // then verify every byte
+			if _, _, err := s.wait(5 * time.Minute); err != nil {
+				return err
+			}
+			if st.PrefetchBytes != uint64(size) {
+				return fmt.Errorf("prefetch installed %d bytes, want all %d", st.PrefetchBytes, size)
+			}
+			full.add(fmt.Sprint(r), st.PrefetchTime)
+			if r != 0 {
+				waitShare = append(waitShare, st.PrefetchWait.Seconds()/st.PrefetchTime.Seconds())
+			}
+		}
+	}
+	slices.Sort(waitShare)
+	limited := full.med(fmt.Sprint(rate))
+	fmt.Printf("\n(5a) prefetch of the whole file, nobody faulting, limit %s\n", conf.ByteRate(rate))
+	fmt.Printf("    unlimited:        %5.2f GiB/s\n", gibps(size, full.med("0")))
+	fmt.Printf("    limited:          %7.1f MiB/s = %.1f%% of the limit (at least %v expected, took %v); waiting %.0f%% of that time\n",
+		float64(size)/float64(1<<20)/limited.Seconds(), 100*float64(size)/limited.Seconds()/float64(rate),
+		time.Duration(uint64(size)*uint64(time.Second)/rate).Round(time.Millisecond), limited.Round(time.Millisecond), 100*waitShare[len(waitShare)/2])
+
+	spec := uffdtest.Spec{MemFile: mem, Regions: whole, Threads: 1, Pattern: uffdtest.List, List: logPath, Latencies: true}
+	variants := []struct {
+		name  string
+		cfg   uffd.Config
+		order *uffd.AccessLog
+	}{
+		{"on-demand (no prefetch)", uffd.Config{DisablePrefetch: true}, nil},
+		{"ordered prefetch", uffd.Config{}, order},
+		{"ordered prefetch, limited", uffd.Config{PrefetchRate: rate}, order},
+	}
+	t := samples{}
+	faulted := map[string][]uint64{}
+	for range reps {
+		for _, v := range variants {
+			s, err := startSession(dir, spec, src, v.cfg, v.order, log)
+			if err != nil {
+				return err
+			}
+			res, st, err := s.wait(5 * time.Minute)
+			if err != nil {
+				return err
+			}
+			t.add(v.name, res.Elapsed)
+			t.add(v.name+"p50", res.P50)
+			t.add(v.name+"p99", res.P99)
+			faulted[v.name] = append(faulted[v.name], st.FaultPages)
+		}
+	}
+	fmt.Printf("\n(5b) the working set of (4), read by one toucher timing each first touch, prefetch limited to %s\n", conf.ByteRate(rate))
+	for _, v := range variants {
+		fs := slices.Clone(faulted[v.name])
+		slices.Sort(fs)
+		fmt.Printf("    %-26s %9v  first touch p50 %v p99 %v; pages installed by faults: median %d\n", v.name,
+			t.med(v.name).Round(10*time.Microsecond), t.med(v.name+"p50"), t.med(v.name+"p99"), fs[len(fs)/2])
+	}
 	return nil
 }

@@ -3,8 +3,9 @@
 // Firecracker handshake and touches guest memory from many threads.
 //
 //	thaw-pagebench demo   [-size 256MiB] [-threads 8]   serve a memory file to a toucher and verify every byte
-//	thaw-pagebench bench  [-size 512MiB] [-reps 3]      the four side-by-side measurements of docs/benchmarks/uffd.md
+//	thaw-pagebench bench  [-size 512MiB] [-reps 3] [-prefetch-rate 256MiB/s]  the five side-by-side measurements of docs/benchmarks/uffd.md
 //	thaw-pagebench stress [-faults 10000000]            serve many faults with racing prefetch, fail on any wedged session
+//	thaw-pagebench burst  [-size 256MiB] [-sessions 8] [-reps 3] [-prefetch-rate 256MiB/s]  a create among others' prefetches, with and without a limit
 //
 // Files go to -dir (default: a new directory under $TMPDIR, removed at
 // exit).
@@ -18,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/thawvm/thaw/internal/conf"
 	"github.com/thawvm/thaw/internal/uffd/uffdtest"
 )
 
@@ -30,8 +32,18 @@ func main() {
 	fs := flag.NewFlagSet(mode, flag.ExitOnError)
 	size := fs.String("size", "", "memory file size (e.g. 256MiB, 1GiB)")
 	threads := fs.Int("threads", 8, "toucher threads (demo, stress)")
+	sessions := fs.Int("sessions", 8, "other sandboxes prefetching (burst)")
 	reps := fs.Int("reps", 3, "repetitions per measurement; the median is reported (bench)")
 	faults := fs.Uint64("faults", 10_000_000, "faults to serve before stopping (stress)")
+	rate := conf.ByteRate(256 << 20)
+	fs.Func("prefetch-rate", "prefetch limit of bench's measurement (5) and of burst: bytes per second or e.g. 256MiB/s", func(s string) error {
+		r, err := conf.ParseByteRate(s)
+		if err == nil && r == 0 {
+			err = fmt.Errorf("prefetch rate %q: bench's (5) and burst measure a limit; want a non-zero rate", s)
+		}
+		rate = r
+		return err
+	})
 	dir := fs.String("dir", "", "directory for the memory file and sockets (default: a temporary directory)")
 	verbose := fs.Bool("v", false, "log the page server's messages")
 	fs.Parse(args)
@@ -41,7 +53,7 @@ func main() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	defSize := map[string]string{"demo": "256MiB", "bench": "512MiB", "stress": "256MiB"}[mode]
+	defSize := map[string]string{"demo": "256MiB", "bench": "512MiB", "stress": "256MiB", "burst": "256MiB"}[mode]
 	if *size == "" {
 		*size = defSize
 	}
@@ -61,9 +73,11 @@ func main() {
 	case "demo":
 		err = demo(workdir, n, *threads, log)
 	case "bench":
-		err = bench(workdir, n, *reps, log)
+		err = bench(workdir, n, *reps, uint64(rate), log)
 	case "stress":
 		err = stress(workdir, n, *threads, *faults, log)
+	case "burst":
+		err = burst(workdir, n, *sessions, *reps, uint64(rate), log)
 	default:
 		usage()
 	}
@@ -76,7 +90,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: thaw-pagebench demo|bench|stress [flags]; thaw-pagebench <mode> -h lists the flags")
+	fmt.Fprintln(os.Stderr, "usage: thaw-pagebench demo|bench|stress|burst [flags]; thaw-pagebench <mode> -h lists the flags")
 	os.Exit(2)
 }
 

@@ -7,7 +7,7 @@
 // Usage:
 //
 //	thaw-shim --id ID --dir DIR --vmm builtin|/path/to/thaw-vmm|firecracker \
-//	    [--pages none|serve|record] [--mem-file F] [--access-log F] [--prefetch=on] \
+//	    [--pages none|serve|record] [--mem-file F] [--access-log F] [--prefetch=on] [--prefetch-rate R] \
 //	    [--record-log F] [--settle-min D] [--settle-max D] [--ready-timeout D] \
 //	    [--handshake-timeout D] [--stop-grace D] [--collect-timeout D] [--vmm-id ID] [--vmm-arg A]...
 //

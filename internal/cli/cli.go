@@ -398,6 +398,9 @@ func (p printer) sandbox(sb thawapi.Sandbox) error {
 		if pg.PrefetchDone {
 			done = "done after " + msText(pg.PrefetchMS)
 		}
+		if pg.PrefetchRate != 0 {
+			done += fmt.Sprintf(" (limited to %s, waited %s)", conf.ByteRate(pg.PrefetchRate), durText(pg.PrefetchWaitMS))
+		}
 		if pg.Prefetch == thawapi.PrefetchOff {
 			fmt.Fprintf(tw, "prefetch\toff\n")
 		} else {

@@ -1,6 +1,6 @@
 // Package conf holds the small parsing rules every Thaw component shares for
-// configuration values: booleans parse strictly, and a bad value is an error
-// rather than a silent default.
+// configuration values: booleans and byte rates parse strictly, and a bad
+// value is an error rather than a silent default.
 package conf
 
 import (

@@ -121,6 +121,9 @@ func CPU(threads []Thread) time.Duration {
 // Mapping is one entry of /proc/<pid>/smaps. Sizes are in bytes.
 type Mapping struct {
 	Start, End uint64
+	// Perms are the permissions as smaps prints them: "r-xp", "rw-p",
+	// "rw-s" (the last letter: private or shared).
+	Perms string
 	// Path is the mapped file, a bracketed pseudo-name ("[heap]",
 	// "[stack]") or "" for anonymous memory. Runs of spaces inside a
 	// file name read as one space (smaps pads the column with spaces).
@@ -230,12 +233,20 @@ func parseHeader(text string) (Mapping, error) {
 	if err1 != nil || err2 != nil || end < start {
 		return Mapping{}, fmt.Errorf("mapping header %q: bad address range", text)
 	}
-	m := Mapping{Start: start, End: end}
+	if !validPerms(f[1]) {
+		return Mapping{}, fmt.Errorf("mapping header %q: permissions %q, want four letters like \"r-xp\"", text, f[1])
+	}
+	m := Mapping{Start: start, End: end, Perms: f[1]}
 	if len(f) > 5 {
 		// The path is the rest of the line; it may contain spaces.
 		m.Path = strings.Join(f[5:], " ")
 	}
 	return m, nil
+}
+
+func validPerms(p string) bool {
+	return len(p) == 4 && (p[0] == 'r' || p[0] == '-') && (p[1] == 'w' || p[1] == '-') &&
+		(p[2] == 'x' || p[2] == '-') && (p[3] == 'p' || p[3] == 's')
 }
 
 func parseKB(val string) (uint64, error) {
@@ -278,4 +289,76 @@ func VCPUsIdle(pid int) (vcpus, idle int, err error) {
 		}
 	}
 	return vcpus, idle, nil
+}
+
+// Split is a process's memory by kind, in bytes of PSS, read from its
+// mappings: what a sandbox's shim or VMM costs and why.
+type Split struct {
+	// Binary is the executable's text and read-only data: shared by
+	// every process running it, so it shrinks as more run.
+	Binary uint64
+	// Data is the executable's writable data: the pages written since
+	// exec (copied on write, so private).
+	Data uint64
+	// BSS is the anonymous mapping right after the executable's data:
+	// its zero-initialised globals (a Go runtime's heap bookkeeping).
+	BSS uint64
+	// Anon is every other private anonymous mapping not registered with
+	// a userfaultfd, and the brk heap: for a Go program, its heap arenas
+	// (objects and every goroutine's and thread's stack) and the
+	// runtime's metadata.
+	Anon uint64
+	// Stack is the main thread's stack.
+	Stack uint64
+	// UFFD is memory in mappings registered with a userfaultfd for
+	// missing faults (VmFlags "um"): a VMM's guest memory.
+	UFFD uint64
+	// Other is everything else: other files, shared mappings, the vDSO.
+	Other uint64
+}
+
+// Exe returns the path of pid's executable, as its mappings name it.
+func Exe(pid int) (string, error) {
+	p, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("reading the executable of pid %d: %w", pid, ErrGone)
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading the executable of pid %d: %w", pid, err)
+	}
+	return p, nil
+}
+
+// SplitMappings sorts maps (one process's, as Smaps returns them, in
+// address order) by kind. exe is the path of the process's executable as
+// its mappings name it (the target of /proc/<pid>/exe).
+func SplitMappings(maps []Mapping, exe string) Split {
+	var s Split
+	var dataEnd uint64 // end of the executable's last writable mapping
+	for _, m := range maps {
+		switch {
+		case m.Path == exe && exe != "" && m.Perms[1] == 'w':
+			s.Data += m.Pss
+			dataEnd = m.End
+		case m.Path == exe && exe != "":
+			s.Binary += m.Pss
+		case m.HasFlag("um"):
+			s.UFFD += m.Pss
+		case m.Path == "" && m.Start == dataEnd && dataEnd != 0:
+			s.BSS += m.Pss
+		case (m.Path == "" || m.Path == "[heap]") && m.Perms[3] == 'p':
+			s.Anon += m.Pss
+		case m.Path == "[stack]":
+			s.Stack += m.Pss
+		default:
+			s.Other += m.Pss
+		}
+	}
+	return s
+}
+
+// Add returns the sum of s and t.
+func (s Split) Add(t Split) Split {
+	return Split{Binary: s.Binary + t.Binary, Data: s.Data + t.Data, BSS: s.BSS + t.BSS, Anon: s.Anon + t.Anon,
+		Stack: s.Stack + t.Stack, UFFD: s.UFFD + t.UFFD, Other: s.Other + t.Other}
 }

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/thawvm/thaw/internal/conf"
+	"github.com/thawvm/thaw/internal/uffd"
 )
 
 // PageMode says what the shim does with the VMM's guest memory.
@@ -77,6 +77,11 @@ type Config struct {
 	AccessLog string
 	// Prefetch turns the prefetcher on (serve mode).
 	Prefetch bool
+	// PrefetchRate caps the prefetcher in bytes per second (serve mode
+	// with prefetch on; 0: unlimited; see uffd.Config.PrefetchRate). It is
+	// part of the shim's command line, so a shim reattached by a restarted
+	// thawd keeps it.
+	PrefetchRate uint64
 	// RecordLog is where the access log is written (record mode).
 	RecordLog string
 	// SettleMin and SettleMax bound the settle detector (record mode)
@@ -99,10 +104,40 @@ type Config struct {
 	CollectTimeout time.Duration
 }
 
-var (
-	idRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
-	fcIDRE = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
-)
+// validID reports whether id is 1-64 of [A-Za-z0-9_.-], starting
+// alphanumeric: a sandbox id, safe as a file name. Checked by hand, not by
+// a regexp: compiling the two regexps this file used to hold allocated
+// 120 KB at the shim's start-up, which stayed resident in every idle shim
+// (docs/benchmarks/thawd.md).
+func validID(id string) bool {
+	if id == "" || len(id) > 64 || !isAlnum(id[0]) {
+		return false
+	}
+	for i := 1; i < len(id); i++ {
+		if c := id[i]; !isAlnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// validVMMID reports whether id is 1-64 of [A-Za-z0-9-], Firecracker's
+// rule for --id.
+func validVMMID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := range len(id) {
+		if c := id[i]; !isAlnum(c) && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
 
 // WithDefaults returns c with zero durations replaced by their defaults.
 func (c Config) WithDefaults() Config {
@@ -130,7 +165,7 @@ func (c Config) Validate() error {
 	c = c.WithDefaults()
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if !idRE.MatchString(c.ID) {
+	if !validID(c.ID) {
 		bad("id %q: want 1-64 of [A-Za-z0-9_.-], starting alphanumeric", c.ID)
 	}
 	if c.Dir == "" || !filepath.IsAbs(c.Dir) {
@@ -146,7 +181,7 @@ func (c Config) Validate() error {
 	case c.VMM == "" || !filepath.IsAbs(c.VMM):
 		bad("vmm %q: want %q or an absolute path to the VMM binary", c.VMM, BuiltinVMM)
 	}
-	if c.VMMID != "" && !fcIDRE.MatchString(c.VMMID) {
+	if c.VMMID != "" && !validVMMID(c.VMMID) {
 		bad("vmm id %q: want 1-64 of [A-Za-z0-9-] (Firecracker's rule for --id)", c.VMMID)
 	}
 	for _, a := range c.VMMArgs {
@@ -156,8 +191,8 @@ func (c Config) Validate() error {
 	}
 	switch c.Pages {
 	case PagesNone:
-		if c.MemFile != "" || c.AccessLog != "" || c.RecordLog != "" || c.Prefetch {
-			bad("pages none: mem file, access log, record log and prefetch need a page server (pages serve or record)")
+		if c.MemFile != "" || c.AccessLog != "" || c.RecordLog != "" || c.Prefetch || c.PrefetchRate != 0 {
+			bad("pages none: mem file, access log, record log, prefetch and prefetch rate need a page server (pages serve or record)")
 		}
 	case PagesServe:
 		if !filepath.IsAbs(c.MemFile) {
@@ -169,6 +204,12 @@ func (c Config) Validate() error {
 		if c.AccessLog != "" && !c.Prefetch {
 			bad("access log %q is a prefetch order, but prefetch is off", c.AccessLog)
 		}
+		if c.PrefetchRate != 0 && !c.Prefetch {
+			bad("prefetch rate %s limits the prefetcher, but prefetch is off", conf.ByteRate(c.PrefetchRate))
+		}
+		if c.PrefetchRate != 0 && c.PrefetchRate < uffd.MinPrefetchRate {
+			bad("prefetch rate %s: want 0 (unlimited) or at least %d bytes/s", conf.ByteRate(c.PrefetchRate), uffd.MinPrefetchRate)
+		}
 		if c.RecordLog != "" {
 			bad("record log %q: recording needs pages record", c.RecordLog)
 		}
@@ -179,8 +220,8 @@ func (c Config) Validate() error {
 		if !filepath.IsAbs(c.RecordLog) {
 			bad("record log %q: pages record needs an absolute path to write the access log to", c.RecordLog)
 		}
-		if c.Prefetch || c.AccessLog != "" {
-			bad("pages record: prefetch and an access log are for pages serve (recording runs without prefetch)")
+		if c.Prefetch || c.AccessLog != "" || c.PrefetchRate != 0 {
+			bad("pages record: prefetch, its rate and an access log are for pages serve (recording runs without prefetch)")
 		}
 	default:
 		bad("pages %q: want %q, %q or %q", c.Pages, PagesNone, PagesServe, PagesRecord)
@@ -246,6 +287,9 @@ func (c Config) Args() []string {
 	if c.Prefetch {
 		a = append(a, "--prefetch=true")
 	}
+	if c.PrefetchRate != 0 {
+		a = append(a, "--prefetch-rate", conf.ByteRate(c.PrefetchRate).String())
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -283,6 +327,11 @@ func ParseArgs(args []string) (Config, error) {
 	fs.Func("prefetch", "prefetch (true/false/1/0/on/off)", func(s string) error {
 		v, err := conf.ParseBool(s)
 		c.Prefetch = v
+		return err
+	})
+	fs.Func("prefetch-rate", "prefetch limit: bytes per second, e.g. 209715200 or 200MiB/s; 0 or unlimited", func(s string) error {
+		r, err := conf.ParseByteRate(s)
+		c.PrefetchRate = uint64(r)
 		return err
 	})
 	fs.DurationVar(&c.SettleMin, "settle-min", 0, "settle detector minimum")

@@ -26,8 +26,24 @@ func TestConfigValidate(t *testing.T) {
 			c.Pages, c.AccessLog, c.Prefetch, c.RecordLog = shim.PagesRecord, "", false, "/t/rec.log"
 		}, ""},
 		{"valid on demand", func(c *shim.Config) { c.AccessLog, c.Prefetch = "", false }, ""},
+		{"valid prefetch rate", func(c *shim.Config) { c.PrefetchRate = 200 << 20 }, ""},
+		{"prefetch rate without prefetch", func(c *shim.Config) { c.AccessLog, c.Prefetch, c.PrefetchRate = "", false, 1<<20 }, "prefetch rate 1MiB/s limits the prefetcher, but prefetch is off"},
+		{"prefetch rate below a page a second", func(c *shim.Config) { c.PrefetchRate = 100 }, "prefetch rate 100B/s: want 0 (unlimited) or at least 4096"},
+		{"none with prefetch rate", func(c *shim.Config) {
+			c.Pages, c.MemFile, c.AccessLog, c.Prefetch, c.PrefetchRate = shim.PagesNone, "", "", false, 1<<20
+		}, "need a page server"},
+		{"record with prefetch rate", func(c *shim.Config) {
+			c.Pages, c.AccessLog, c.Prefetch, c.RecordLog, c.PrefetchRate = shim.PagesRecord, "", false, "/t/r", 1<<20
+		}, "without prefetch"},
 		{"empty id", func(c *shim.Config) { c.ID = "" }, "id"},
 		{"id with slash", func(c *shim.Config) { c.ID = "a/b" }, "id \"a/b\""},
+		{"id of 64", func(c *shim.Config) { c.ID = "a" + strings.Repeat("b._-", 15) + "xyz" }, ""},
+		{"id of 65", func(c *shim.Config) { c.ID = strings.Repeat("a", 65) }, "1-64"},
+		{"id starting with dot", func(c *shim.Config) { c.ID = ".a" }, "starting alphanumeric"},
+		{"id starting with hyphen", func(c *shim.Config) { c.ID = "-a" }, "starting alphanumeric"},
+		{"id not ascii", func(c *shim.Config) { c.ID = "sb-é" }, "id"},
+		{"vmm id of 64", func(c *shim.Config) { c.VMMID = "-" + strings.Repeat("A1", 31) + "z" }, ""},
+		{"vmm id of 65", func(c *shim.Config) { c.VMMID = strings.Repeat("a", 65) }, "Firecracker's rule"},
 		{"relative dir", func(c *shim.Config) { c.Dir = "vm" }, "dir \"vm\""},
 		{"dir too long", func(c *shim.Config) { c.Dir = "/" + strings.Repeat("d", 100) }, "too long"},
 		{"relative vmm", func(c *shim.Config) { c.VMM = "firecracker" }, "vmm \"firecracker\""},
@@ -73,8 +89,12 @@ func TestConfigDefaults(t *testing.T) {
 }
 
 func TestArgsRoundTrip(t *testing.T) {
+	limited := validConfig()
+	limited.PrefetchRate = 3 << 20
+	odd := validConfig()
+	odd.PrefetchRate = 50e6 // not a whole number of KiB
 	for _, c := range []shim.Config{
-		validConfig(),
+		validConfig(), limited, odd,
 		{ID: "build-x.1", Dir: "/d", VMM: "/v", VMMID: "build-x", VMMArgs: []string{"--level", "Debug", "--id-like"},
 			Pages: shim.PagesRecord, MemFile: "/m", RecordLog: "/r", SettleMin: 100 * time.Millisecond, SettleMax: 3 * time.Second,
 			ReadyTimeout: time.Second, HandshakeTimeout: 2 * time.Second, StopGrace: 3 * time.Second, CollectTimeout: time.Minute},
@@ -102,6 +122,8 @@ func TestParseArgsRejects(t *testing.T) {
 		{"positional", append(base, "extra"), "unexpected argument \"extra\""},
 		{"loose boolean", append(base, "--pages", "serve", "--mem-file", "/m", "--prefetch=maybe"), "maybe"},
 		{"bad duration", append(base, "--stop-grace", "5"), "stop-grace"},
+		{"bad rate", append(base, "--pages", "serve", "--mem-file", "/m", "--prefetch=on", "--prefetch-rate", "fast"), `invalid rate "fast"`},
+		{"rate with a fraction", append(base, "--pages", "serve", "--mem-file", "/m", "--prefetch=on", "--prefetch-rate", "1.5MiB/s"), "200MiB/s"},
 		{"invalid config", []string{"--id", "s"}, "dir"},
 	}
 	for _, tt := range tests {

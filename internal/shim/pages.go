@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/thawvm/thaw/internal/conf"
 	"github.com/thawvm/thaw/internal/uffd"
 )
 
@@ -95,7 +96,7 @@ func (s *supervisor) servePages(ctx context.Context, p *pager) {
 		return
 	}
 	srv, err := uffd.NewServer(uffd.ServerParams{
-		Config:    uffd.Config{DisablePrefetch: !s.cfg.Prefetch},
+		Config:    uffd.Config{DisablePrefetch: !s.cfg.Prefetch, PrefetchRate: s.cfg.PrefetchRate},
 		Handshake: hs,
 		Source:    p.src,
 		Order:     p.order,
@@ -111,7 +112,7 @@ func (s *supervisor) servePages(ctx context.Context, p *pager) {
 	defer srv.Close()
 	regions := srv.Regions()
 	s.setServer(srv, Verdict{State: VerdictOK, Regions: len(regions), PeerPID: hs.PeerPID})
-	s.log.Info("UFFD handshake accepted", "regions", len(regions), "peer", hs.PeerPID, "prefetch", s.cfg.Prefetch, "ordered", p.order != nil)
+	s.log.Info("UFFD handshake accepted", "regions", len(regions), "peer", hs.PeerPID, "prefetch", s.cfg.Prefetch, "prefetch_rate", conf.ByteRate(s.cfg.PrefetchRate).String(), "ordered", p.order != nil)
 
 	var wg sync.WaitGroup
 	sctx, stopSettle := context.WithCancel(ctx)

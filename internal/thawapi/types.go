@@ -129,6 +129,11 @@ type PageServer struct {
 	// PrefetchMS after how long.
 	PrefetchDone bool    `json:"prefetch_done"`
 	PrefetchMS   float64 `json:"prefetch_ms,omitempty"`
+	// PrefetchRate is the prefetcher's limit in bytes per second (absent:
+	// unlimited), the one thawd's uffd_prefetch_rate gave the sandbox at
+	// create; PrefetchWaitMS is how long the prefetcher has waited for it.
+	PrefetchRate   uint64  `json:"prefetch_rate,omitempty"`
+	PrefetchWaitMS float64 `json:"prefetch_wait_ms,omitempty"`
 }
 
 // CreateSandbox is POST /v1/sandboxes' body.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 )
 
@@ -89,12 +90,11 @@ func ReadAccessLog(r io.Reader) (*AccessLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	seen := make(map[uint64]struct{})
 	maxRecords := l.FileSize / l.PageSize
 	for line := 2; ; line++ {
 		rec, err := readLine(br, 32)
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return l, nil // clean end, or a last record cut short
+			break // clean end, or a last record cut short
 		}
 		if err != nil {
 			return nil, fmt.Errorf("access log line %d: %w", line, err)
@@ -106,41 +106,85 @@ func ReadAccessLog(r io.Reader) (*AccessLog, error) {
 		if off%l.PageSize != 0 || off >= l.FileSize {
 			return nil, fmt.Errorf("access log line %d: offset %#x is not a %d-byte page inside the %d-byte file", line, off, l.PageSize, l.FileSize)
 		}
-		if _, dup := seen[off]; dup {
-			return nil, fmt.Errorf("access log line %d: offset %#x appears twice", line, off)
-		}
 		if uint64(len(l.Offsets)) >= maxRecords {
 			return nil, fmt.Errorf("access log line %d: more records than the file has pages", line)
 		}
-		seen[off] = struct{}{}
+		if len(l.Offsets) == cap(l.Offsets) {
+			// Double, rather than append's 1.25x for large slices,
+			// which allocated 4 times the final slice along the way.
+			l.Offsets = slices.Grow(l.Offsets, max(len(l.Offsets), 512))
+		}
 		l.Offsets = append(l.Offsets, off)
 	}
+	if err := checkRepeats(l.Offsets, l.PageSize, l.FileSize); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// checkRepeats reports the first record that repeats an earlier offset
+// (offsets are page-aligned and inside the file by now). It does not fill
+// a set while reading: a map of every record of a large template's log
+// (131072 for a 512 MiB working set) allocated several MiB in every shim
+// that prefetched from it, and an idle shim never gives them back
+// (docs/benchmarks/thawd.md). A bitmap of the file's pages costs a bit a
+// page; where that is more than a sorted copy of the records (a short log
+// of a huge file), sorting finds whether any repeats.
+func checkRepeats(offsets []uint64, pageSize, fileSize uint64) error {
+	repeat := func(i int, off uint64) error {
+		return fmt.Errorf("access log line %d: offset %#x appears twice", i+2, off)
+	}
+	if pages := fileSize / pageSize; pages/8 <= 8*uint64(len(offsets)) {
+		seen := make([]uint64, (pages+63)/64)
+		for i, off := range offsets {
+			p := off / pageSize
+			if seen[p/64]&(1<<(p%64)) != 0 {
+				return repeat(i, off)
+			}
+			seen[p/64] |= 1 << (p % 64)
+		}
+		return nil
+	}
+	sorted := slices.Clone(offsets)
+	slices.Sort(sorted)
+	if len(slices.Compact(sorted)) == len(offsets) {
+		return nil
+	}
+	// A broken log: name the line of the first repeat.
+	seen := make(map[uint64]bool)
+	for i, off := range offsets {
+		if seen[off] {
+			return repeat(i, off)
+		}
+		seen[off] = true
+	}
+	return errors.New("access log: an offset appears twice") // not reached: the scan finds it
 }
 
 // readLine returns the next line without its newline. A line longer than
 // max is an error; EOF before a newline is io.ErrUnexpectedEOF (or io.EOF
 // when nothing was read).
+//
+// The line is a slice of br's buffer, valid until the next read: copying
+// each line into its own slice allocated once per record, 131072 times
+// for a large template's log.
 func readLine(br *bufio.Reader, max int) ([]byte, error) {
-	var line []byte
-	for {
-		b, err := br.ReadByte()
-		if err == io.EOF {
-			if len(line) == 0 {
-				return nil, io.EOF
-			}
-			return nil, io.ErrUnexpectedEOF
-		}
-		if err != nil {
-			return nil, err
-		}
-		if b == '\n' {
-			return line, nil
-		}
-		if len(line) >= max {
-			return nil, fmt.Errorf("line longer than %d bytes", max)
-		}
-		line = append(line, b)
+	line, err := br.ReadSlice('\n')
+	switch {
+	case err == io.EOF && len(line) == 0:
+		return nil, io.EOF
+	case err == io.EOF:
+		return nil, io.ErrUnexpectedEOF
+	case errors.Is(err, bufio.ErrBufferFull):
+		return nil, fmt.Errorf("line longer than %d bytes", max)
+	case err != nil:
+		return nil, err
 	}
+	line = line[:len(line)-1]
+	if len(line) > max {
+		return nil, fmt.Errorf("line longer than %d bytes", max)
+	}
+	return line, nil
 }
 
 func parseHeader(h []byte) (*AccessLog, error) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -56,6 +57,7 @@ func TestRecorderRoundTrip(t *testing.T) {
 
 func TestReadAccessLog(t *testing.T) {
 	const hdr = "thaw-access-log v1 page_size=4096 file_size=65536 file_id=00ff\n"
+	const hugeHdr = "thaw-access-log v1 page_size=4096 file_size=1099511627776 file_id=00ff\n"
 	tests := []struct {
 		name string
 		in   string
@@ -75,7 +77,12 @@ func TestReadAccessLog(t *testing.T) {
 		{"unknown field", "thaw-access-log v1 page_size=4096 file_size=65536 color=red\n", nil, "unknown field"},
 		{"unaligned", hdr + "3001\n", nil, "not a 4096-byte page"},
 		{"past the file", hdr + "10000\n", nil, "not a 4096-byte page inside"},
-		{"duplicate", hdr + "3000\n3000\n", nil, "appears twice"},
+		{"duplicate", hdr + "3000\n3000\n", nil, "line 3: offset 0x3000 appears twice"},
+		{"first of two duplicates", hdr + "4000\n3000\n0\n3000\n4000\n", nil, "line 5: offset 0x3000 appears twice"},
+		{"duplicate before a cut last line", hdr + "0\n0\n1", nil, "line 3: offset 0x0 appears twice"},
+		// A short log of a 1 TiB file: repeats found by sorting, not a bitmap.
+		{"records of a huge file", hugeHdr + "3000\n0\nfffffff000\n", []uint64{0x3000, 0, 0xfffffff000}, ""},
+		{"duplicate in a huge file", hugeHdr + "4000\n3000\n0\n3000\n4000\n", nil, "line 5: offset 0x3000 appears twice"},
 		{"not hex", hdr + "x\n", nil, "not a hex page offset"},
 		{"sign", hdr + "+3000\n", nil, "not a hex page offset"},
 		{"long line", hdr + strings.Repeat("0", 40) + "\n", nil, "longer than"},
@@ -194,5 +201,40 @@ func TestRecorderSurvivesCrash(t *testing.T) {
 	}
 	if len(l.Offsets) != 10 {
 		t.Errorf("got %d records, want the 10 flushed before the crash", len(l.Offsets))
+	}
+}
+
+// TestReadAccessLogAllocations reads a large template's log: allocations
+// must not grow with the record count (the log is read on every create,
+// and an idle shim never gives the garbage back).
+func TestReadAccessLogAllocations(t *testing.T) {
+	const records = 16384
+	// A file twice the log (repeats found with a bitmap) and a 1 TiB
+	// file (a bitmap would be 32 MiB: found by sorting).
+	for _, fileSize := range []uint64{2 * records * 4096, 1 << 40} {
+		var b bytes.Buffer
+		fmt.Fprintf(&b, "thaw-access-log v1 page_size=4096 file_size=%d file_id=00\n", fileSize)
+		for i := range records {
+			fmt.Fprintf(&b, "%x\n", uint64((i*7919)%(2*records))*4096) // distinct: 7919 is prime
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		l, err := uffd.ReadAccessLog(bytes.NewReader(b.Bytes()))
+		runtime.ReadMemStats(&after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(l.Offsets) != records {
+			t.Fatalf("file of %d bytes: got %d records, want %d", fileSize, len(l.Offsets), records)
+		}
+		// The reader's 64 KiB buffer, the offsets grown by doubling
+		// (twice their size in all) and a sorted copy or a bitmap: at
+		// most 3 x 8 bytes a record, and slack for size classes and the
+		// race detector. A set of the offsets and a slice per line took
+		// 1.9 MB and 16566 objects here.
+		const maxBytes = 4*8*records + 128<<10
+		if objs, bytes := after.Mallocs-before.Mallocs, after.TotalAlloc-before.TotalAlloc; objs > 64 || bytes > maxBytes {
+			t.Errorf("file of %d bytes: reading %d records allocated %d objects, %d bytes: want at most 64 objects and %d bytes", fileSize, records, objs, bytes, maxBytes)
+		}
 	}
 }

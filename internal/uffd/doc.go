@@ -35,6 +35,10 @@
 // on the uffd, a pidfd of the VMM and an eventfd that Close and the end of
 // its context write to, so an idle server costs no CPU (Config.PollInterval
 // only bounds the sleep, as a safety net).
+// Config.PrefetchRate caps the prefetcher's bytes per second without ever
+// delaying a fault: runs are spaced on a virtual clock (see pacer), and
+// while the next run is not yet due that poll(2) sleeps until it is, so a
+// fault still wakes Serve at once.
 // All-zero 4 KiB pages are installed with UFFDIO_ZEROPAGE (read faults and
 // prefetch; write faults copy), so they cost the VM no memory until written.
 //

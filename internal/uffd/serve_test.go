@@ -211,8 +211,12 @@ func TestServe64ThreadsRacingOnSamePages(t *testing.T) {
 	}
 	// Several threads fault on each page at once; one copy wins and the
 	// others must be answered with a wake (or they would hang the child).
-	if st.EEXIST == 0 || st.Faults != st.FaultPages+st.EEXIST {
-		t.Errorf("faults=%d installs=%d eexist=%d: want eexist > 0 and faults = installs + eexist", st.Faults, st.FaultPages, st.EEXIST)
+	// A thread's fault message can still be queued after another thread's
+	// copy has woken it; if the child exits before the server reads it,
+	// that fault meets a gone address space and is neither an install nor
+	// an EEXIST. Each of the 64 threads has at most one such fault.
+	if answered := st.FaultPages + st.EEXIST; st.EEXIST == 0 || st.Faults < answered || st.Faults > answered+64 {
+		t.Errorf("faults=%d installs=%d eexist=%d: want eexist > 0 and installs + eexist ≤ faults ≤ installs + eexist + 64 (one late fault per thread)", st.Faults, st.FaultPages, st.EEXIST)
 	}
 }
 

@@ -32,6 +32,16 @@ type Config struct {
 	PrefetchRunBytes uint64
 	// DisablePrefetch turns the prefetcher off (recording runs do this).
 	DisablePrefetch bool
+	// PrefetchRate caps the prefetcher at this many bytes per second
+	// [0: unlimited]; zero pages count like copies. Faults are never
+	// delayed by it: runs are spaced so that the bytes prefetched since
+	// Serve began stay within the rate plus one run, and while the next
+	// run is not yet due Serve sleeps in poll(2) until it is (a fault
+	// still wakes it at once). It bounds the disk, page cache and CPU one
+	// sandbox's prefetch takes from its neighbours; a sandbox being
+	// created among others is limited too, so it faults more instead
+	// (docs/benchmarks/uffd.md, burst).
+	PrefetchRate uint64
 	// DisableZeroPages copies all-zero pages like any other instead of
 	// mapping the shared zero page (which saves the VM the memory until it
 	// writes the page; 4 KiB regions only, read faults and prefetch).
@@ -61,9 +71,17 @@ func (c Config) Validate() error {
 		return fmt.Errorf("batch size %d: want 1 to 4096 messages", c.BatchSize)
 	case c.PrefetchRunBytes < PageSize4K || c.PrefetchRunBytes > 64<<20 || c.PrefetchRunBytes%PageSize4K != 0:
 		return fmt.Errorf("prefetch run size %d: want a multiple of 4096 from 4 KiB to 64 MiB", c.PrefetchRunBytes)
+	case c.PrefetchRate != 0 && c.PrefetchRate < MinPrefetchRate:
+		return fmt.Errorf("prefetch rate %d bytes/s: want 0 (unlimited) or at least %d (one 4 KiB page a second)", c.PrefetchRate, MinPrefetchRate)
+	case c.PrefetchRate != 0 && c.DisablePrefetch:
+		return fmt.Errorf("prefetch rate %d bytes/s with prefetch disabled: the limit applies only to the prefetcher", c.PrefetchRate)
 	}
 	return nil
 }
+
+// MinPrefetchRate is the lowest non-zero Config.PrefetchRate: one 4 KiB
+// page a second.
+const MinPrefetchRate = PageSize4K
 
 // ServerParams gathers what a Server is built from.
 type ServerParams struct {
@@ -102,6 +120,7 @@ type Server struct {
 	src     Source
 	rec     *Recorder
 	pf      *prefetcher // nil when prefetch is disabled
+	pace    *pacer      // nil when prefetch is unlimited (set by Serve)
 	st      counters
 	serving atomic.Bool
 	started time.Time // when Serve began
@@ -158,6 +177,7 @@ func NewServer(p ServerParams) (*Server, error) {
 	}
 	if !s.cfg.DisablePrefetch {
 		s.pf = newPrefetcher(&s.regions, p.Order)
+		s.st.prefRate = s.cfg.PrefetchRate
 	}
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
@@ -223,6 +243,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer stopWake()
 	if s.pf == nil {
 		s.st.prefDone.Store(true)
+	}
+	if s.pf != nil && s.cfg.PrefetchRate != 0 {
+		s.pace = newPacer(s.cfg.PrefetchRate, s.cfg.PrefetchRunBytes, s.started)
 	}
 	err := s.serve(ctx)
 	if s.rec != nil {
@@ -314,7 +337,7 @@ func (s *Server) serve(ctx context.Context) error {
 			continue
 		}
 		if s.pf != nil && !s.pf.done {
-			if err := control(s.uffd, s.prefetchRun); err != nil {
+			if err := s.prefetchPaced(); err != nil {
 				return err
 			}
 			continue
@@ -326,6 +349,30 @@ func (s *Server) serve(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// prefetchPaced copies the next prefetch run, or, when the rate limit
+// says the next run is not due yet, sleeps until it is or until something
+// wakes Serve (a fault, the VMM exiting, ctx, Close), whichever is first.
+// With a limit, even finding that nothing is left waits for its turn, so
+// a prefetch of N bytes takes at least N/rate.
+func (s *Server) prefetchPaced() error {
+	if s.pace == nil {
+		return control(s.uffd, s.prefetchRun)
+	}
+	now := time.Now()
+	if d := s.pace.delay(now); d > 0 {
+		err := s.wait(d)
+		s.st.prefWait.Add(int64(time.Since(now)))
+		s.st.prefWaits.Add(1)
+		return err
+	}
+	before := s.st.prefBytes.Load()
+	if err := control(s.uffd, s.prefetchRun); err != nil {
+		return err
+	}
+	s.pace.charge(now, s.st.prefBytes.Load()-before)
+	return nil
 }
 
 // wait sleeps in poll(2) until the uffd is readable, the VMM exits, ctx
@@ -352,7 +399,9 @@ func (s *Server) wait(timeout time.Duration) error {
 func (s *Server) pollFDs(ufd, wfd uintptr, timeout time.Duration, peerExited *bool) error {
 	fds := []unix.PollFd{{Fd: int32(ufd), Events: unix.POLLIN}, {Fd: int32(wfd), Events: unix.POLLIN}}
 	poll := func() error {
-		_, err := unix.Poll(fds, int(timeout/time.Millisecond))
+		// Round up: a pacing wait shorter than a millisecond must not
+		// become a zero timeout (a busy loop).
+		_, err := unix.Poll(fds, int((timeout+time.Millisecond-1)/time.Millisecond))
 		if err != nil && err != unix.EINTR {
 			return fmt.Errorf("polling the userfaultfd: %w", err)
 		}

@@ -39,6 +39,15 @@ type Stats struct {
 	// PrefetchTime is how long after Serve started that happened.
 	PrefetchDone bool
 	PrefetchTime time.Duration
+	// PrefetchRate is the prefetcher's limit in bytes per second
+	// (Config.PrefetchRate; 0: unlimited); PrefetchWait is the time Serve
+	// spent sleeping because the next run was not yet due (faults that
+	// arrived meanwhile were served at once and are not part of it), in
+	// PrefetchWaits sleeps (each ended by the run falling due, a fault,
+	// or the VMM, ctx or Close).
+	PrefetchRate  uint64
+	PrefetchWait  time.Duration
+	PrefetchWaits uint64
 	// Latency is the distribution of fault service times: from the read(2)
 	// that returned the fault to the end of the copy or wake that answered
 	// it. Time a fault spent queued before that read is not included.
@@ -46,9 +55,9 @@ type Stats struct {
 }
 
 func (s Stats) String() string {
-	return fmt.Sprintf("faults=%d fault_pages=%d fault_bytes=%d zero_pages=%d eexist=%d eagain=%d removes=%d removed_bytes=%d prefetched_pages=%d prefetch_runs=%d prefetch_done=%t latency_p50=%v latency_p99=%v",
+	return fmt.Sprintf("faults=%d fault_pages=%d fault_bytes=%d zero_pages=%d eexist=%d eagain=%d removes=%d removed_bytes=%d prefetched_pages=%d prefetch_runs=%d prefetch_done=%t prefetch_rate=%d prefetch_wait=%v prefetch_waits=%d latency_p50=%v latency_p99=%v",
 		s.Faults, s.FaultPages, s.FaultBytes, s.ZeroPages, s.EEXIST, s.EAGAIN, s.RemoveEvents, s.RemovedBytes,
-		s.PrefetchedPages, s.PrefetchRuns, s.PrefetchDone, s.Latency.Quantile(0.5), s.Latency.Quantile(0.99))
+		s.PrefetchedPages, s.PrefetchRuns, s.PrefetchDone, s.PrefetchRate, s.PrefetchWait, s.PrefetchWaits, s.Latency.Quantile(0.5), s.Latency.Quantile(0.99))
 }
 
 // HistogramBuckets is the number of latency buckets. Bucket 0 holds
@@ -111,9 +120,10 @@ type counters struct {
 	faults, faultPages, faultBytes, eexist, eagain atomic.Uint64
 	zeroPages                                      atomic.Uint64
 	removes, removedBytes                          atomic.Uint64
-	prefPages, prefBytes, prefRuns                 atomic.Uint64
+	prefPages, prefBytes, prefRuns, prefWaits      atomic.Uint64
 	prefDone                                       atomic.Bool
-	prefTime                                       atomic.Int64
+	prefTime, prefWait                             atomic.Int64
+	prefRate                                       uint64 // set before Serve, never changed
 	latency                                        [HistogramBuckets]atomic.Uint64
 }
 
@@ -124,6 +134,8 @@ func (c *counters) snapshot() Stats {
 		RemoveEvents: c.removes.Load(), RemovedBytes: c.removedBytes.Load(),
 		PrefetchedPages: c.prefPages.Load(), PrefetchBytes: c.prefBytes.Load(), PrefetchRuns: c.prefRuns.Load(),
 		PrefetchDone: c.prefDone.Load(), PrefetchTime: time.Duration(c.prefTime.Load()),
+		PrefetchRate: c.prefRate, PrefetchWait: time.Duration(c.prefWait.Load()),
+		PrefetchWaits: c.prefWaits.Load(),
 	}
 	for k := range c.latency {
 		s.Latency.Buckets[k] = c.latency[k].Load()

@@ -87,10 +87,14 @@ func TestPagesMatchSchema(t *testing.T) {
 	for _, mode := range []string{shim.PrefetchOrdered, shim.PrefetchFileOrder, shim.PrefetchOff} {
 		sb := sandboxOut(store.Sandbox{ID: "sb1", Template: "py", Build: "b1", State: store.Running, UFFD: true})
 		sb.Pages = pagesOut(shim.PageStats{Serving: true, Prefetch: mode, OrderPages: 1357,
-			Stats: uffd.Stats{Faults: 60, FaultPages: 57, PrefetchedPages: 1300, PrefetchDone: true, PrefetchTime: 80 * time.Millisecond}})
+			Stats: uffd.Stats{Faults: 60, FaultPages: 57, PrefetchedPages: 1300, PrefetchDone: true, PrefetchTime: 80 * time.Millisecond,
+				PrefetchRate: 200 << 20, PrefetchWait: 30 * time.Millisecond}})
 		body, err := json.Marshal(sb)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if !strings.Contains(string(body), `"prefetch_rate":209715200,"prefetch_wait_ms":30`) {
+			t.Errorf("prefetch %s: no prefetch rate and wait in %s", mode, body)
 		}
 		x := apispec.Exchange{Method: "GET", Path: "/v1/sandboxes/sb1", Status: 200, ResponseBody: string(body)}
 		if err := spec.Check(x); err != nil {

@@ -61,7 +61,8 @@ func sandboxOut(sb store.Sandbox) thawapi.Sandbox {
 // pagesOut converts a shim's page-server stats to the wire type.
 func pagesOut(ps shim.PageStats) *thawapi.PageServer {
 	out := &thawapi.PageServer{Prefetch: ps.Prefetch, OrderPages: ps.OrderPages, Faults: ps.Faults, FaultPages: ps.FaultPages,
-		ZeroPages: ps.ZeroPages, PrefetchedPages: ps.PrefetchedPages, PrefetchDone: ps.PrefetchDone}
+		ZeroPages: ps.ZeroPages, PrefetchedPages: ps.PrefetchedPages, PrefetchDone: ps.PrefetchDone,
+		PrefetchRate: ps.PrefetchRate, PrefetchWaitMS: ms(ps.PrefetchWait)}
 	if ps.PrefetchDone {
 		out.PrefetchMS = ms(ps.PrefetchTime)
 	}

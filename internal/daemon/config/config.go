@@ -15,7 +15,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thawvm/thaw/internal/conf"
 	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/uffd"
 )
 
 // Config is thawd's configuration. The zero value is not useful; start from
@@ -51,6 +53,13 @@ type Config struct {
 	// UFFDPrefetch prefetches pages in recorded order after restore. Off
 	// also disables recording at template build.
 	UFFDPrefetch bool
+	// UFFDPrefetchRate caps each sandbox's prefetch in bytes per second
+	// (0: unlimited), bounding the disk, page cache and CPU one sandbox's
+	// prefetch takes from its neighbours; faults are never limited. A
+	// sandbox keeps the rate it was created with, across thawd restarts.
+	// Unlimited by default: a uniform limit also slows the prefetch of a
+	// sandbox being created (docs/benchmarks/uffd.md, burst).
+	UFFDPrefetchRate conf.ByteRate
 	// UFFDRecordMax bounds a template build's recording run.
 	UFFDRecordMax time.Duration
 	// MaxConcurrentRestores bounds how many creates restore at once.
@@ -166,6 +175,9 @@ func (c *Config) Validate() error {
 	}
 	absPath("kernel", c.Kernel, true)
 	absPath("agent", c.Agent, true)
+	if c.UFFDPrefetchRate != 0 && c.UFFDPrefetchRate < uffd.MinPrefetchRate {
+		bad("uffd_prefetch_rate", "%s is too low: must be 0 (unlimited) or at least %d bytes per second", c.UFFDPrefetchRate, uffd.MinPrefetchRate)
+	}
 	if c.UFFDRecordMax <= 0 || c.UFFDRecordMax > maxRecordLimit {
 		bad("uffd_record_max", "%v is out of range: must be above 0 and at most %v", c.UFFDRecordMax, maxRecordLimit)
 	}

@@ -73,6 +73,7 @@ func TestValidate(t *testing.T) {
 		{"negative ready timeout", func(c *Config) { c.ReadyTimeout = -time.Second }, "ready_timeout:"},
 		{"fast reconcile", func(c *Config) { c.ReconcileInterval = time.Millisecond }, "reconcile_interval:"},
 		{"negative actions", func(c *Config) { c.ReconcileMaxActions = -1 }, "reconcile_max_actions:"},
+		{"prefetch rate below a page a second", func(c *Config) { c.UFFDPrefetchRate = 1000 }, "uffd_prefetch_rate: 1000B/s is too low: must be 0 (unlimited) or at least 4096"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,9 +109,15 @@ uffd = false
 uffd_record_max = "2s"
 max_concurrent_restores = 4
 log_level = "debug"
+uffd_prefetch_rate = "200MiB/s"
 `, func(c *Config) {
 			c.DataDir, c.UFFD, c.UFFDRecordMax, c.MaxConcurrentRestores, c.LogLevel = "/srv/thaw", false, 2*time.Second, 4, slog.LevelDebug
+			c.UFFDPrefetchRate = 200 << 20
 		}, ""},
+		{"rate in bytes per second", `uffd_prefetch_rate = 1048576`, func(c *Config) { c.UFFDPrefetchRate = 1 << 20 }, ""},
+		{"negative rate", `uffd_prefetch_rate = -1`, nil, `key "uffd_prefetch_rate": rate -1 is negative`},
+		{"bad rate", `uffd_prefetch_rate = "fast"`, nil, `key "uffd_prefetch_rate": invalid rate "fast": use a whole number of bytes per second`},
+		{"rate as bool", `uffd_prefetch_rate = true`, nil, `key "uffd_prefetch_rate": want bytes per second (an integer) or a string like "200MiB/s", got bool true`},
 		{"empty file", "", func(c *Config) {}, ""},
 		{"unknown key", `max_restores = 4`, nil, `key "max_restores"`},
 		{"table", "[uffd]\nprefetch = true", nil, `key "uffd": want a boolean (true or false, unquoted), got a table`},
@@ -159,15 +166,17 @@ func TestApplyEnv(t *testing.T) {
 	}{
 		{"sets values", env("THAW_UFFD", "off", "THAW_UFFD_PREFETCH", "0", "THAW_UFFD_RECORD_MAX", "3s",
 			"THAW_MAX_CONCURRENT_RESTORES", "64", "THAW_DATA_DIR", "/d", "THAW_VMM", "firecracker",
-			"THAW_KERNEL", "/k/vmlinux", "THAW_SOCKET", "/run/t.sock"),
+			"THAW_KERNEL", "/k/vmlinux", "THAW_SOCKET", "/run/t.sock", "THAW_UFFD_PREFETCH_RATE", "50MB/s"),
 			func(c *Config) {
 				c.UFFD, c.UFFDPrefetch, c.UFFDRecordMax, c.MaxConcurrentRestores = false, false, 3*time.Second, 64
+				c.UFFDPrefetchRate = 50e6
 				c.DataDir, c.VMM, c.Kernel, c.Socket = "/d", "firecracker", "/k/vmlinux", "/run/t.sock"
 			}, ""},
 		{"empty is unset", env("THAW_UFFD", "", "THAW_VMM", "  "), func(c *Config) {}, ""},
 		{"bad bool", env("THAW_UFFD", "maybe"), nil, `environment THAW_UFFD: invalid boolean "maybe"`},
 		{"bad int", env("THAW_MAX_CONCURRENT_RESTORES", "lots"), nil, `environment THAW_MAX_CONCURRENT_RESTORES: invalid integer "lots"`},
 		{"bad duration", env("THAW_UFFD_RECORD_MAX", "10"), nil, `environment THAW_UFFD_RECORD_MAX: invalid duration "10"`},
+		{"bad rate", env("THAW_UFFD_PREFETCH_RATE", "200MiB"), nil, `environment THAW_UFFD_PREFETCH_RATE: invalid rate "200MiB": use a whole number of bytes per second ("209715200"), a whole number with a unit per second ("200MiB/s"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -235,6 +244,8 @@ func TestLoad(t *testing.T) {
 		{"missing named file", []string{"-config", "/nonexistent/thawd.toml"}, env(), nil, "reading config file"},
 		{"bad bool flag", []string{"-config", good, "-uffd=maybe"}, env(), nil, `invalid boolean value "maybe" for -uffd`},
 		{"bad int flag", []string{"-config", good, "-max-concurrent-restores", "x"}, env(), nil, `invalid value "x" for flag -max-concurrent-restores: invalid integer`},
+		{"rate flag", []string{"-config", good, "-uffd-prefetch-rate", "2MiB/s"}, env(), func(c *Config) { c.UFFD, c.UFFDPrefetchRate = false, 2<<20 }, ""},
+		{"bad rate flag", []string{"-config", good, "-uffd-prefetch-rate", "2 MiB/s"}, env(), nil, `invalid value "2 MiB/s" for flag -uffd-prefetch-rate: invalid rate`},
 		{"unknown flag", []string{"-config", good, "-uffd-prefech"}, env(), nil, "flag provided but not defined: -uffd-prefech"},
 		{"positional", []string{"-config", good, "serve"}, env(), nil, `unexpected arguments ["serve"]`},
 		{"invalid result", []string{"-config", good, "-data-dir", "rel"}, env(), nil, `data_dir: "rel" is not an absolute path`},

@@ -18,7 +18,7 @@ type Setting struct {
 	// Help is one line for --help and the docs.
 	Help string
 	// field returns a pointer to the value in c: *string, *bool, *int,
-	// *time.Duration or *slog.Level.
+	// *time.Duration, *slog.Level or *conf.ByteRate.
 	field func(c *Config) any
 }
 
@@ -46,6 +46,7 @@ var settings = []Setting{
 	{"agent", "static thaw-agent binary injected into template images (default <data_dir>/agent/thaw-agent)", func(c *Config) any { return &c.Agent }},
 	{"uffd", "restore memory lazily through a userfaultfd page server (off: File backend)", func(c *Config) any { return &c.UFFD }},
 	{"uffd_prefetch", "prefetch pages in recorded order after restore (off also disables recording)", func(c *Config) any { return &c.UFFDPrefetch }},
+	{"uffd_prefetch_rate", "cap on each sandbox's prefetch: bytes per second or e.g. 200MiB/s; 0 or unlimited for none (faults are never limited)", func(c *Config) any { return &c.UFFDPrefetchRate }},
 	{"uffd_record_max", "maximum length of a template build's recording run", func(c *Config) any { return &c.UFFDRecordMax }},
 	{"max_concurrent_restores", "how many creates may restore at once", func(c *Config) any { return &c.MaxConcurrentRestores }},
 	{"load_timeout", "bound on PUT /snapshot/load", func(c *Config) any { return &c.LoadTimeout }},
@@ -77,7 +78,7 @@ func knownKeys() string {
 
 // parseInto parses text into the field p points at, by the field's type.
 // Booleans use conf.ParseBool (strict), durations time.ParseDuration,
-// levels slog.Level's text form.
+// levels slog.Level's text form, rates conf.ParseByteRate.
 func parseInto(p any, text string) error {
 	switch p := p.(type) {
 	case *string:
@@ -106,6 +107,12 @@ func parseInto(p any, text string) error {
 			return fmt.Errorf("invalid log level %q: use debug, info, warn or error", text)
 		}
 		*p = l
+	case *conf.ByteRate:
+		r, err := conf.ParseByteRate(text)
+		if err != nil {
+			return err
+		}
+		*p = r
 	default:
 		panic(fmt.Sprintf("config: setting field of unsupported type %T", p))
 	}
@@ -114,8 +121,9 @@ func parseInto(p any, text string) error {
 
 // setFromTOML sets the field p points at from a decoded TOML value, which
 // must have the matching TOML type: a boolean for booleans, an integer for
-// integers, a string for everything else (durations and levels are strings
-// like "10s" and "debug").
+// integers, a string for everything else (durations, levels and rates are
+// strings like "10s", "debug" and "200MiB/s"; a rate may also be an
+// integer, in bytes per second).
 func setFromTOML(p any, v any) error {
 	switch p := p.(type) {
 	case *bool:
@@ -133,6 +141,19 @@ func setFromTOML(p any, v any) error {
 			return fmt.Errorf("integer %d is out of range", n)
 		}
 		*p = int(n)
+	case *conf.ByteRate:
+		if n, ok := v.(int64); ok {
+			if n < 0 {
+				return fmt.Errorf("rate %d is negative: want bytes per second, or a string like \"200MiB/s\"", n)
+			}
+			*p = conf.ByteRate(n)
+			return nil
+		}
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Errorf("want bytes per second (an integer) or a string like \"200MiB/s\", got %s", describe(v))
+		}
+		return parseInto(p, s)
 	default:
 		s, ok := v.(string)
 		if !ok {
@@ -168,6 +189,8 @@ func format(p any) string {
 		return p.String()
 	case *slog.Level:
 		return strings.ToLower(p.String())
+	case *conf.ByteRate:
+		return p.String()
 	}
 	panic(fmt.Sprintf("config: setting field of unsupported type %T", p))
 }

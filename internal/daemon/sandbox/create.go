@@ -205,6 +205,9 @@ func (c *creation) startShim(ctx context.Context) (phases.Undo, error) {
 		if cfg.Prefetch && c.build.Artifacts.AccessLog != "" {
 			cfg.AccessLog = filepath.Join(c.build.Dir, c.build.Artifacts.AccessLog)
 		}
+		if cfg.Prefetch {
+			cfg.PrefetchRate = m.opts.PrefetchRate
+		}
 	}
 	h, err := shim.Start(ctx, m.opts.Shim, cfg)
 	if err != nil {

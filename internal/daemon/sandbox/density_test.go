@@ -85,6 +85,13 @@ type cost struct {
 	// (its share of the page cache it served from), and the rest of each
 	// process (runtime, heap, stacks, binary text).
 	guestPSS, shimFilePSS, shimPSS, vmmPSS uint64
+	// shimAnon and vmmAnon are the anonymous part of shimPSS and vmmPSS
+	// (not shared, so PSS = RSS): the Go runtime's heap, stacks and
+	// metadata and the binary's written data, what each process costs
+	// however many sandboxes share its binary.
+	shimAnon, vmmAnon uint64
+	// shimSplit and vmmSplit are the processes' memory by kind.
+	shimSplit, vmmSplit procstat.Split
 	// vmmPID is the VMM's pid, for idleCPU.
 	vmmPID int
 	// idleShim and idleVMM are the CPU time the shim and the whole VMM
@@ -156,17 +163,32 @@ func measure(ctx context.Context, sb store.Sandbox, memFile string) (cost, error
 		if err != nil {
 			return cost{}, err
 		}
+		exe, err := procstat.Exe(sb.Shim.PID)
+		if err != nil {
+			return cost{}, err
+		}
+		c.shimSplit = procstat.SplitMappings(maps, exe)
 		for _, m := range maps {
 			if m.Path == memFile {
 				c.shimFilePSS += m.Pss
 			} else {
 				c.shimPSS += m.Pss
+				c.shimAnon += m.Anonymous
 			}
 		}
 	}
 	maps, err := procstat.Smaps(vmmPID)
 	if err != nil {
 		return cost{}, err
+	}
+	exe, err := procstat.Exe(vmmPID)
+	if err != nil {
+		return cost{}, err
+	}
+	if builtin {
+		c.shimSplit = procstat.SplitMappings(maps, exe)
+	} else {
+		c.vmmSplit = procstat.SplitMappings(maps, exe)
 	}
 	for _, m := range maps {
 		switch {
@@ -179,8 +201,10 @@ func measure(ctx context.Context, sb store.Sandbox, memFile string) (cost, error
 			c.shimFilePSS += m.Pss
 		case builtin:
 			c.shimPSS += m.Pss
+			c.shimAnon += m.Anonymous
 		default:
 			c.vmmPSS += m.Pss
+			c.vmmAnon += m.Anonymous
 		}
 	}
 	return c, nil
@@ -443,6 +467,10 @@ func benchDensity(b *testing.B, vmm, backend string, concurrent int) {
 		sum.shimFilePSS += c.shimFilePSS
 		sum.shimPSS += c.shimPSS
 		sum.vmmPSS += c.vmmPSS
+		sum.shimAnon += c.shimAnon
+		sum.vmmAnon += c.vmmAnon
+		sum.shimSplit = sum.shimSplit.Add(c.shimSplit)
+		sum.vmmSplit = sum.vmmSplit.Add(c.vmmSplit)
 	}
 	// Idle CPU was measured in the first round only.
 	for _, c := range costs[:min(len(costs), concurrent)] {
@@ -464,6 +492,8 @@ func benchDensity(b *testing.B, vmm, backend string, concurrent int) {
 	b.ReportMetric(kib(sum.shimFilePSS/un), "shim-memfile-pss-KiB")
 	b.ReportMetric(kib(sum.shimPSS/un), "shim-pss-KiB")
 	b.ReportMetric(kib(sum.vmmPSS/un), "vmm-pss-KiB")
+	b.ReportMetric(kib(sum.shimAnon/un), "shim-anon-KiB")
+	b.ReportMetric(kib(sum.vmmAnon/un), "vmm-anon-KiB")
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 	b.ReportMetric(us(sum.idleShim/idleN), "idle-shim-cpu-us/s")
 	b.ReportMetric(us(sum.idleVMM/idleN), "idle-vmm-cpu-us/s")
@@ -475,6 +505,11 @@ func benchDensity(b *testing.B, vmm, backend string, concurrent int) {
 		fmt.Fprintf(&breakdown, " %s %.1f", name, ms(d[len(d)/2]))
 	}
 	b.Logf("create phases, p50 ms:%s", breakdown.String()) // an op is a whole round; the metrics above are per create
+	split := func(s procstat.Split) string {
+		return fmt.Sprintf("binary %.0f, data %.0f, bss %.0f, heap and runtime %.0f, main stack %.0f, uffd %.0f, other %.0f",
+			kib(s.Binary/un), kib(s.Data/un), kib(s.BSS/un), kib(s.Anon/un), kib(s.Stack/un), kib(s.UFFD/un), kib(s.Other/un))
+	}
+	b.Logf("PSS per process, KiB: shim: %s; VMM: %s", split(sum.shimSplit), split(sum.vmmSplit))
 }
 
 // TestIdleSandbox restores the idle probe through Manager.Create (the
@@ -502,8 +537,10 @@ func TestIdleSandbox(t *testing.T) {
 				t.Fatal(err)
 			}
 			builtin := tc.vmm == "builtin"
-			if c.guestPSS == 0 || c.shimPSS == 0 || (c.vmmPSS == 0) != builtin || c.vcpuCPU == 0 || c.shimCPU == 0 || (c.vmmCPU == 0) != builtin {
-				t.Errorf("measurement of a running sandbox: got %+v, want guest memory, shim memory, vCPU and shim CPU time, and VMM memory and CPU time only for a VMM process of its own", c)
+			own := !builtin // a VMM process of its own
+			if c.guestPSS == 0 || c.shimPSS == 0 || c.shimAnon == 0 || c.shimSplit.Binary == 0 || c.vcpuCPU == 0 || c.shimCPU == 0 ||
+				(c.vmmPSS != 0) != own || (c.vmmAnon != 0) != own || (c.vmmSplit.Anon != 0) != own || (c.vmmCPU != 0) != own {
+				t.Errorf("measurement of a running sandbox: got %+v, want guest memory, shim memory (binary and anonymous), vCPU and shim CPU time, and VMM memory and CPU time only for a VMM process of its own", c)
 			}
 			if tc.backend == "uffd-ondemand" && c.shimFilePSS == 0 {
 				t.Errorf("measurement of a running sandbox: got %+v, want the page server's memory file mapping", c)

@@ -58,6 +58,9 @@ type Options struct {
 	// Prefetch turns the page server's ordered prefetch on; off also
 	// turns template recording runs off (RecordFunc returns nil).
 	Prefetch bool
+	// PrefetchRate caps each new sandbox's prefetch in bytes per second
+	// (0: unlimited); the shim keeps it for the sandbox's life.
+	PrefetchRate uint64
 	// RecordMax bounds a recording run's wait for the settle detector
 	// [10s].
 	RecordMax time.Duration

@@ -7,6 +7,10 @@
 // Backing decides where the pages come from: fresh anonymous memory for a
 // boot; a MAP_PRIVATE mapping of a memory file, or anonymous
 // MAP_NORESERVE memory a userfaultfd page server fills, for a restore.
+//
+// Memory a page server fills is never touched by Go code while a page may
+// be missing: Slice, and every accessor built on it, first faults the
+// range in from inside a system call (see present.go for why and how).
 package memory
 
 import (
@@ -36,9 +40,16 @@ type Backing struct {
 	// are shared with every other mapping of it through the page cache,
 	// writes stay private. It must be at least as large as the memory.
 	File *os.File
-	// NoReserve maps anonymous memory with MAP_NORESERVE, for memory a
-	// userfaultfd page server fills on demand.
+	// NoReserve maps anonymous memory with MAP_NORESERVE.
 	NoReserve bool
+	// Userfault is for anonymous memory that the caller registers with a
+	// userfaultfd in MISSING mode and a page server fills on demand (the
+	// Uffd snapshot backend). It implies NoReserve, and makes every
+	// accessor fault missing pages in through madvise(MADV_POPULATE_READ)
+	// before touching them, so that Go code never sleeps in a user-mode
+	// fault (which would starve a page server in the same process of Ps).
+	// It needs Linux 5.14 or later; New fails on older kernels.
+	Userfault bool
 }
 
 // Region is one contiguous stretch of guest RAM.
@@ -46,7 +57,14 @@ type Region struct {
 	GPA        uint64 // guest-physical start
 	Size       uint64
 	FileOffset uint64 // where the region starts in the memory file
-	Host       []byte // the host mapping, len Size
+	// Host is the host mapping, len Size, for the kernel: KVM memory slots,
+	// the userfaultfd handshake, system calls that read or write it (which
+	// take any fault inside the kernel, where waiting for a page server is
+	// safe). Go code must not load or store through it directly when the
+	// memory is Userfault-backed; Memory.Slice gives bytes safe to touch.
+	Host []byte
+
+	present *pageSet // pages known present; nil unless Userfault
 }
 
 // Memory is guest RAM. The mappings are fixed for its life, so Slice may be
@@ -81,6 +99,9 @@ func New(size uint64, b Backing) (*Memory, error) {
 	if err != nil {
 		return nil, err
 	}
+	if b.File != nil && b.Userfault {
+		return nil, errors.New("guest memory backing: a memory file and userfaultfd are exclusive (the page server reads the file)")
+	}
 	if b.File != nil {
 		fi, err := b.File.Stat()
 		if err != nil {
@@ -98,7 +119,16 @@ func New(size uint64, b Backing) (*Memory, error) {
 			return nil, fmt.Errorf("mapping guest memory [%#x, %#x): %w", r.GPA, r.GPA+r.Size, err)
 		}
 		r.Host = host
+		if b.Userfault {
+			r.present = newPageSet(r.Size)
+		}
 		m.regions = append(m.regions, r)
+	}
+	if b.Userfault {
+		if err := checkPopulate(m.regions[0].HostAddr()); err != nil {
+			m.Close()
+			return nil, err
+		}
 	}
 	return m, nil
 }
@@ -122,7 +152,7 @@ func mapRegion(r Region, b Backing) ([]byte, error) {
 		return host, merr
 	}
 	flags := unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
-	if b.NoReserve {
+	if b.NoReserve || b.Userfault {
 		flags |= unix.MAP_NORESERVE
 	}
 	return unix.Mmap(-1, 0, int(r.Size), prot, flags)
@@ -148,7 +178,8 @@ func (m *Memory) Close() error {
 func (m *Memory) Size() uint64 { return m.size }
 
 // Regions returns the RAM regions in guest-physical (and memory file)
-// order. The slice is a copy; the Host slices alias guest memory.
+// order. The slice is a copy; the Host slices alias guest memory and are
+// for the kernel only when the memory is Userfault-backed (see Region).
 func (m *Memory) Regions() []Region {
 	return append([]Region(nil), m.regions...)
 }
@@ -156,12 +187,21 @@ func (m *Memory) Regions() []Region {
 // Slice returns guest RAM [gpa, gpa+n) as a slice aliasing guest memory,
 // or an error if any byte lies outside RAM (including a range crossing the
 // MMIO gap). It satisfies virtio.Memory.
+//
+// With Userfault backing, the pages of the range are present when Slice
+// returns (it may wait, inside madvise(2), for the page server), so the
+// caller may read and write the slice freely; Slice fails if they cannot
+// be populated.
 func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
-	for _, r := range m.regions {
+	for i := range m.regions {
+		r := &m.regions[i]
 		if gpa >= r.GPA && gpa-r.GPA < r.Size {
 			off := gpa - r.GPA
 			if n > r.Size-off {
 				break
+			}
+			if err := r.ensure(off, n); err != nil {
+				return nil, err
 			}
 			return r.Host[off : off+n : off+n], nil
 		}

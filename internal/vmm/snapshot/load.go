@@ -212,7 +212,11 @@ func loadFile(st *vmstate.State, path string) (*Loaded, error) {
 }
 
 func loadUffd(ctx context.Context, st *vmstate.State, socket string, timeout time.Duration) (_ *Loaded, err error) {
-	mem, err := memory.New(st.MemSize(), memory.Backing{NoReserve: true})
+	// Userfault: Go code in this process (devices, the memory file
+	// writer) then reaches guest memory only through pages faulted in
+	// inside madvise(2), never through a user-mode fault that could starve
+	// a page server sharing the process of Ps.
+	mem, err := memory.New(st.MemSize(), memory.Backing{Userfault: true})
 	if err != nil {
 		return nil, err
 	}
@@ -270,7 +274,11 @@ func loadUffd(ctx context.Context, st *vmstate.State, socket string, timeout tim
 	if err != nil {
 		return nil, fmt.Errorf("probing the page server: memfd: %w", err)
 	}
-	first, _ := mem.Slice(st.Memory[0].GuestPhysAddr, 1)
+	// Regions().Host, not Slice: Slice would populate the page here, in
+	// the load's goroutine, and wait in madvise(2) for a server that may
+	// never answer. The probe goroutine's write(2) takes the fault inside
+	// the kernel instead.
+	first := mem.Regions()[0].Host[:1]
 	go func() {
 		// This goroutine ends when the write does: at once if the page is
 		// served, else when the kernel wakes it (see below). Writing to

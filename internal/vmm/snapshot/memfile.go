@@ -9,7 +9,8 @@ import (
 	"github.com/thawvm/thaw/internal/vmm/memory"
 )
 
-// writeRun is the most WriteMemory writes with one pwrite.
+// writeRun is the most WriteMemory reads with one Slice and writes with
+// one pwrite.
 const writeRun = 4 << 20
 
 // WriteMemory writes guest memory to path in Firecracker's format: the
@@ -46,39 +47,48 @@ func WriteMemory(path string, mem *memory.Memory) error {
 	return nil
 }
 
+// writeRegions reads guest memory through Slice, one writeRun chunk at a
+// time, rather than through the regions' Host mappings: the zero scan is
+// Go code, and with userfaultfd-backed memory (a restored VM paused for a
+// snapshot, or the shutdown dump) Slice first faults the chunk in from the
+// page server inside madvise(2); a load of a missing page in Go would wait
+// for the page server holding a P (see package memory). The pwrite of a
+// run would be safe on its own: it faults inside the kernel.
 func writeRegions(f *os.File, mem *memory.Memory) error {
 	if err := f.Truncate(int64(mem.Size())); err != nil {
 		return err
 	}
 	for _, r := range mem.Regions() {
-		var start, n uint64 // pending run of non-zero pages
-		flush := func() error {
-			if n == 0 {
-				return nil
+		for chunk := uint64(0); chunk < r.Size; chunk += writeRun {
+			size := min(writeRun, r.Size-chunk)
+			host, err := mem.Slice(r.GPA+chunk, size)
+			if err != nil {
+				return err
 			}
-			_, err := f.WriteAt(r.Host[start:start+n], int64(r.FileOffset+start))
-			n = 0
-			return err
-		}
-		for off := uint64(0); off < r.Size; off += memory.PageSize {
-			if isZero(r.Host[off : off+memory.PageSize]) {
-				if err := flush(); err != nil {
-					return err
+			var start, n uint64 // pending run of non-zero pages in host
+			flush := func() error {
+				if n == 0 {
+					return nil
 				}
-				continue
+				_, err := f.WriteAt(host[start:start+n], int64(r.FileOffset+chunk+start))
+				n = 0
+				return err
 			}
-			if n == 0 {
-				start = off
-			}
-			n += memory.PageSize
-			if n == writeRun {
-				if err := flush(); err != nil {
-					return err
+			for off := uint64(0); off < size; off += memory.PageSize {
+				if isZero(host[off : off+memory.PageSize]) {
+					if err := flush(); err != nil {
+						return err
+					}
+					continue
 				}
+				if n == 0 {
+					start = off
+				}
+				n += memory.PageSize
 			}
-		}
-		if err := flush(); err != nil {
-			return err
+			if err := flush(); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

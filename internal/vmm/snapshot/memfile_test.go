@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -215,5 +217,83 @@ func TestLoadMemoryUffdFailures(t *testing.T) {
 				t.Errorf("LoadMemory took %v to fail, want about the %v timeout", took, timeout)
 			}
 		})
+	}
+}
+
+// onePEnv makes TestWriteMemoryFromUffd run its body (in a child).
+const onePEnv = "THAW_SNAPSHOT_TEST_ONE_P"
+
+// TestWriteMemoryFromUffd writes the memory file of a guest restored with
+// the Uffd backend from a page server in this process, as pausing a
+// restored sandbox does, with most pages never touched since the restore:
+// WriteMemory must read them through the page server and write the
+// snapshot's pages plus the restored guest's own writes. It runs with one P
+// in a child process: a zero scan that loaded unserved pages in Go, rather
+// than through memory.Slice (which populates them inside madvise(2)),
+// would hold the only P in a user-mode fault and the page server could
+// never answer; the child would hang, and only a parent can notice.
+func TestWriteMemoryFromUffd(t *testing.T) {
+	testenv.RequireUFFD(t)
+	if os.Getenv(onePEnv) == "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestWriteMemoryFromUffd$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), onePEnv+"=1")
+		out, err := cmd.CombinedOutput()
+		switch {
+		case ctx.Err() != nil:
+			t.Fatalf("child with one P still running after 60s (deadlocked on a user-mode fault?):\n%s", out)
+		case err != nil:
+			t.Fatalf("child: %v\n%s", err, out)
+		case !bytes.Contains(out, []byte("--- PASS: TestWriteMemoryFromUffd")):
+			t.Fatalf("child did not run the test:\n%s", out)
+		}
+		return
+	}
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	const size = 64 << 20
+	mem, err := memory.New(size, memory.Backing{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	want := marks(t, mem)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mem")
+	if err := WriteMemory(path, mem); err != nil {
+		t.Fatal(err)
+	}
+	l, err := LoadMemory(context.Background(), layoutState(t, size),
+		fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: startPageServer(t, modeServe, path)}, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	written := bytes.Repeat([]byte("restored"), memory.PageSize/8)
+	const writtenGPA = 5 * memory.PageSize
+	if err := l.Memory.Write(writtenGPA, written); err != nil {
+		t.Fatal(err)
+	}
+	want[writtenGPA] = written
+	again := filepath.Join(dir, "again")
+	if err := WriteMemory(again, l.Memory); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != size {
+		t.Fatalf("memory file size: got %d, want %d", len(got), size)
+	}
+	zero := make([]byte, memory.PageSize)
+	for off := 0; off < size; off += memory.PageSize {
+		page, ok := want[uint64(off)]
+		if !ok {
+			page = zero
+		}
+		if !bytes.Equal(got[off:off+memory.PageSize], page) {
+			t.Fatalf("page at %#x of the memory file written after a Uffd restore: got %q..., want %q...", off, got[off:off+12], page[:12])
+		}
 	}
 }

@@ -34,7 +34,10 @@ import "errors"
 // Memory is guest RAM as the devices see it.
 type Memory interface {
 	// Slice returns guest RAM [gpa, gpa+n) as a slice aliasing guest memory,
-	// or an error if any byte lies outside RAM.
+	// or an error if any byte lies outside RAM. The VMM's memory may first
+	// wait, inside a system call, for a page server to bring the pages in
+	// (memory.Backing.Userfault), so that touching the slice never faults:
+	// devices reach guest bytes only through slices Slice returned.
 	Slice(gpa, n uint64) ([]byte, error)
 }
 

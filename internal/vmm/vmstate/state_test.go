@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -221,5 +222,76 @@ func TestReadFileRefusesMemoryFileQuickly(t *testing.T) {
 	}
 	if _, err := ReadFile(filepath.Join(t.TempDir(), "missing"), 0); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("ReadFile of a missing file: got %v, want os.ErrNotExist", err)
+	}
+}
+
+// TestReadFileErrors checks ReadFile on files damaged after the header was
+// read: each names the file and says what is wrong, as Decode does.
+func TestReadFileErrors(t *testing.T) {
+	good, err := Encode(sample())
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := bytes.Clone(good[:HeaderSize])
+	binary.LittleEndian.PutUint64(huge[16:], 1<<60) // header checksum now wrong
+	tests := []struct {
+		name string
+		data []byte
+		want error
+	}{
+		{"empty", nil, ErrNotVMState},
+		{"inside the header", good[:HeaderSize-1], ErrTruncated},
+		{"header only", good[:HeaderSize], ErrTruncated},
+		{"payload cut short", good[:len(good)-1], ErrTruncated},
+		{"a byte after the payload", append(bytes.Clone(good), 0), ErrCorrupt},
+		{"corrupt header announcing 1 EiB", huge, ErrCorrupt},
+	}
+	for _, tt := range tests {
+		path := filepath.Join(t.TempDir(), "vmstate")
+		if err := os.WriteFile(path, tt.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := ReadFile(path, 0)
+		if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: got %v, want %v naming %s", tt.name, err, tt.want, path)
+		}
+	}
+}
+
+// TestReadFileReadsOnce checks that ReadFile allocates the file once on
+// top of what decoding it allocates: the VMM never collects this garbage
+// before it idles, so every extra copy stays resident.
+func TestReadFileReadsOnce(t *testing.T) {
+	s := sample()
+	s.VCPUs[0].XSave = make([]byte, 4096) // the size of a real vCPU's state
+	path := filepath.Join(t.TempDir(), "vmstate")
+	if err := WriteFile(path, s); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocated := func(f func()) uint64 {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	decode := allocated(func() {
+		if _, err := Decode(data, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	read := allocated(func() {
+		if _, err := ReadFile(path, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// The file's buffer, rounded up to a size class (at most 1/8 more),
+	// and 2 KiB for the path, the os.File and the error-free rest.
+	if limit := decode + uint64(len(data))*9/8 + 2048; read > limit {
+		t.Errorf("ReadFile of a %d-byte file allocated %d bytes, Decode %d: got %d bytes for reading, want at most %d", len(data), read, decode, read-decode, limit-decode)
 	}
 }
