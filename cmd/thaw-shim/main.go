@@ -1,17 +1,19 @@
 // Command thaw-shim supervises one VM: it owns the UFFD page server and the
-// VMM process, and answers thawd on a control socket. thawd starts it (see
-// internal/shim.Start) in its own session with its output going to
-// <dir>/shim.log; it is not meant to be run by hand.
+// VMM (the builtin one, thaw-vmm's code running in this process, or a VMM
+// binary as a child process), and answers thawd on a control socket.
+// thawd starts it (see internal/shim.Start) in its own session with its
+// output going to <dir>/shim.log; it is not meant to be run by hand.
 //
 // Usage:
 //
-//	thaw-shim --id ID --dir DIR --vmm /path/to/thaw-vmm|firecracker \
+//	thaw-shim --id ID --dir DIR --vmm builtin|/path/to/thaw-vmm|firecracker \
 //	    [--pages none|serve|record] [--mem-file F] [--access-log F] [--prefetch=on] [--prefetch-rate R] \
 //	    [--record-log F] [--settle-min D] [--settle-max D] [--ready-timeout D] \
 //	    [--handshake-timeout D] [--stop-grace D] [--collect-timeout D] [--vmm-id ID] [--vmm-arg A]...
 //
-// SIGTERM or SIGINT makes it stop the VMM (SIGTERM, then SIGKILL after the
-// stop grace) and exit, leaving the final status in <dir>/shim-status.json.
+// SIGTERM or SIGINT makes it stop the VMM (SIGTERM or the builtin VMM's
+// stop, then SIGKILL or its kill after the stop grace) and exit, leaving
+// the final status in <dir>/shim-status.json.
 package main
 
 import (
@@ -37,8 +39,14 @@ import (
 const maxProcs = 2
 
 func main() {
-	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) > maxProcs {
-		runtime.GOMAXPROCS(maxProcs)
+	// The builtin VMM sizes GOMAXPROCS to its VM (one P per vCPU and one
+	// more), at most the runtime's default.
+	vmmProcs := 0
+	if os.Getenv("GOMAXPROCS") == "" {
+		vmmProcs = runtime.GOMAXPROCS(0)
+		if vmmProcs > maxProcs {
+			runtime.GOMAXPROCS(maxProcs)
+		}
 	}
 	cfg, err := shim.ParseArgs(os.Args[1:])
 	if err != nil {
@@ -52,7 +60,7 @@ func main() {
 	signal.Ignore(syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := shim.Run(ctx, cfg, log); err != nil {
+	if err := shim.Run(ctx, cfg, log, builtinVMM(vmmProcs)); err != nil {
 		log.Error("thaw-shim failed", "err", err)
 		fmt.Fprintf(os.Stderr, "thaw-shim: %v\n", err)
 		os.Exit(1)

@@ -8,9 +8,10 @@
 //
 // It exits 0 when the guest shuts down or resets (as Firecracker does) or
 // on SIGINT/SIGTERM, and 1 when the VM fails or the configuration is bad.
-// THAW_VMM_XSAVE=false hides XSAVE and AVX from the guest (see XSAVEEnv);
+// THAW_VMM_XSAVE=false hides XSAVE and AVX from the guest;
 // THAW_VMM_SHUTDOWN_DUMP=<file> writes guest memory there if the guest
-// triple-faults (see ShutdownDumpEnv).
+// triple-faults (see internal/vmm/process). The VMM itself is
+// internal/vmm/process, which thaw-shim also runs inside itself.
 package main
 
 import (
@@ -20,30 +21,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 
 	"github.com/thawvm/thaw/internal/conf"
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/vmm"
-	"github.com/thawvm/thaw/internal/vmm/api"
+	"github.com/thawvm/thaw/internal/vmm/process"
 )
-
-// XSAVEEnv, set to false, hides XSAVE and AVX from the guest: needed where
-// KVM cannot track the guest's XCR0 (KVM nested under QEMU TCG, whose
-// emulated SVM does not intercept XSETBV), and harmless elsewhere but slower.
-const XSAVEEnv = "THAW_VMM_XSAVE"
-
-// ShutdownDumpEnv names a file to write guest memory to (raw, the memory
-// file's format) when the guest triple-faults: to read the guest's page
-// tables and IDT as they were when it died.
-const ShutdownDumpEnv = "THAW_VMM_SHUTDOWN_DUMP"
-
-// version is reported by --version and GET /.
-const version = "0.1.0"
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -124,7 +112,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if o.version {
-		fmt.Fprintf(stdout, "thaw-vmm v%s\n", version)
+		fmt.Fprintf(stdout, "thaw-vmm v%s\n", process.Version)
 		return 0
 	}
 	level, on, err := logLevel(o.level)
@@ -155,97 +143,46 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// serve runs the machine and its API until the guest ends, a signal
-// arrives or the API server fails.
+// serve runs the VMM (internal/vmm/process) until the guest ends, a
+// signal arrives or the API server fails.
 func serve(o options, stdout io.Writer, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	xsave, err := conf.EnvBool(XSAVEEnv, true)
+	xsave, err := conf.EnvBool(process.XSAVEEnv, true)
 	if err != nil {
 		return err
 	}
 	if !xsave {
-		log.Info("hiding XSAVE and AVX from the guest", "env", XSAVEEnv)
+		log.Info("hiding XSAVE and AVX from the guest", "env", process.XSAVEEnv)
 	}
-	m := vmm.New(vmm.Config{Serial: stdout, NoXSAVE: !xsave, ShutdownDump: os.Getenv(ShutdownDumpEnv)}, log)
-	defer func() {
-		if err := m.Close(); err != nil {
-			log.Error("closing the machine", "err", err)
-		}
-	}()
-	srv := api.NewServer(newProcsMachine(m), fcapi.InstanceInfo{ID: o.id, VMMVersion: version}, log)
-	go forwardInput(os.Stdin, m, log)
-
-	var l net.Listener
+	cfg := process.Config{ID: o.id, Serial: stdout, NoXSAVE: !xsave, ShutdownDump: os.Getenv(process.ShutdownDumpEnv)}
 	if !o.noAPI {
-		var err error
-		if l, err = listen(o.apiSock); err != nil {
-			return err
-		}
-		defer os.Remove(o.apiSock)
+		cfg.APISocket = o.apiSock
 	}
 	if o.configFile != "" {
-		cfg, err := readConfig(o.configFile)
-		if err != nil {
-			if l != nil {
-				l.Close()
-			}
-			return err
-		}
-		if err := srv.StartFromConfig(ctx, cfg); err != nil {
-			if l != nil {
-				l.Close()
-			}
+		if cfg.Boot, err = readConfig(o.configFile); err != nil {
 			return err
 		}
 	}
-
-	serveCtx, cancelServe := context.WithCancel(ctx)
-	defer cancelServe()
-	served := make(chan error, 1)
-	if l != nil {
-		log.Info("API server listening", "socket", o.apiSock)
-		go func() { served <- srv.Serve(serveCtx, l) }()
+	// GOMAXPROCS set in the environment is left alone; otherwise the
+	// instance sizes it to the VM, never above the runtime's default.
+	if os.Getenv("GOMAXPROCS") == "" {
+		cfg.MaxProcs = runtime.GOMAXPROCS(0)
 	}
-
-	var result error
+	in, err := process.Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	go forwardInput(os.Stdin, in.Machine(), log)
 	select {
-	case <-m.Done():
-		e, _ := m.Wait(context.Background())
-		result = e.Err
-		if result != nil {
-			result = fmt.Errorf("%s: %w", e.Reason, e.Err)
-		}
-	case err := <-served:
-		// Serve returns early only for a failed snapshot load or a broken
-		// listener: both end the process, as in Firecracker.
-		l = nil
-		result = err
+	case <-in.Done():
 	case <-ctx.Done():
 		log.Info("signal received, stopping")
+		in.Stop()
 	}
-	cancelServe()
-	if l != nil {
-		if err := <-served; err != nil && result == nil {
-			result = err
-		}
-	}
-	return result
-}
-
-// listen binds the API socket. An existing file at the path is an error,
-// not something to delete: it may be another VMM's live socket.
-func listen(path string) (net.Listener, error) {
-	if _, err := os.Lstat(path); err == nil {
-		return nil, fmt.Errorf("--api-sock %s already exists: remove it if no VMM is using it", path)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("--api-sock: %w", err)
-	}
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	return l, nil
+	end, _ := in.Wait(context.Background())
+	return end.Err
 }
 
 func readConfig(path string) (*fcapi.VMConfig, error) {

@@ -57,7 +57,7 @@ func TestSandboxVerbs(t *testing.T) {
 	var logs bytes.Buffer
 	go func() {
 		done <- Run(ctx, []string{"daemon", "-config", "/dev/null", "-data-dir", data, "-socket", sock,
-			"-shim", filepath.Join(bins, "thaw-shim"), "-vmm", filepath.Join(bins, "thaw-vmm")},
+			"-shim", filepath.Join(bins, "thaw-shim")}, // the default VMM: builtin
 			Env{Stdout: &logs, Stderr: &logs, LookupEnv: func(string) (string, bool) { return "", false }})
 	}()
 	defer func() {

@@ -82,7 +82,10 @@ func Run(ctx context.Context, args []string, lookup func(string) (string, bool),
 	met := metrics.New(st, settings)
 	var mgr *sandbox.Manager
 	shimBin, serr := resolveBinary(cfg.Shim)
-	vmmBin, verr := resolveBinary(cfg.VMM)
+	vmmBin, verr := cfg.VMM, error(nil)
+	if vmmBin != config.BuiltinVMM {
+		vmmBin, verr = resolveBinary(cfg.VMM)
+	}
 	if serr != nil || verr != nil {
 		// thawd still serves what it has (records, templates, settings);
 		// the sandbox routes answer "unavailable" and say why.

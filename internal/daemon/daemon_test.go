@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thawvm/thaw/internal/daemon/config"
 	"github.com/thawvm/thaw/internal/daemon/disk/disktest"
 	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/shim"
 	"github.com/thawvm/thaw/internal/testenv"
 	"github.com/thawvm/thaw/internal/thawapi"
 )
@@ -153,5 +155,13 @@ func TestBadConfigIsAnError(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Run(%q): got %v, want an error containing %q", tt.args, err, tt.want)
 		}
+	}
+}
+
+// TestBuiltinVMMSpelling: the config's name for the builtin VMM is the
+// shim's, which thawd passes through as the shim's --vmm.
+func TestBuiltinVMMSpelling(t *testing.T) {
+	if config.BuiltinVMM != shim.BuiltinVMM {
+		t.Errorf("config.BuiltinVMM %q, shim.BuiltinVMM %q: want them equal", config.BuiltinVMM, shim.BuiltinVMM)
 	}
 }

@@ -48,7 +48,7 @@ func startThawd(t *testing.T, bins, data, sock string, flags ...string) *thawdPr
 	t.Helper()
 	p := &thawdProc{logs: &testenv.Buffer{}}
 	args := append([]string{"-config", "/dev/null", "-data-dir", data, "-socket", sock,
-		"-shim", filepath.Join(bins, "thaw-shim"), "-vmm", filepath.Join(bins, "thaw-vmm"), "-reconcile-interval", "1h"}, flags...)
+		"-shim", filepath.Join(bins, "thaw-shim"), "-reconcile-interval", "1h"}, flags...) // the default VMM: builtin
 	p.cmd = exec.Command(filepath.Join(bins, "thawd"), args...)
 	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
@@ -383,7 +383,7 @@ func shimStats(t *testing.T, data, id string) shim.PageStats {
 }
 
 // TestRestartDuringCreates kills thawd with SIGKILL while creates are
-// under way, each with its shim and VMM running and its guest ticking but
+// under way, each with its shim (and the builtin VMM in it) running and its guest ticking but
 // not yet ready (the template's ready marker never appears). The new thawd
 // must fail every interrupted create with the reason, stop its shim and
 // VMM, and let it be deleted without anything left.
@@ -442,15 +442,16 @@ func TestRestartDuringCreates(t *testing.T) {
 	if len(sbs) != n {
 		t.Fatalf("sandboxes before the kill: got %d, want %d creating", len(sbs), n)
 	}
-	// The creates' shims and VMMs, by pid and start time.
+	// The creates' shims, by pid and start time: one process each, the
+	// builtin VMM running in its shim.
 	procs := map[int]uint64{}
 	for _, pid := range sandboxtest.ProcessesUnder(filepath.Join(data, "sandboxes")) {
 		if st, err := proc.ReadStat(pid); err == nil {
 			procs[pid] = st.StartTime
 		}
 	}
-	if len(procs) < 2*n {
-		t.Fatalf("processes of the creates: got %v, want a shim and a VMM each (%d)", procs, 2*n)
+	if len(procs) != n {
+		t.Fatalf("processes of the creates: got %v, want one shim each (%d), the VMM inside it", procs, n)
 	}
 	first.stop(syscall.SIGKILL)
 	stopCreates()

@@ -55,13 +55,16 @@ type Config struct {
 	// Dir is the VM directory: sockets, logs and the status file live
 	// there. It must exist and be an absolute path.
 	Dir string
-	// VMM is the VMM binary (thaw-vmm or firecracker), an absolute path.
-	// It is started as `VMM --api-sock <Dir>/api.sock [--id VMMID] VMMArgs...`.
+	// VMM is BuiltinVMM, the VMM running inside the shim's process (see
+	// Builtin), or a VMM binary (thaw-vmm or firecracker) as an absolute
+	// path, started as a child process:
+	// `VMM --api-sock <Dir>/api.sock [--id VMMID] VMMArgs...`.
 	VMM string
 	// VMMID, when set, is passed as --id (Firecracker's rule: 1–64 of
 	// [A-Za-z0-9-]).
 	VMMID string
-	// VMMArgs are extra arguments for the VMM.
+	// VMMArgs are extra arguments for a VMM binary (none for the builtin
+	// VMM).
 	VMMArgs []string
 
 	// Pages selects the page server's mode.
@@ -170,8 +173,13 @@ func (c Config) Validate() error {
 	} else if n := len(c.socket(ControlSocketName)); n > maxSocketPath {
 		bad("dir %q is too long: socket path %s would be %d bytes, the limit is %d", c.Dir, c.socket(ControlSocketName), n, maxSocketPath)
 	}
-	if c.VMM == "" || !filepath.IsAbs(c.VMM) {
-		bad("vmm %q: want an absolute path to the VMM binary", c.VMM)
+	switch {
+	case c.VMM == BuiltinVMM:
+		if len(c.VMMArgs) > 0 {
+			bad("vmm args %q: the builtin VMM takes no command-line arguments", c.VMMArgs)
+		}
+	case c.VMM == "" || !filepath.IsAbs(c.VMM):
+		bad("vmm %q: want %q or an absolute path to the VMM binary", c.VMM, BuiltinVMM)
 	}
 	if c.VMMID != "" && !validVMMID(c.VMMID) {
 		bad("vmm id %q: want 1-64 of [A-Za-z0-9-] (Firecracker's rule for --id)", c.VMMID)
@@ -303,7 +311,7 @@ func ParseArgs(args []string) (Config, error) {
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.ID, "id", "", "VM id")
 	fs.StringVar(&c.Dir, "dir", "", "VM directory (absolute)")
-	fs.StringVar(&c.VMM, "vmm", "", "VMM binary (absolute)")
+	fs.StringVar(&c.VMM, "vmm", "", "VMM: builtin, or the VMM binary (absolute)")
 	fs.StringVar(&c.VMMID, "vmm-id", "", "--id for the VMM")
 	fs.Func("vmm-arg", "extra VMM argument (repeatable)", func(s string) error {
 		c.VMMArgs = append(c.VMMArgs, s)

@@ -49,6 +49,9 @@ func TestConfigValidate(t *testing.T) {
 		{"relative vmm", func(c *shim.Config) { c.VMM = "firecracker" }, "vmm \"firecracker\""},
 		{"vmm id with underscore", func(c *shim.Config) { c.VMMID = "a_b" }, "Firecracker's rule"},
 		{"vmm arg api-sock", func(c *shim.Config) { c.VMMArgs = []string{"--api-sock=/x"} }, "sets --api-sock"},
+		{"valid builtin", func(c *shim.Config) { c.VMM = shim.BuiltinVMM }, ""},
+		{"builtin with args", func(c *shim.Config) { c.VMM, c.VMMArgs = shim.BuiltinVMM, []string{"--level", "Debug"} }, "takes no command-line arguments"},
+		{"misspelt builtin", func(c *shim.Config) { c.VMM = "Builtin" }, `want "builtin" or an absolute path`},
 		{"unknown pages", func(c *shim.Config) { c.Pages = "lazy" }, "pages \"lazy\""},
 		{"serve without mem file", func(c *shim.Config) { c.MemFile = "" }, "mem file"},
 		{"access log without prefetch", func(c *shim.Config) { c.Prefetch = false }, "prefetch is off"},
@@ -96,6 +99,7 @@ func TestArgsRoundTrip(t *testing.T) {
 			Pages: shim.PagesRecord, MemFile: "/m", RecordLog: "/r", SettleMin: 100 * time.Millisecond, SettleMax: 3 * time.Second,
 			ReadyTimeout: time.Second, HandshakeTimeout: 2 * time.Second, StopGrace: 3 * time.Second, CollectTimeout: time.Minute},
 		{ID: "s", Dir: "/d", VMM: "/v"},
+		{ID: "s", Dir: "/d", VMM: shim.BuiltinVMM, VMMID: "s"},
 	} {
 		got, err := shim.ParseArgs(c.Args())
 		if err != nil {

@@ -1,6 +1,6 @@
 // Package shim is thaw-shim, the per-VM supervisor, and thawd's side of it.
-// A shim owns one VM's UFFD page server and its VMM process, shares their
-// fate, and answers thawd on a control socket. It runs in its own session,
+// A shim owns one VM's UFFD page server and its VMM, shares their fate, and
+// answers thawd on a control socket. It runs in its own session,
 // so it outlives thawd exiting, restarting or being killed; thawd finds it
 // again with Attach.
 //
@@ -10,10 +10,15 @@
 //  2. For pages serve/record: map the memory file, load the access log (or
 //     create the recorder) and bind the UFFD socket (<dir>/uffd.sock)
 //     before the VMM exists, so its connect cannot race the bind.
-//  3. Start the VMM: `<vmm> --api-sock <dir>/api.sock [--id ID] args...`,
-//     in its own process group, output to <dir>/vmm.log, killed by the
-//     kernel if the shim dies (PDEATHSIG): a VMM without its page server
-//     would freeze on its next fault. A real firecracker works unchanged.
+//  3. Start the VMM, its output (serial console and log) in <dir>/vmm.log.
+//     The builtin VMM (Config.VMM "builtin", thawd's default) runs in the
+//     shim's own process: cmd/thaw-shim injects it (Builtin, built on
+//     internal/vmm/process), so one sandbox is one process and one Go
+//     runtime; Status.VMMPID is then the shim's pid. Any other VMM is a
+//     binary: `<vmm> --api-sock <dir>/api.sock [--id ID] args...`, in its
+//     own process group, killed by the kernel if the shim dies
+//     (PDEATHSIG): a VMM without its page server would freeze on its next
+//     fault. A real firecracker works unchanged.
 //  4. Wait for GET / on the API socket (ReadyTimeout): state running.
 //  5. Accept the handshake (HandshakeTimeout, counted from 4); thawd's
 //     PUT /snapshot/load makes the VMM send it. Then serve pages: prefetch
@@ -29,8 +34,9 @@
 //
 // A page-server failure (no handshake in time, a malformed one, one that
 // does not fit the memory file, a fault the server cannot answer) kills
-// the VMM's process group with SIGKILL and sets state failed with the
-// reason. So does a VMM whose API never answers. A VMM that exits is
+// the VMM (a child's process group with SIGKILL; the builtin VMM with its
+// Kill, which also releases its userfaultfd so that no thread stays
+// blocked on guest memory) and sets state failed with the reason. So does a VMM whose API never answers. A VMM that exits is
 // reaped (after its process group is killed, so nothing it forked
 // survives), the page server stops, the recording is closed, and the
 // status becomes final (done). The shim then stays until thawd collects
@@ -63,7 +69,8 @@
 //	GET  /settle     SettleStatus once the recording has settled or the VM
 //	                 is over; ?wait=false answers at once. 409 unless pages record.
 //	POST /stop       {"grace_ms": N} (optional): SIGTERM to the VMM's process
-//	                 group, SIGKILL after the grace (default StopGrace); answers
+//	                 group (the builtin VMM: its Stop), SIGKILL (its Kill)
+//	                 after the grace (default StopGrace); answers
 //	                 the final Status once the VMM is gone.
 //	GET  /wait       the final Status once the VMM is gone.
 //	POST /collect    acknowledges the final Status (409 while the VMM runs);
@@ -71,7 +78,8 @@
 //	                 file and exits.
 //
 // Status.State is starting, running, vmm-exited (with Exit: code or
-// signal) or failed (with Reason, and Exit once the killed VMM is reaped).
+// signal; the builtin VMM reports what a thaw-vmm process would: 0 for a
+// guest shutdown or a stop, 1 for a failed VM, SIGKILL when killed) or failed (with Reason, and Exit once the killed VMM is reaped).
 // Status.Done says the VMM is gone and nothing but collection will change.
 // Status.Check states the invariants; the shim checks every status it
 // publishes, and ReadStatusFile refuses a file that breaks one.

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"sync"
 	"syscall"
 	"time"
@@ -22,8 +21,9 @@ import (
 // supervisor is the running shim: it owns the VMM child, the page server
 // and the control server.
 type supervisor struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	builtin Builtin // starts the builtin VMM (Config.VMM BuiltinVMM)
 	// pg is nil in pages none; set under mu before the VMM starts, fixed
 	// after.
 	pg *pager
@@ -43,8 +43,8 @@ type supervisor struct {
 	// Guarded by mu.
 	st        Status
 	changed   chan struct{} // closed and replaced on every change of st
-	cmd       *exec.Cmd     // the VMM, once started
-	reaped    bool          // the VMM has been reaped: its pid may be reused
+	vmm       vmmProc       // the VMM, once started
+	reaped    bool          // the VMM has been released: its pid may be reused
 	srv       *uffd.Server
 	killTimer *time.Timer
 	killAt    time.Time
@@ -57,16 +57,22 @@ type supervisor struct {
 // it stops the VMM with the grace period first). Failures of the VM are
 // recorded in its status, not returned; Run returns an error only when the
 // shim cannot work at all (invalid configuration, control socket in use).
-func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+// builtin starts the builtin VMM when cfg.VMM is BuiltinVMM; it may be
+// nil otherwise.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, builtin Builtin) error {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if cfg.VMM == BuiltinVMM && builtin == nil {
+		return errors.New("vmm builtin: this shim has no builtin VMM; give the path of a VMM binary")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &supervisor{
 		cfg:       cfg,
+		builtin:   builtin,
 		log:       log.With("vm", cfg.ID),
 		vmmExited: make(chan struct{}),
 		done:      make(chan struct{}),
@@ -200,34 +206,38 @@ func listenControl(cfg Config) (*net.UnixListener, error) {
 	return l, nil
 }
 
-// startVMM starts the VMM in its own process group, with its output in
-// the VMM log. It dies with the shim (PDEATHSIG): a VMM whose page server
-// is gone would freeze on its next fault.
+// startVMM starts the VMM, with its output in the VMM log: a child
+// process (startChild), or the builtin VMM in this process.
 func (s *supervisor) startVMM() error {
 	out, err := os.OpenFile(s.cfg.VMMLog(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("opening the VMM log: %w", err)
 	}
-	defer out.Close()
-	args := []string{"--api-sock", s.cfg.APISocket()}
-	if s.cfg.VMMID != "" {
-		args = append(args, "--id", s.cfg.VMMID)
-	}
-	cmd := exec.Command(s.cfg.VMM, append(args, s.cfg.VMMArgs...)...)
-	cmd.Dir = s.cfg.Dir
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.st.Stopped {
+		out.Close()
 		return errors.New("stopped before the VMM started")
 	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting the VMM: %w", err)
+	var v vmmProc
+	if s.cfg.VMM == BuiltinVMM {
+		b, err := startBuiltin(s.cfg, s.builtin, out, s.log)
+		if err != nil {
+			out.Close()
+			return err
+		}
+		v = b // it keeps out
+	} else {
+		c, err := startChild(s.cfg, out, s.log)
+		out.Close() // the child has its own copy
+		if err != nil {
+			return err
+		}
+		v = c
 	}
-	s.cmd = cmd
-	s.updateLocked(func(st *Status) { st.VMMPID = cmd.Process.Pid })
-	s.log.Info("VMM started", "pid", cmd.Process.Pid, "binary", s.cfg.VMM)
+	s.vmm = v
+	s.updateLocked(func(st *Status) { st.VMMPID = v.pid() })
+	s.log.Info("VMM started", "pid", v.pid(), "vmm", s.cfg.VMM)
 	return nil
 }
 
@@ -267,36 +277,21 @@ func (s *supervisor) waitReady(ctx context.Context) bool {
 	return false
 }
 
-// reap waits for the VMM to exit, kills whatever it left in its process
-// group, reaps it, waits for the page server to stop, and publishes the
-// final status.
+// reap waits for the VMM to exit, releases it (kills whatever it left in
+// its process group, reaps it), waits for the page server to stop, and
+// publishes the final status.
 func (s *supervisor) reap() {
-	pid := s.cmd.Process.Pid
-	var info unix.Siginfo
-	for {
-		// WNOWAIT leaves the zombie, so pid (and its process group id)
-		// cannot be reused before the group is killed below.
-		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
-		if err != unix.EINTR {
-			if err != nil {
-				s.log.Error("waiting for the VMM", "err", err)
-			}
-			break
-		}
-	}
+	s.vmm.wait()
 	s.mu.Lock()
-	unix.Kill(-pid, unix.SIGKILL)
-	werr := s.cmd.Wait()
+	exit, err := s.vmm.release()
+	if err != nil {
+		s.log.Error("releasing the VMM", "err", err)
+	}
 	s.reaped = true
 	if s.killTimer != nil {
 		s.killTimer.Stop()
 	}
-	exit := &ExitStatus{Code: -1}
-	if ws, ok := waitStatus(s.cmd.ProcessState); ok {
-		exit = exitStatusOf(ws)
-	} else {
-		s.log.Error("reaping the VMM", "err", werr)
-	}
+	pid := s.vmm.pid()
 	s.mu.Unlock()
 	close(s.vmmExited)
 	s.log.Info("VMM exited", "pid", pid, "status", exit.String())
@@ -359,7 +354,7 @@ func (s *supervisor) stop(grace time.Duration) {
 	if !s.st.Stopped {
 		s.updateLocked(func(st *Status) { st.Stopped = true })
 	}
-	if s.cmd == nil || s.reaped {
+	if s.vmm == nil || s.reaped {
 		return
 	}
 	at := time.Now().Add(grace)
@@ -381,13 +376,14 @@ func (s *supervisor) stop(grace time.Duration) {
 	s.killAt = at
 }
 
-// signalLocked signals the VMM's process group, if the VMM has not been
-// reaped (until then its pid cannot name another process).
+// signalLocked signals the VMM (a child's whole process group), if it
+// has not been released (until then a child's pid cannot name another
+// process).
 func (s *supervisor) signalLocked(sig unix.Signal) {
-	if s.cmd == nil || s.reaped {
+	if s.vmm == nil || s.reaped {
 		return
 	}
-	if err := unix.Kill(-s.cmd.Process.Pid, sig); err != nil && err != unix.ESRCH {
+	if err := s.vmm.signal(sig); err != nil {
 		s.log.Error("signalling the VMM", "signal", signalName(sig), "err", err)
 	}
 }

@@ -64,6 +64,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if probeDir != "" {
+		os.RemoveAll(probeDir)
+	}
 	os.Exit(code)
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/thawvm/thaw/internal/vmm/kvm"
 	"github.com/thawvm/thaw/internal/vmm/memory"
 	"github.com/thawvm/thaw/internal/vmm/serial"
+	"github.com/thawvm/thaw/internal/vmm/snapshot"
 )
 
 // Fixed machine layout: legacy ports and their GSIs (a PC's), and where
@@ -89,6 +90,10 @@ type Machine struct {
 	exited int   // vCPU goroutines that returned
 	done   chan struct{}
 	hw     *hardware
+
+	// loaded is the restored guest memory (set by LoadSnapshot), for Kill,
+	// which must reach it without mu.
+	loaded atomic.Pointer[snapshot.Loaded]
 }
 
 // hardware is what Start builds. Its fields are set once, before the vCPU
@@ -441,20 +446,55 @@ func (m *Machine) Wait(ctx context.Context) (Exit, error) {
 	return *m.exit, nil
 }
 
+// Kill stops the machine at once, even when its threads are blocked on
+// guest memory that its page server will never serve: it records reason
+// as the exit (unless the machine already stopped), kicks the vCPUs (a
+// vCPU waiting for a page inside KVM_RUN returns on the signal: KVM's
+// faults are interruptible) and, for memory restored with the Uffd
+// backend, releases the VMM's copy of the userfaultfd
+// (snapshot.Loaded.ReleaseUFFD), so that Go code blocked on a missing
+// page wakes once the page server's copy is gone too. Guest memory is
+// then garbage: Kill is for a VM being torn down. Close still has to be
+// called to release the machine.
+func (m *Machine) Kill(reason string) {
+	m.stop(Exit{Reason: reason})
+	if l := m.loaded.Load(); l != nil {
+		if err := l.ReleaseUFFD(); err != nil {
+			m.log.Warn("releasing the userfaultfd", "err", err)
+		}
+	}
+	// Kick again: a vCPU that was waiting for a page when stop kicked it
+	// may have lost that signal to the fault's retry, and runs on once
+	// its page arrives (as zeros, after the release). While a vCPU has
+	// not returned, Close has not started to release the hardware.
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.hw != nil && m.exited < m.nvcpus {
+		m.kickLocked()
+	}
+}
+
 // Close stops the machine if it runs, waits for its vCPU threads and
-// releases everything it holds.
+// releases everything it holds. The hardware is closed without mu held,
+// so that a Kill can still reach the machine while a device goroutine
+// that Close waits for is blocked on guest memory.
 func (m *Machine) Close() error {
 	m.ctl.Lock()
 	defer m.ctl.Unlock()
 	m.stop(Exit{Reason: "the VMM closed the machine"})
 	<-m.done
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.hw == nil {
+	hw := m.hw
+	m.mu.Unlock()
+	if hw == nil {
 		return nil
 	}
-	err := m.hw.close()
+	// Every vCPU has returned and the state is Stopped, so no method
+	// touches hw any more (they check the state first).
+	err := hw.close()
+	m.mu.Lock()
 	m.hw = nil
+	m.mu.Unlock()
 	return err
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	kabi "github.com/thawvm/thaw/internal/abi/kvm"
@@ -141,8 +140,11 @@ func captureMachine(hw *hardware, drives []DriveConfig) (*vmstate.State, error) 
 //
 // With the Uffd backend the machine watches the page server for the rest
 // of its life: if it exits, the machine stops with that error, and since a
-// vCPU waiting for a page that will never come cannot be interrupted, the
-// process exits (status 1) when the vCPUs do not return at once.
+// vCPU waiting for a page that will never come cannot be interrupted (not
+// by a signal on kvm_pvm), the machine kills itself (Kill: it releases
+// its userfaultfd, which wakes every waiter) when the vCPUs do not return
+// at once. It never exits the process, which may be a shim running the
+// builtin VMM.
 func (m *Machine) LoadSnapshot(ctx context.Context, p fcapi.SnapshotLoadParams) error {
 	p = p.Normalized()
 	if err := p.Validate(); err != nil {
@@ -181,6 +183,7 @@ func (m *Machine) LoadSnapshot(ctx context.Context, p fcapi.SnapshotLoadParams) 
 	m.cfg.VCPUs, m.cfg.MemMiB = st.Machine.VCPUCount, uint64(st.Machine.MemSizeMib)
 	m.cfg.Drives, m.cfg.Vsock = devs.drives, devs.vsock
 	m.hw = hw
+	m.loaded.Store(loaded)
 	m.nvcpus = len(hw.vcpus)
 	m.state = Paused
 	for _, v := range hw.vcpus {
@@ -292,12 +295,8 @@ func restoreLegacy(hw *hardware, d vmstate.Device) error {
 	return nil
 }
 
-// exitProcess ends the process when the page server is gone and a vCPU
-// cannot be stopped; tests replace it.
-var exitProcess = os.Exit
-
 // pageServerGrace is how long the machine waits for its vCPUs to return
-// after the page server went away before ending the process.
+// after the page server went away before it kills itself.
 const pageServerGrace = 2 * time.Second
 
 // restored is what a machine restored from a snapshot holds beyond a
@@ -329,8 +328,11 @@ func (r *restored) watch(m *Machine) {
 		case <-m.Done():
 		case <-ctx.Done():
 		case <-time.After(pageServerGrace):
-			m.log.Error("vCPUs blocked on guest memory nobody can serve: exiting", "err", err)
-			exitProcess(1)
+			// The page server's copy of the userfaultfd died with it;
+			// releasing ours wakes every thread waiting for a page (they
+			// read zeros from then on: harmless to a stopping machine).
+			m.log.Error("vCPUs blocked on guest memory nobody can serve: releasing the userfaultfd", "err", err)
+			m.Kill("the page server went away")
 		}
 	}()
 }

@@ -258,8 +258,9 @@ func (p *pageServerChildProc) kill() {
 // server that stops answering 300 ms after the handshake (hung, not dead)
 // while the guest is still faulting in its 4 MiB pattern, so a vCPU
 // blocks in KVM_RUN on a page nobody serves, which no signal can
-// interrupt; then it kills the page server. thaw-vmm must end the process
-// itself (status 1, the error on stderr) shortly after the death.
+// interrupt; then it kills the page server. thaw-vmm must end by itself
+// (status 1, the error on stderr) shortly after the death: its machine
+// releases its userfaultfd, which wakes the vCPU.
 func TestPageServerDeathWithBlockedVCPU(t *testing.T) {
 	testenv.RequireUFFD(t)
 	dir := t.TempDir()

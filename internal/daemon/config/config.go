@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/thawvm/thaw/internal/conf"
@@ -32,8 +33,10 @@ type Config struct {
 	// requires a bearer token read from TokenFile.
 	TCPAddr   string
 	TokenFile string
-	// VMM is the VMM binary the shim starts (thaw-vmm or firecracker); a
-	// bare name is looked up in PATH.
+	// VMM is BuiltinVMM, the VMM running inside each sandbox's thaw-shim
+	// (one process per sandbox: the default), or a VMM binary the shim
+	// starts as its child (thaw-vmm or firecracker); a bare name is looked
+	// up in PATH.
 	VMM string
 	// Shim is the thaw-shim binary; a bare name is looked up in PATH.
 	Shim string
@@ -90,7 +93,7 @@ func Default() Config {
 	return Config{
 		DataDir:               "/var/lib/thaw",
 		Socket:                "/run/thaw/thawd.sock",
-		VMM:                   "thaw-vmm",
+		VMM:                   BuiltinVMM,
 		Shim:                  "thaw-shim",
 		UFFD:                  true,
 		UFFDPrefetch:          true,
@@ -104,6 +107,10 @@ func Default() Config {
 		LogLevel:              slog.LevelInfo,
 	}
 }
+
+// BuiltinVMM is Config.VMM for the VMM built into thaw-shim (shim.BuiltinVMM).
+// To run a binary named "builtin", give its path.
+const BuiltinVMM = "builtin"
 
 // Record reports whether template builds record the page access order;
 // turning prefetch off turns recording off too (nothing would read it).
@@ -164,8 +171,11 @@ func (c *Config) Validate() error {
 		}
 	}
 	absPath("token_file", c.TokenFile, true)
-	if c.VMM == "" {
-		bad("vmm", "must be set")
+	switch {
+	case c.VMM == "":
+		bad("vmm", "must be set: %q, or a VMM binary (thaw-vmm, firecracker)", BuiltinVMM)
+	case c.VMM != BuiltinVMM && strings.EqualFold(strings.ReplaceAll(c.VMM, "-", ""), BuiltinVMM):
+		bad("vmm", "%q: the VMM built into thaw-shim is spelt %q (to run a binary of that name, give its path)", c.VMM, BuiltinVMM)
 	}
 	if c.Shim == "" {
 		bad("shim", "must be set")

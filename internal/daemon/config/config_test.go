@@ -47,6 +47,9 @@ func TestDefaultIsValid(t *testing.T) {
 	if got, want := c.KernelPath(), "/var/lib/thaw/kernel/vmlinux"; got != want {
 		t.Errorf("KernelPath = %q, want %q", got, want)
 	}
+	if c.VMM != BuiltinVMM {
+		t.Errorf("default VMM: got %q, want %q (one process per sandbox)", c.VMM, BuiltinVMM)
+	}
 }
 
 func TestValidate(t *testing.T) {
@@ -61,6 +64,7 @@ func TestValidate(t *testing.T) {
 		{"tcp without token", func(c *Config) { c.TCPAddr = "127.0.0.1:7070" }, "token_file: must be set when tcp_addr is"},
 		{"bad tcp", func(c *Config) { c.TCPAddr, c.TokenFile = "7070", "/etc/thaw/token" }, `tcp_addr: "7070" is not host:port`},
 		{"no vmm", func(c *Config) { c.VMM = "" }, "vmm: must be set"},
+		{"misspelt builtin", func(c *Config) { c.VMM = "Built-in" }, `vmm: "Built-in": the VMM built into thaw-shim is spelt "builtin"`},
 		{"relative kernel", func(c *Config) { c.Kernel = "vmlinux" }, "kernel:"},
 		{"zero record max", func(c *Config) { c.UFFDRecordMax = 0 }, "uffd_record_max: 0s is out of range"},
 		{"huge record max", func(c *Config) { c.UFFDRecordMax = 2 * time.Hour }, "uffd_record_max:"},

@@ -40,7 +40,7 @@ var settings = []Setting{
 	{"socket", "unix socket the API listens on", func(c *Config) any { return &c.Socket }},
 	{"tcp_addr", "also serve the API on this host:port (needs token_file)", func(c *Config) any { return &c.TCPAddr }},
 	{"token_file", "file holding the bearer token the TCP API requires", func(c *Config) any { return &c.TokenFile }},
-	{"vmm", "VMM binary: thaw-vmm or firecracker (name in PATH or absolute path)", func(c *Config) any { return &c.VMM }},
+	{"vmm", "builtin (the VMM inside thaw-shim: one process per sandbox), or a VMM binary run as the shim's child: thaw-vmm or firecracker (name in PATH or absolute path)", func(c *Config) any { return &c.VMM }},
 	{"shim", "thaw-shim binary (name in PATH or absolute path)", func(c *Config) any { return &c.Shim }},
 	{"kernel", "guest kernel for template builds (default <data_dir>/kernel/vmlinux)", func(c *Config) any { return &c.Kernel }},
 	{"agent", "static thaw-agent binary injected into template images (default <data_dir>/agent/thaw-agent)", func(c *Config) any { return &c.Agent }},

@@ -16,6 +16,7 @@ import (
 	"github.com/thawvm/thaw/internal/daemon/sandbox/sandboxtest"
 	"github.com/thawvm/thaw/internal/daemon/store"
 	"github.com/thawvm/thaw/internal/daemon/template"
+	"github.com/thawvm/thaw/internal/shim"
 )
 
 // TestBootSnapshotBadKernel boots a build VM under the real shim and
@@ -43,7 +44,7 @@ func TestBootSnapshotBadKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, err := sandbox.New(sandbox.Options{Store: st, Layout: lay, Settings: settings, Shim: filepath.Join(bins, "thaw-shim"),
-		VMM: filepath.Join(bins, "thaw-vmm"), StopGrace: time.Second})
+		VMM: shim.BuiltinVMM, StopGrace: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,13 +50,21 @@ func idleProbeSnapshot(t testing.TB) sandboxtest.Snapshot {
 // densityBackends are the memory backends compared, in the order reported.
 var densityBackends = []string{"uffd-prefetch", "uffd-ondemand", "file"}
 
+// densityVMMs are the VMM modes compared: the builtin VMM (one process
+// per sandbox, thawd's default) and thaw-vmm as the shim's child (two).
+var densityVMMs = []string{"builtin", "thaw-vmm"}
+
 // newDensityEnv is newEnv with the idle probe registered as template
-// "idle" for backend (recorded when the backend prefetches).
-func newDensityEnv(t testing.TB, backend string) *env {
+// "idle" for backend (recorded when the backend prefetches), its VMM the
+// builtin one or the thaw-vmm binary (vmm "thaw-vmm").
+func newDensityEnv(t testing.TB, vmm, backend string) *env {
 	t.Helper()
 	e := newEnv(t, func(o *sandbox.Options) {
 		o.Prefetch = backend == "uffd-prefetch"
 		o.RecordMax = 3 * time.Second
+		if vmm == "thaw-vmm" {
+			o.VMM = filepath.Join(sandboxtest.Binaries(t), "thaw-vmm")
+		}
 	})
 	e.settings.SetUFFD(backend != "file")
 	e.registerSnapshot(t, "idle", idleProbeSnapshot(t), store.ReadyCheck{Kind: store.ReadySerial, Marker: sandboxtest.ReadyMarker}, true)
@@ -66,6 +74,9 @@ func newDensityEnv(t testing.TB, backend string) *env {
 // cost is what one running sandbox costs the host, read from /proc once
 // its guest idles. CPU times are cumulative since the processes started,
 // so they are the create's (and its idling's) whole cost.
+//
+// With the builtin VMM the shim is the VMM: everything but guest memory
+// and vCPU threads is counted once, as the shim's (vmm fields stay 0).
 type cost struct {
 	shimCPU, vmmCPU, vcpuCPU time.Duration // vmmCPU: the VMM's non-vCPU threads
 	// PSS in bytes: guest memory (the VMM's userfaultfd-registered or
@@ -125,50 +136,73 @@ func measure(ctx context.Context, sb store.Sandbox, memFile string) (cost, error
 		return cost{}, err
 	}
 	c := cost{vmmPID: vmmPID}
-	sts, err := procstat.Threads(sb.Shim.PID)
-	if err != nil {
-		return cost{}, err
+	builtin := vmmPID == sb.Shim.PID
+	if !builtin {
+		sts, err := procstat.Threads(sb.Shim.PID)
+		if err != nil {
+			return cost{}, err
+		}
+		c.shimCPU = procstat.CPU(sts)
 	}
-	c.shimCPU = procstat.CPU(sts)
 	vts, err := procstat.Threads(vmmPID)
 	if err != nil {
 		return cost{}, err
 	}
 	for _, t := range vts {
-		if t.IsVCPU() {
+		switch {
+		case t.IsVCPU():
 			c.vcpuCPU += t.CPU
-		} else {
+		case builtin:
+			c.shimCPU += t.CPU
+		default:
 			c.vmmCPU += t.CPU
 		}
 	}
-	maps, err := procstat.Smaps(sb.Shim.PID)
-	if err != nil {
-		return cost{}, err
-	}
-	exe, err := procstat.Exe(sb.Shim.PID)
-	if err != nil {
-		return cost{}, err
-	}
-	c.shimSplit = procstat.SplitMappings(maps, exe)
-	for _, m := range maps {
-		if m.Path == memFile {
-			c.shimFilePSS += m.Pss
-		} else {
-			c.shimPSS += m.Pss
-			c.shimAnon += m.Anonymous
+	if !builtin {
+		maps, err := procstat.Smaps(sb.Shim.PID)
+		if err != nil {
+			return cost{}, err
+		}
+		exe, err := procstat.Exe(sb.Shim.PID)
+		if err != nil {
+			return cost{}, err
+		}
+		c.shimSplit = procstat.SplitMappings(maps, exe)
+		for _, m := range maps {
+			if m.Path == memFile {
+				c.shimFilePSS += m.Pss
+			} else {
+				c.shimPSS += m.Pss
+				c.shimAnon += m.Anonymous
+			}
 		}
 	}
-	if maps, err = procstat.Smaps(vmmPID); err != nil {
+	maps, err := procstat.Smaps(vmmPID)
+	if err != nil {
 		return cost{}, err
 	}
-	if exe, err = procstat.Exe(vmmPID); err != nil {
+	exe, err := procstat.Exe(vmmPID)
+	if err != nil {
 		return cost{}, err
 	}
-	c.vmmSplit = procstat.SplitMappings(maps, exe)
+	if builtin {
+		c.shimSplit = procstat.SplitMappings(maps, exe)
+	} else {
+		c.vmmSplit = procstat.SplitMappings(maps, exe)
+	}
 	for _, m := range maps {
-		if m.HasFlag("um") || m.Path == memFile {
+		switch {
+		// Guest memory: registered with the userfaultfd (Uffd backend),
+		// or the VMM's writable private mapping of the memory file (File).
+		case m.HasFlag("um") || m.Path == memFile && m.HasFlag("wr"):
 			c.guestPSS += m.Pss
-		} else {
+		// The page server's read-only mapping of the memory file.
+		case m.Path == memFile:
+			c.shimFilePSS += m.Pss
+		case builtin:
+			c.shimPSS += m.Pss
+			c.shimAnon += m.Anonymous
+		default:
 			c.vmmPSS += m.Pss
 			c.vmmAnon += m.Anonymous
 		}
@@ -187,14 +221,22 @@ const idleWindow = 2 * time.Second
 func idleCPU(sbs []store.Sandbox, costs []cost) error {
 	read := func() ([]time.Duration, error) {
 		out := make([]time.Duration, 0, 2*len(costs))
+		cpu := func(pid int) (time.Duration, error) {
+			ts, err := procstat.Threads(pid)
+			return procstat.CPU(ts), err
+		}
 		for i, c := range costs {
-			for _, pid := range []int{sbs[i].Shim.PID, c.vmmPID} {
-				ts, err := procstat.Threads(pid)
-				if err != nil {
+			shim, err := cpu(sbs[i].Shim.PID)
+			if err != nil {
+				return nil, err
+			}
+			var vmm time.Duration // the builtin VMM's is the shim's, counted once
+			if c.vmmPID != sbs[i].Shim.PID {
+				if vmm, err = cpu(c.vmmPID); err != nil {
 					return nil, err
 				}
-				out = append(out, procstat.CPU(ts))
 			}
+			out = append(out, shim, vmm)
 		}
 		return out, nil
 	}
@@ -286,7 +328,9 @@ func selfCPU() time.Duration {
 //
 //	go test -run '^$' -bench BenchmarkDensity -benchtime 2x -timeout 60m ./internal/daemon/sandbox/
 //
-// THAW_DENSITY_CONCURRENCY (e.g. "1,16") picks other concurrency levels.
+// THAW_DENSITY_CONCURRENCY (e.g. "1,16") picks other concurrency levels,
+// THAW_DENSITY_VMM ("builtin", "thaw-vmm" or both, the default) the VMM
+// modes: the builtin VMM in the shim's process, or thaw-vmm as its child.
 func BenchmarkDensity(b *testing.B) {
 	levels := []int{1, 16, 64}
 	if v := os.Getenv("THAW_DENSITY_CONCURRENCY"); v != "" {
@@ -299,17 +343,31 @@ func BenchmarkDensity(b *testing.B) {
 			levels = append(levels, n)
 		}
 	}
+	vmms := densityVMMs
+	if v := os.Getenv("THAW_DENSITY_VMM"); v != "" {
+		vmms = strings.Split(v, ",")
+		for _, m := range vmms {
+			if !slices.Contains(densityVMMs, m) {
+				b.Fatalf("THAW_DENSITY_VMM=%q: want a comma-separated list of %q", v, densityVMMs)
+			}
+		}
+	}
 	for _, backend := range densityBackends {
 		for _, concurrent := range levels {
-			b.Run(fmt.Sprintf("%s/concurrent=%d", backend, concurrent), func(b *testing.B) {
-				benchDensity(b, backend, concurrent)
-			})
+			// The VMM modes side by side, so that they see the same load.
+			// Short names: each is part of the sandboxes' socket paths
+			// (b.TempDir), which must stay under 108 bytes.
+			for _, vmm := range vmms {
+				b.Run(fmt.Sprintf("%s/n=%d/%s", backend, concurrent, vmm), func(b *testing.B) {
+					benchDensity(b, vmm, backend, concurrent)
+				})
+			}
 		}
 	}
 }
 
-func benchDensity(b *testing.B, backend string, concurrent int) {
-	e := newDensityEnv(b, backend)
+func benchDensity(b *testing.B, vmm, backend string, concurrent int) {
+	e := newDensityEnv(b, vmm, backend)
 	tpl, err := e.st.Template("idle")
 	if err != nil {
 		b.Fatal(err)
@@ -460,9 +518,11 @@ func benchDensity(b *testing.B, backend string, concurrent int) {
 // sleeps in KVM, the measurement sees its guest memory and both processes,
 // and a pause and resume through the VMM's API bring a new tick.
 func TestIdleSandbox(t *testing.T) {
-	for _, backend := range []string{"uffd-ondemand", "file"} {
-		t.Run(backend, func(t *testing.T) {
-			e := newDensityEnv(t, backend)
+	for _, tc := range []struct{ vmm, backend string }{
+		{"builtin", "uffd-ondemand"}, {"builtin", "file"}, {"thaw-vmm", "uffd-ondemand"},
+	} {
+		t.Run(tc.vmm+"/"+tc.backend, func(t *testing.T) {
+			e := newDensityEnv(t, tc.vmm, tc.backend)
 			ctx := ctxT(t)
 			sb, err := e.m.Create(ctx, sandbox.CreateRequest{ID: "idle1", Template: "idle"})
 			if err != nil {
@@ -476,8 +536,14 @@ func TestIdleSandbox(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.guestPSS == 0 || c.shimPSS == 0 || c.vmmPSS == 0 || c.shimAnon == 0 || c.vmmAnon == 0 || c.shimSplit.Binary == 0 || c.vmmSplit.Anon == 0 || c.vcpuCPU == 0 || c.shimCPU == 0 {
-				t.Errorf("measurement of a running sandbox: got %+v, want guest memory, shim and VMM memory, and vCPU and shim CPU time", c)
+			builtin := tc.vmm == "builtin"
+			own := !builtin // a VMM process of its own
+			if c.guestPSS == 0 || c.shimPSS == 0 || c.shimAnon == 0 || c.shimSplit.Binary == 0 || c.vcpuCPU == 0 || c.shimCPU == 0 ||
+				(c.vmmPSS != 0) != own || (c.vmmAnon != 0) != own || (c.vmmSplit.Anon != 0) != own || (c.vmmCPU != 0) != own {
+				t.Errorf("measurement of a running sandbox: got %+v, want guest memory, shim memory (binary and anonymous), vCPU and shim CPU time, and VMM memory and CPU time only for a VMM process of its own", c)
+			}
+			if tc.backend == "uffd-ondemand" && c.shimFilePSS == 0 {
+				t.Errorf("measurement of a running sandbox: got %+v, want the page server's memory file mapping", c)
 			}
 			for range 2 {
 				if err := proveAlive(ctx, sb); err != nil {

@@ -53,8 +53,10 @@ type Options struct {
 	// Observer, if set, is told about every create.
 	Observer Observer
 	Logger   *slog.Logger
-	// Shim and VMM are absolute paths of thaw-shim and of the VMM binary
-	// (thaw-vmm or firecracker).
+	// Shim is the absolute path of thaw-shim. VMM is shim.BuiltinVMM (the
+	// VMM inside thaw-shim: one process per sandbox) or the absolute path
+	// of a VMM binary the shim runs as its child (thaw-vmm or
+	// firecracker).
 	Shim, VMM string
 	// Prefetch turns the page server's ordered prefetch on; off also
 	// turns template recording runs off (RecordFunc returns nil).
@@ -104,7 +106,11 @@ func New(opts Options) (*Manager, error) {
 	if opts.Store == nil || opts.Settings == nil || opts.Layout.Root() == "" {
 		return nil, errdefs.InvalidArgument("sandbox manager: Store, Layout and Settings are required")
 	}
-	for _, b := range []struct{ what, path string }{{"shim", opts.Shim}, {"vmm", opts.VMM}} {
+	bins := []struct{ what, path string }{{"shim", opts.Shim}}
+	if opts.VMM != shim.BuiltinVMM {
+		bins = append(bins, struct{ what, path string }{"vmm", opts.VMM})
+	}
+	for _, b := range bins {
 		if !filepath.IsAbs(b.path) {
 			return nil, errdefs.InvalidArgument("sandbox manager: %s binary %q: want an absolute path", b.what, b.path)
 		}

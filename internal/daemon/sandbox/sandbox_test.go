@@ -99,7 +99,7 @@ func newEnv(t testing.TB, mutate func(*sandbox.Options)) *env {
 	}
 	e := &env{st: st, lay: lay, settings: settings}
 	e.opts = sandbox.Options{Store: st, Layout: lay, Settings: settings, Shim: filepath.Join(bins, "thaw-shim"),
-		VMM: filepath.Join(bins, "thaw-vmm"), Prefetch: true, ReadyTimeout: 20 * time.Second, MaxActions: 10}
+		VMM: shim.BuiltinVMM, Prefetch: true, ReadyTimeout: 20 * time.Second, MaxActions: 10}
 	if mutate != nil {
 		mutate(&e.opts)
 	}

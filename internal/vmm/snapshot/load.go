@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -38,9 +39,32 @@ type Loaded struct {
 	// PageServerPID is the page server's pid (Uffd backend), 0 if unknown.
 	PageServerPID int
 
+	// uffdMu guards uffd, which ReleaseUFFD may close while the VM still
+	// runs.
+	uffdMu sync.Mutex
 	uffd   *os.File // the VMM's copy: closing it would turn missing pages into zeros
 	server *os.File // pidfd of the page server, or nil
 	socket string
+}
+
+// ReleaseUFFD closes the VMM's copy of the userfaultfd, leaving guest
+// memory mapped. Once the page server's copy is closed too, the kernel
+// releases the userfaultfd: every thread blocked on a missing page wakes,
+// and missing pages read as zeros from then on. It is how a forced stop
+// frees threads blocked on guest memory that will never be served (a
+// vCPU in KVM_RUN also wakes on a signal; Go code faulting in user mode
+// does not). The guest's memory is garbage afterwards: only for a VM that
+// is being torn down. Safe to call more than once and concurrently with
+// Close.
+func (l *Loaded) ReleaseUFFD() error {
+	l.uffdMu.Lock()
+	defer l.uffdMu.Unlock()
+	if l.uffd == nil {
+		return nil
+	}
+	err := l.uffd.Close()
+	l.uffd = nil
+	return err
 }
 
 // Close unmaps guest memory and releases the userfaultfd. The VM using the
@@ -51,10 +75,7 @@ func (l *Loaded) Close() error {
 		errs = append(errs, l.Memory.Close())
 		l.Memory = nil
 	}
-	if l.uffd != nil {
-		errs = append(errs, l.uffd.Close())
-		l.uffd = nil
-	}
+	errs = append(errs, l.ReleaseUFFD())
 	if l.server != nil {
 		errs = append(errs, l.server.Close())
 		l.server = nil
@@ -71,8 +92,9 @@ var ErrPageServerGone = errors.New("the page server exited")
 // server process exits (returning an error wrapping ErrPageServerGone). A
 // vCPU touching a page that was never served would wait forever, so the
 // VMM must run this for the VM's life and end, with the error, when it
-// returns one. With the File backend, or when the page server's process
-// could not be identified, it just waits for ctx.
+// returns one. With the File backend, when the page server's process
+// could not be identified, or when it is this process, it just waits for
+// ctx.
 func (l *Loaded) WatchPageServer(ctx context.Context) error {
 	if l.server == nil {
 		<-ctx.Done()
@@ -219,6 +241,13 @@ func loadUffd(ctx context.Context, st *vmstate.State, socket string, timeout tim
 	}
 	conn := c.(*net.UnixConn)
 	l.PageServerPID, l.server = peerPidfd(conn)
+	if l.server != nil && l.PageServerPID == os.Getpid() {
+		// The page server runs in this process (the builtin VMM inside
+		// thaw-shim): it cannot exit while the VM runs, and a watch on
+		// our own pidfd would only keep a thread blocked in poll(2).
+		l.server.Close()
+		l.server = nil
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
@@ -269,6 +298,8 @@ func loadUffd(ctx context.Context, st *vmstate.State, socket string, timeout tim
 	switch {
 	case errors.Is(err, ErrPageServerGone):
 		err = fmt.Errorf("%w (pid %d) after the handshake on %s, before serving the first guest page", ErrPageServerGone, l.PageServerPID, socket)
+	case errors.Is(ctx.Err(), context.Canceled):
+		err = fmt.Errorf("the load was cancelled (the VMM is stopping) before the page server at %s served the first guest page: %w", socket, ctx.Err())
 	case ctx.Err() != nil:
 		err = fmt.Errorf("the page server at %s took the handshake but served no page within %v: %w", socket, timeout, ctx.Err())
 	default:
@@ -279,7 +310,7 @@ func loadUffd(ctx context.Context, st *vmstate.State, socket string, timeout tim
 	// fatal) and drop only the userfaultfd and pidfd: when the page server
 	// drops its copy too, the kernel wakes the probe.
 	probing = true
-	l.uffd.Close()
+	l.ReleaseUFFD()
 	if l.server != nil {
 		l.server.Close()
 	}
