@@ -7,7 +7,7 @@
 // Usage:
 //
 //	thaw-shim --id ID --dir DIR --vmm builtin|/path/to/thaw-vmm|firecracker \
-//	    [--pages none|serve|record] [--mem-file F] [--access-log F] [--prefetch=on] [--prefetch-rate R] \
+//	    [--pages none|serve|record] [--mem-file F] [--access-log F] [--prefetch=on] [--prefetch-rate R] [--procs N] \
 //	    [--record-log F] [--settle-min D] [--settle-max D] [--ready-timeout D] \
 //	    [--handshake-timeout D] [--stop-grace D] [--collect-timeout D] [--vmm-id ID] [--vmm-arg A]...
 //
@@ -39,19 +39,24 @@ import (
 const maxProcs = 2
 
 func main() {
-	// The builtin VMM sizes GOMAXPROCS to its VM (one P per vCPU and one
-	// more), at most the runtime's default.
-	vmmProcs := 0
-	if os.Getenv("GOMAXPROCS") == "" {
-		vmmProcs = runtime.GOMAXPROCS(0)
-		if vmmProcs > maxProcs {
-			runtime.GOMAXPROCS(maxProcs)
-		}
-	}
 	cfg, err := shim.ParseArgs(os.Args[1:])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "thaw-shim: %v\n", err)
 		os.Exit(2)
+	}
+	// --procs fixes GOMAXPROCS for the process's life; else a GOMAXPROCS
+	// in the environment does. Otherwise the shim starts with at most
+	// maxProcs, and the builtin VMM sizes it to its VM (one P per vCPU
+	// and one more), at most the runtime's default.
+	vmmProcs := 0
+	switch {
+	case cfg.Procs > 0:
+		runtime.GOMAXPROCS(cfg.Procs)
+	case os.Getenv("GOMAXPROCS") == "":
+		vmmProcs = runtime.GOMAXPROCS(0)
+		if vmmProcs > maxProcs {
+			runtime.GOMAXPROCS(maxProcs)
+		}
 	}
 	// stderr is <dir>/shim.log (Start arranges it), so panics land there too.
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
