@@ -44,14 +44,18 @@ func main() {
 		fmt.Fprintf(os.Stderr, "thaw-shim: %v\n", err)
 		os.Exit(2)
 	}
-	// --procs fixes GOMAXPROCS for the process's life; else a GOMAXPROCS
-	// in the environment does. Otherwise the shim starts with at most
-	// maxProcs, and the builtin VMM sizes it to its VM (one P per vCPU
-	// and one more), at most the runtime's default.
+	// --procs fixes GOMAXPROCS for the process's life (shim.Start also
+	// puts it in the environment, so that the runtime starts with that
+	// many Ps: a P dropped here keeps the memory it took); else a
+	// GOMAXPROCS in the environment does. Otherwise the shim starts with
+	// at most maxProcs, and the builtin VMM sizes it to its VM (one P per
+	// vCPU and one more), at most the runtime's default.
 	vmmProcs := 0
 	switch {
 	case cfg.Procs > 0:
-		runtime.GOMAXPROCS(cfg.Procs)
+		if runtime.GOMAXPROCS(0) != cfg.Procs {
+			runtime.GOMAXPROCS(cfg.Procs)
+		}
 	case os.Getenv("GOMAXPROCS") == "":
 		vmmProcs = runtime.GOMAXPROCS(0)
 		if vmmProcs > maxProcs {
