@@ -33,9 +33,10 @@ import (
 // and rare control requests, so two Ps cover it, while the default, one
 // P per host CPU, costs every sandbox memory on a large host (each P's
 // caches and the threads that come with them; docs/benchmarks/thawd.md).
-// One P would save 340 KiB more per shim, but then a control request or
-// the settle watcher can hold the only P when a fault arrives (measured:
-// worse fault p99 and prefetch coverage in thaw-pagebench).
+// One P (--procs 1, thawd's shim_procs) saves ~300 KiB more per shim,
+// but then the VMM's Go code, a control request or the settle watcher
+// can hold the only P when a fault arrives (measured with the builtin
+// VMM: fault p99 and prefetch coverage worse, docs/benchmarks/thawd.md).
 const maxProcs = 2
 
 func main() {

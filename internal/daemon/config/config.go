@@ -42,9 +42,12 @@ type Config struct {
 	// Shim is the thaw-shim binary; a bare name is looked up in PATH.
 	Shim string
 	// ShimProcs is each shim's GOMAXPROCS (the shim's --procs): 0 sizes
-	// it automatically, 1 to shim.MaxProcs fixes it. Each P costs an idle
-	// sandbox memory (docs/benchmarks/thawd.md). A sandbox keeps the value
-	// it was created with.
+	// it automatically (2, or with the builtin VMM one P per vCPU plus
+	// one, at most the host's CPUs), 1 to shim.MaxProcs fixes it. Each P
+	// costs an idle sandbox ~300 KiB; 1, the default, is what meets issue
+	// 7's PSS target, and costs page serving little (measured in
+	// docs/benchmarks/thawd.md). A sandbox keeps the value it was created
+	// with.
 	ShimProcs int
 	// Kernel is the guest kernel for template builds; empty means
 	// <DataDir>/kernel/vmlinux.
@@ -101,6 +104,7 @@ func Default() Config {
 		Socket:                "/run/thaw/thawd.sock",
 		VMM:                   BuiltinVMM,
 		Shim:                  "thaw-shim",
+		ShimProcs:             1,
 		UFFD:                  true,
 		UFFDPrefetch:          true,
 		UFFDRecordMax:         10 * time.Second,

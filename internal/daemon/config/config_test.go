@@ -50,6 +50,9 @@ func TestDefaultIsValid(t *testing.T) {
 	if c.VMM != BuiltinVMM {
 		t.Errorf("default VMM: got %q, want %q (one process per sandbox)", c.VMM, BuiltinVMM)
 	}
+	if c.ShimProcs != 1 {
+		t.Errorf("default shim procs: got %d, want 1 (the idle-PSS target, docs/benchmarks/thawd.md)", c.ShimProcs)
+	}
 }
 
 func TestValidate(t *testing.T) {
@@ -119,7 +122,7 @@ uffd_prefetch_rate = "200MiB/s"
 			c.UFFDPrefetchRate = 200 << 20
 		}, ""},
 		{"rate in bytes per second", `uffd_prefetch_rate = 1048576`, func(c *Config) { c.UFFDPrefetchRate = 1 << 20 }, ""},
-		{"shim procs", `shim_procs = 1`, func(c *Config) { c.ShimProcs = 1 }, ""},
+		{"shim procs", `shim_procs = 0`, func(c *Config) { c.ShimProcs = 0 }, ""},
 		{"shim procs as string", `shim_procs = "1"`, nil, `key "shim_procs": want an integer`},
 		{"negative rate", `uffd_prefetch_rate = -1`, nil, `key "uffd_prefetch_rate": rate -1 is negative`},
 		{"bad rate", `uffd_prefetch_rate = "fast"`, nil, `key "uffd_prefetch_rate": invalid rate "fast": use a whole number of bytes per second`},
@@ -182,7 +185,7 @@ func TestApplyEnv(t *testing.T) {
 		{"bad bool", env("THAW_UFFD", "maybe"), nil, `environment THAW_UFFD: invalid boolean "maybe"`},
 		{"bad int", env("THAW_MAX_CONCURRENT_RESTORES", "lots"), nil, `environment THAW_MAX_CONCURRENT_RESTORES: invalid integer "lots"`},
 		{"bad duration", env("THAW_UFFD_RECORD_MAX", "10"), nil, `environment THAW_UFFD_RECORD_MAX: invalid duration "10"`},
-		{"shim procs", env("THAW_SHIM_PROCS", "1"), func(c *Config) { c.ShimProcs = 1 }, ""},
+		{"shim procs", env("THAW_SHIM_PROCS", "0"), func(c *Config) { c.ShimProcs = 0 }, ""},
 		{"bad shim procs", env("THAW_SHIM_PROCS", "one"), nil, `environment THAW_SHIM_PROCS: invalid integer "one"`},
 		{"unresponsive limit", env("THAW_SHIM_UNRESPONSIVE_LIMIT", "90s"), func(c *Config) { c.ShimUnresponsiveLimit = 90 * time.Second }, ""},
 		{"unresponsive limit without a unit", env("THAW_SHIM_UNRESPONSIVE_LIMIT", "300"), nil,

@@ -353,7 +353,8 @@ func selfCPU() time.Duration {
 // THAW_DENSITY_VMM ("builtin", "thaw-vmm" or both, the default) the VMM
 // modes: the builtin VMM in the shim's process, or thaw-vmm as its child,
 // THAW_DENSITY_PROCS (e.g. "0,1") the shims' GOMAXPROCS (0: automatic;
-// levels named /pN), THAW_DENSITY_BACKEND the backends.
+// levels named /pN; default 1, thawd's shim_procs), THAW_DENSITY_BACKEND
+// the backends.
 func BenchmarkDensity(b *testing.B) {
 	levels := []int{1, 16, 64}
 	if v := os.Getenv("THAW_DENSITY_CONCURRENCY"); v != "" {
@@ -375,7 +376,7 @@ func BenchmarkDensity(b *testing.B) {
 			}
 		}
 	}
-	procs := []int{0}
+	procs := []int{1} // thawd's default shim_procs
 	if v := os.Getenv("THAW_DENSITY_PROCS"); v != "" {
 		procs = nil
 		for _, f := range strings.Split(v, ",") {
@@ -403,7 +404,7 @@ func BenchmarkDensity(b *testing.B) {
 			for _, vmm := range vmms {
 				for _, p := range procs {
 					name := fmt.Sprintf("%s/n=%d/%s", backend, concurrent, vmm)
-					if len(procs) > 1 || p != 0 {
+					if os.Getenv("THAW_DENSITY_PROCS") != "" {
 						name += fmt.Sprintf("/p%d", p) // at n=16, 107 bytes for the recording run's shim.sock
 					}
 					b.Run(name, func(b *testing.B) {
