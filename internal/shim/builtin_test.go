@@ -1,17 +1,13 @@
 package shim_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,7 +18,7 @@ import (
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/shim"
 	"github.com/thawvm/thaw/internal/testenv"
-	"github.com/thawvm/thaw/internal/uffd"
+	"github.com/thawvm/thaw/internal/uffd/uffdtest"
 )
 
 // The builtin VMM's tests run the probe guest (guest/probe) for real: a
@@ -333,32 +329,7 @@ func TestBuiltinStartFails(t *testing.T) {
 func TestBuiltinAttachAfterParentKill(t *testing.T) {
 	ctx := testCtx(t)
 	v, snap := newBuiltinVM(t, nil)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := json.Marshal(launchSpec{Binary: shimBin, Config: v.cfg})
-	launcher := exec.Command(exe)
-	launcher.Env = append(os.Environ(), launcherEnv+"="+string(js))
-	out, err := launcher.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := launcher.Start(); err != nil {
-		t.Fatal(err)
-	}
-	killOnCleanup(t, launcher.Process.Pid)
-	line, err := bufio.NewReader(out).ReadString('\n')
-	launcher.Process.Kill()
-	launcher.Wait()
-	if err != nil {
-		t.Fatalf("launcher: %v", err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
-		t.Fatalf("launcher said %q", line)
-	}
-	killOnCleanup(t, pid)
+	pid := launchDetached(t, v.cfg)
 
 	h, err := shim.Attach(ctx, v.cfg.ControlSocket())
 	if err != nil {
@@ -413,17 +384,6 @@ func TestBuiltinShimTerminated(t *testing.T) {
 	}
 }
 
-// brokenSource serves the first page of a memory file (the snapshot
-// load's probe of the page server) and fails every other read.
-type brokenSource struct{ *uffd.FileSource }
-
-func (b brokenSource) Bytes(off, n uint64) ([]byte, error) {
-	if off != 0 {
-		return nil, errors.New("test: the page server broke")
-	}
-	return b.FileSource.Bytes(off, n)
-}
-
 // TestBuiltinStopGraceThenKill: a builtin VM whose vCPU waits for a page
 // that will never come (its page server, here one in the test process,
 // died after the first page) does not stop on the stop's request; after
@@ -433,34 +393,8 @@ func (b brokenSource) Bytes(off, n uint64) ([]byte, error) {
 func TestBuiltinStopGraceThenKill(t *testing.T) {
 	ctx := testCtx(t)
 	v, snap := newBuiltinVM(t, func(c *shim.Config) { c.Pages, c.MemFile, c.Prefetch = shim.PagesNone, "", false })
-	src, err := uffd.OpenFile(snap.mem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
 	sock := filepath.Join(t.TempDir(), "uffd.sock")
-	ln, err := uffd.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	served := make(chan error, 1)
-	go func() {
-		hs, err := ln.Accept(ctx)
-		if err != nil {
-			served <- err
-			return
-		}
-		srv, err := uffd.NewServer(uffd.ServerParams{Config: uffd.Config{DisablePrefetch: true}, Handshake: hs, Source: brokenSource{src}})
-		if err != nil {
-			hs.Close()
-			served <- err
-			return
-		}
-		err = srv.Serve(ctx)
-		srv.Close()
-		served <- err
-	}()
+	served := uffdtest.ServeFirstPageOnly(t, sock, snap.mem)
 
 	h := v.start(ctx)
 	c := fcapi.NewClient(h.APISocket)
@@ -469,7 +403,7 @@ func TestBuiltinStopGraceThenKill(t *testing.T) {
 		MemBackend: &fcapi.MemBackend{BackendType: fcapi.MemBackendUffd, BackendPath: sock}, ResumeVM: true}); err != nil {
 		t.Fatalf("snapshot load: %v", err)
 	}
-	if err := <-served; err == nil || !strings.Contains(err.Error(), "the page server broke") {
+	if err := <-served; !errors.Is(err, uffdtest.ErrBroken) {
 		t.Fatalf("page server: got %v, want it broken by the test", err)
 	}
 	const grace = time.Second

@@ -588,17 +588,17 @@ func TestShimTerminated(t *testing.T) {
 	}
 }
 
-// TestShimSurvivesParentKill: a thawd stand-in starts the shim and is
-// killed with SIGKILL; the shim, in its own session, runs on, is attached
-// to again, and serves its VM's memory.
-func TestShimSurvivesParentKill(t *testing.T) {
-	ctx := testCtx(t)
-	v := newVM(t, fakeSpec{Handshake: hsOK}, nil)
+// launchDetached starts a shim for cfg through a launcher process (the
+// test binary re-executed, standing in for thawd), then kills the
+// launcher with SIGKILL, and returns the shim's pid; the shim is killed
+// when the test ends.
+func launchDetached(t *testing.T, cfg shim.Config) int {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, _ := json.Marshal(launchSpec{Binary: shimBin, Config: v.cfg})
+	js, _ := json.Marshal(launchSpec{Binary: shimBin, Config: cfg})
 	launcher := exec.Command(exe)
 	launcher.Env = append(os.Environ(), launcherEnv+"="+string(js))
 	out, err := launcher.StdoutPipe()
@@ -610,20 +610,26 @@ func TestShimSurvivesParentKill(t *testing.T) {
 	}
 	killOnCleanup(t, launcher.Process.Pid)
 	line, err := bufio.NewReader(out).ReadString('\n')
+	launcher.Process.Kill()
+	launcher.Wait()
 	if err != nil {
-		launcher.Process.Kill()
-		launcher.Wait()
 		t.Fatalf("launcher: %v", err)
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(line))
 	if err != nil {
-		launcher.Process.Kill()
-		launcher.Wait()
 		t.Fatalf("launcher said %q", line)
 	}
 	killOnCleanup(t, pid)
-	launcher.Process.Kill()
-	launcher.Wait()
+	return pid
+}
+
+// TestShimSurvivesParentKill: a thawd stand-in starts the shim and is
+// killed with SIGKILL; the shim, in its own session, runs on, is attached
+// to again, and serves its VM's memory.
+func TestShimSurvivesParentKill(t *testing.T) {
+	ctx := testCtx(t)
+	v := newVM(t, fakeSpec{Handshake: hsOK}, nil)
+	pid := launchDetached(t, v.cfg)
 
 	h, err := shim.Attach(ctx, v.cfg.ControlSocket())
 	if err != nil {

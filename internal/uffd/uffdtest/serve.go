@@ -2,6 +2,7 @@ package uffdtest
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"sync"
 
@@ -67,4 +68,67 @@ func serveFile(ctx context.Context, hs *uffd.Handshake, memPath string, cfg uffd
 	}
 	defer srv.Close()
 	return srv.Serve(ctx)
+}
+
+// ErrBroken is what ServeFirstPageOnly's page server fails with.
+var ErrBroken = errors.New("uffdtest: the page server broke after the first page")
+
+// ServeFirstPageOnly runs, in this process, a page server that dies after
+// the load: it accepts one VMM on sock, serves the first page of the
+// memory file at memPath (a snapshot load's probe of the page server),
+// fails on any other page with ErrBroken and closes its userfaultfd, as
+// a shim does when serving fails. The VMM's vCPUs are then left waiting
+// for pages nobody will serve. The channel gets Serve's result; the page
+// server also stops when the test ends.
+func ServeFirstPageOnly(t TB, sock, memPath string) <-chan error {
+	t.Helper()
+	src, err := uffd.OpenFile(memPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := uffd.Listen(sock)
+	if err != nil {
+		src.Close()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		served <- serveFirstPage(ctx, l, src)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		l.Close()
+		src.Close()
+	})
+	return served
+}
+
+func serveFirstPage(ctx context.Context, l *uffd.Listener, src *uffd.FileSource) error {
+	hs, err := l.Accept(ctx)
+	if err != nil {
+		return err
+	}
+	srv, err := uffd.NewServer(uffd.ServerParams{Config: uffd.Config{DisablePrefetch: true}, Handshake: hs, Source: firstPageOnly{src}})
+	if err != nil {
+		hs.Close()
+		return err
+	}
+	err = srv.Serve(ctx)
+	srv.Close()
+	return err
+}
+
+// firstPageOnly serves the first page of a memory file and fails every
+// other read.
+type firstPageOnly struct{ *uffd.FileSource }
+
+func (s firstPageOnly) Bytes(off, n uint64) ([]byte, error) {
+	if off != 0 {
+		return nil, ErrBroken
+	}
+	return s.FileSource.Bytes(off, n)
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/thawvm/thaw/guest/probe"
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/testenv"
-	"github.com/thawvm/thaw/internal/uffd"
+	"github.com/thawvm/thaw/internal/uffd/uffdtest"
 	"github.com/thawvm/thaw/internal/vmm/process"
 )
 
@@ -156,18 +156,6 @@ func TestStartRefuses(t *testing.T) {
 	}
 }
 
-// brokenSource serves the first page of a memory file (the snapshot
-// load's probe of the page server) and fails every other read: a page
-// server that dies after the load.
-type brokenSource struct{ *uffd.FileSource }
-
-func (b brokenSource) Bytes(off, n uint64) ([]byte, error) {
-	if off != 0 {
-		return nil, errors.New("test: the page server broke")
-	}
-	return b.FileSource.Bytes(off, n)
-}
-
 // TestKillWithVCPUsBlockedOnGuestMemory restores the probe with the Uffd
 // backend from a page server that dies after serving the first page and
 // closes its userfaultfd, as the shim does when serving fails: the
@@ -195,33 +183,7 @@ func TestKillWithVCPUsBlockedOnGuestMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	src, err := uffd.OpenFile(mem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	ln, err := uffd.Listen(filepath.Join(dir, "uffd.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	served := make(chan error, 1)
-	go func() {
-		hs, err := ln.Accept(ctx)
-		if err != nil {
-			served <- err
-			return
-		}
-		srv, err := uffd.NewServer(uffd.ServerParams{Config: uffd.Config{DisablePrefetch: true}, Handshake: hs, Source: brokenSource{src}})
-		if err != nil {
-			hs.Close()
-			served <- err
-			return
-		}
-		err = srv.Serve(ctx)
-		srv.Close()
-		served <- err
-	}()
+	served := uffdtest.ServeFirstPageOnly(t, filepath.Join(dir, "uffd.sock"), mem)
 
 	out := &serial{}
 	sock := filepath.Join(dir, "api2.sock")
@@ -237,7 +199,7 @@ func TestKillWithVCPUsBlockedOnGuestMemory(t *testing.T) {
 	}
 	select {
 	case err := <-served:
-		if err == nil || !strings.Contains(err.Error(), "the page server broke") {
+		if !errors.Is(err, uffdtest.ErrBroken) {
 			t.Fatalf("page server: got %v, want it broken by the test", err)
 		}
 	case <-ctx.Done():
