@@ -16,9 +16,10 @@ import (
 // bad value fails that VM's start with the variable named), its log at
 // Info level next to the serial console in the VMM log. maxProcs is the
 // GOMAXPROCS ceiling the instance sizes the process to once its VM is
-// known (0 leaves GOMAXPROCS alone); it is at least 2 even on a one-CPU
-// host, so that the page server always has a P while Go code in the same
-// process waits on a guest-memory fault.
+// known (0 leaves GOMAXPROCS alone: --procs or the environment fixed
+// it); it is at least 2 even on a one-CPU host, so that the page server
+// has a P of its own more often (Go code in this process never waits on
+// a guest-memory fault holding a P: see internal/vmm/memory).
 func builtinVMM(maxProcs int) shim.Builtin {
 	if maxProcs > 0 {
 		maxProcs = max(maxProcs, process.StartProcs)

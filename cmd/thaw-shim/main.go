@@ -7,7 +7,7 @@
 // Usage:
 //
 //	thaw-shim --id ID --dir DIR --vmm builtin|/path/to/thaw-vmm|firecracker \
-//	    [--pages none|serve|record] [--mem-file F] [--access-log F] [--prefetch=on] [--prefetch-rate R] \
+//	    [--pages none|serve|record] [--mem-file F] [--access-log F] [--prefetch=on] [--prefetch-rate R] [--procs N] \
 //	    [--record-log F] [--settle-min D] [--settle-max D] [--ready-timeout D] \
 //	    [--handshake-timeout D] [--stop-grace D] [--collect-timeout D] [--vmm-id ID] [--vmm-arg A]...
 //
@@ -33,25 +33,35 @@ import (
 // and rare control requests, so two Ps cover it, while the default, one
 // P per host CPU, costs every sandbox memory on a large host (each P's
 // caches and the threads that come with them; docs/benchmarks/thawd.md).
-// One P would save 340 KiB more per shim, but then a control request or
-// the settle watcher can hold the only P when a fault arrives (measured:
-// worse fault p99 and prefetch coverage in thaw-pagebench).
+// One P (--procs 1, thawd's shim_procs) saves ~300 KiB more per shim,
+// but then the VMM's Go code, a control request or the settle watcher
+// can hold the only P when a fault arrives (measured with the builtin
+// VMM: fault p99 and prefetch coverage worse, docs/benchmarks/thawd.md).
 const maxProcs = 2
 
 func main() {
-	// The builtin VMM sizes GOMAXPROCS to its VM (one P per vCPU and one
-	// more), at most the runtime's default.
-	vmmProcs := 0
-	if os.Getenv("GOMAXPROCS") == "" {
-		vmmProcs = runtime.GOMAXPROCS(0)
-		if vmmProcs > maxProcs {
-			runtime.GOMAXPROCS(maxProcs)
-		}
-	}
 	cfg, err := shim.ParseArgs(os.Args[1:])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "thaw-shim: %v\n", err)
 		os.Exit(2)
+	}
+	// --procs fixes GOMAXPROCS for the process's life (shim.Start also
+	// puts it in the environment, so that the runtime starts with that
+	// many Ps: a P dropped here keeps the memory it took); else a
+	// GOMAXPROCS in the environment does. Otherwise the shim starts with
+	// at most maxProcs, and the builtin VMM sizes it to its VM (one P per
+	// vCPU and one more), at most the runtime's default.
+	vmmProcs := 0
+	switch {
+	case cfg.Procs > 0:
+		if runtime.GOMAXPROCS(0) != cfg.Procs {
+			runtime.GOMAXPROCS(cfg.Procs)
+		}
+	case os.Getenv("GOMAXPROCS") == "":
+		vmmProcs = runtime.GOMAXPROCS(0)
+		if vmmProcs > maxProcs {
+			runtime.GOMAXPROCS(maxProcs)
+		}
 	}
 	// stderr is <dir>/shim.log (Start arranges it), so panics land there too.
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))

@@ -92,7 +92,7 @@ func Run(ctx context.Context, args []string, lookup func(string) (string, bool),
 		log.Warn("no sandbox lifecycle: binaries not found", "shim", serr, "vmm", verr)
 	} else {
 		mgr, err = sandbox.New(sandbox.Options{Store: st, Layout: lay, Settings: settings, Observer: met, Logger: log,
-			Shim: shimBin, VMM: vmmBin, Prefetch: cfg.UFFDPrefetch, PrefetchRate: uint64(cfg.UFFDPrefetchRate), RecordMax: cfg.UFFDRecordMax, LoadTimeout: cfg.LoadTimeout,
+			Shim: shimBin, VMM: vmmBin, Prefetch: cfg.UFFDPrefetch, PrefetchRate: uint64(cfg.UFFDPrefetchRate), ShimProcs: cfg.ShimProcs, RecordMax: cfg.UFFDRecordMax, LoadTimeout: cfg.LoadTimeout,
 			ReadyTimeout: cfg.ReadyTimeout, MaxActions: cfg.ReconcileMaxActions, UnresponsiveLimit: cfg.ShimUnresponsiveLimit})
 		if err != nil {
 			return err

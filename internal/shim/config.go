@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +41,9 @@ const (
 	VMMLogName        = "vmm.log"          // the VMM's stdout and stderr
 	StatusFileName    = "shim-status.json" // the last Status, rewritten on every change
 )
+
+// MaxProcs is the largest Config.Procs.
+const MaxProcs = 256
 
 // maxSocketPath is the longest unix socket path Linux accepts (sun_path
 // holds 108 bytes including the terminating NUL).
@@ -82,6 +86,13 @@ type Config struct {
 	// part of the shim's command line, so a shim reattached by a restarted
 	// thawd keeps it.
 	PrefetchRate uint64
+	// Procs is the shim process's GOMAXPROCS, 0 to MaxProcs: 0 sizes it
+	// automatically (at most 2 for the shim's own work; with the builtin
+	// VMM, one P per vCPU plus one once the VM is known, at most the
+	// host's CPUs; a GOMAXPROCS in the environment wins), N fixes it at N
+	// for the process's life. Each P costs the process memory (its
+	// caches), one P the least (docs/benchmarks/thawd.md).
+	Procs int
 	// RecordLog is where the access log is written (record mode).
 	RecordLog string
 	// SettleMin and SettleMax bound the settle detector (record mode)
@@ -226,6 +237,9 @@ func (c Config) Validate() error {
 	default:
 		bad("pages %q: want %q, %q or %q", c.Pages, PagesNone, PagesServe, PagesRecord)
 	}
+	if c.Procs < 0 || c.Procs > MaxProcs {
+		bad("procs %d: want 0 (automatic) to %d", c.Procs, MaxProcs)
+	}
 	pos := func(name string, d time.Duration) {
 		if d <= 0 {
 			bad("%s %v: want a positive duration", name, d)
@@ -290,6 +304,9 @@ func (c Config) Args() []string {
 	if c.PrefetchRate != 0 {
 		a = append(a, "--prefetch-rate", conf.ByteRate(c.PrefetchRate).String())
 	}
+	if c.Procs != 0 {
+		a = append(a, "--procs", strconv.Itoa(c.Procs))
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -334,6 +351,7 @@ func ParseArgs(args []string) (Config, error) {
 		c.PrefetchRate = uint64(r)
 		return err
 	})
+	fs.IntVar(&c.Procs, "procs", 0, "GOMAXPROCS: 0 (automatic) or 1 to 256")
 	fs.DurationVar(&c.SettleMin, "settle-min", 0, "settle detector minimum")
 	fs.DurationVar(&c.SettleMax, "settle-max", 0, "settle detector maximum")
 	fs.DurationVar(&c.ReadyTimeout, "ready-timeout", 0, "VMM API wait")

@@ -35,6 +35,10 @@ func TestConfigValidate(t *testing.T) {
 		{"record with prefetch rate", func(c *shim.Config) {
 			c.Pages, c.AccessLog, c.Prefetch, c.RecordLog, c.PrefetchRate = shim.PagesRecord, "", false, "/t/r", 1<<20
 		}, "without prefetch"},
+		{"one proc", func(c *shim.Config) { c.Procs = 1 }, ""},
+		{"most procs", func(c *shim.Config) { c.Procs = shim.MaxProcs }, ""},
+		{"negative procs", func(c *shim.Config) { c.Procs = -1 }, "procs -1: want 0 (automatic) to 256"},
+		{"too many procs", func(c *shim.Config) { c.Procs = 257 }, "procs 257: want 0 (automatic) to 256"},
 		{"empty id", func(c *shim.Config) { c.ID = "" }, "id"},
 		{"id with slash", func(c *shim.Config) { c.ID = "a/b" }, "id \"a/b\""},
 		{"id of 64", func(c *shim.Config) { c.ID = "a" + strings.Repeat("b._-", 15) + "xyz" }, ""},
@@ -100,6 +104,7 @@ func TestArgsRoundTrip(t *testing.T) {
 			ReadyTimeout: time.Second, HandshakeTimeout: 2 * time.Second, StopGrace: 3 * time.Second, CollectTimeout: time.Minute},
 		{ID: "s", Dir: "/d", VMM: "/v"},
 		{ID: "s", Dir: "/d", VMM: shim.BuiltinVMM, VMMID: "s"},
+		{ID: "s", Dir: "/d", VMM: shim.BuiltinVMM, Procs: 1},
 	} {
 		got, err := shim.ParseArgs(c.Args())
 		if err != nil {
@@ -124,6 +129,8 @@ func TestParseArgsRejects(t *testing.T) {
 		{"bad duration", append(base, "--stop-grace", "5"), "stop-grace"},
 		{"bad rate", append(base, "--pages", "serve", "--mem-file", "/m", "--prefetch=on", "--prefetch-rate", "fast"), `invalid rate "fast"`},
 		{"rate with a fraction", append(base, "--pages", "serve", "--mem-file", "/m", "--prefetch=on", "--prefetch-rate", "1.5MiB/s"), "200MiB/s"},
+		{"procs not a number", append(base, "--procs", "many"), "procs"},
+		{"procs out of range", append(base, "--procs", "300"), "procs 300: want 0 (automatic) to 256"},
 		{"invalid config", []string{"--id", "s"}, "dir"},
 	}
 	for _, tt := range tests {

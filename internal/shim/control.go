@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime"
 	"time"
 
 	"github.com/thawvm/thaw/internal/conf"
@@ -20,6 +21,9 @@ type Info struct {
 	APISocket  string   `json:"api_socket"`
 	UFFDSocket string   `json:"uffd_socket,omitempty"`
 	Pages      PageMode `json:"pages"`
+	// Procs is the shim process's GOMAXPROCS when asked (Config.Procs, or
+	// what the automatic sizing chose so far).
+	Procs int `json:"procs"`
 }
 
 // StopRequest is the body of POST /stop.
@@ -68,7 +72,8 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 }
 
 func (s *supervisor) handleInfo(w http.ResponseWriter, r *http.Request) {
-	info := Info{ID: s.cfg.ID, ShimPID: os.Getpid(), Dir: s.cfg.Dir, APISocket: s.cfg.APISocket(), Pages: s.cfg.Pages}
+	info := Info{ID: s.cfg.ID, ShimPID: os.Getpid(), Dir: s.cfg.Dir, APISocket: s.cfg.APISocket(), Pages: s.cfg.Pages,
+		Procs: runtime.GOMAXPROCS(0)}
 	if s.cfg.Pages != PagesNone {
 		info.UFFDSocket = s.cfg.UFFDSocket()
 	}

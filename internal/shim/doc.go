@@ -56,7 +56,7 @@
 // waiting). Calls that wait do so until the condition holds or the
 // client's request ends, which is how thawd bounds them.
 //
-//	GET  /info       Info: id, shim pid, directory, API and UFFD sockets, page mode.
+//	GET  /info       Info: id, shim pid, directory, API and UFFD sockets, page mode, GOMAXPROCS.
 //	GET  /status     Status, at once.
 //	GET  /ready      Status once the VMM's API answers (running) or the VM is over.
 //	GET  /handshake  Verdict once it is known: ok, failed (with the reason),

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -61,6 +62,24 @@ func (e *StartError) Error() string {
 	return b.String()
 }
 
+// shimEnv is the shim's environment: env, with GOMAXPROCS=procs when
+// procs is set. The Go runtime sizes its Ps from GOMAXPROCS before main
+// runs, and memory a P's caches took at start-up stays resident when
+// main lowers GOMAXPROCS later, so the shim's --procs alone would not
+// save it (docs/benchmarks/thawd.md).
+func shimEnv(env []string, procs int) []string {
+	if procs == 0 {
+		return env
+	}
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "GOMAXPROCS=") {
+			out = append(out, kv)
+		}
+	}
+	return append(out, "GOMAXPROCS="+strconv.Itoa(procs))
+}
+
 // vmmLogTail is how much of the VMM's output a StartError carries.
 const vmmLogTail = 1024
 
@@ -96,6 +115,7 @@ func Start(ctx context.Context, binary string, cfg Config) (*Handle, error) {
 	}
 	cmd := exec.Command(binary, cfg.Args()...)
 	cmd.Dir = cfg.Dir
+	cmd.Env = shimEnv(os.Environ(), cfg.Procs)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// A new session: no controlling terminal, and signals to thawd's
 	// process group (Ctrl-C, a service manager stopping thawd) miss it.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/thawvm/thaw/internal/conf"
 	"github.com/thawvm/thaw/internal/errdefs"
+	"github.com/thawvm/thaw/internal/shim"
 	"github.com/thawvm/thaw/internal/uffd"
 )
 
@@ -40,6 +41,14 @@ type Config struct {
 	VMM string
 	// Shim is the thaw-shim binary; a bare name is looked up in PATH.
 	Shim string
+	// ShimProcs is each shim's GOMAXPROCS (the shim's --procs): 0 sizes
+	// it automatically (2, or with the builtin VMM one P per vCPU plus
+	// one, at most the host's CPUs), 1 to shim.MaxProcs fixes it. Each P
+	// costs an idle sandbox ~300 KiB; 1, the default, is what meets issue
+	// 7's PSS target, and costs page serving little (measured in
+	// docs/benchmarks/thawd.md). A sandbox keeps the value it was created
+	// with.
+	ShimProcs int
 	// Kernel is the guest kernel for template builds; empty means
 	// <DataDir>/kernel/vmlinux.
 	Kernel string
@@ -95,6 +104,7 @@ func Default() Config {
 		Socket:                "/run/thaw/thawd.sock",
 		VMM:                   BuiltinVMM,
 		Shim:                  "thaw-shim",
+		ShimProcs:             1,
 		UFFD:                  true,
 		UFFDPrefetch:          true,
 		UFFDRecordMax:         10 * time.Second,
@@ -179,6 +189,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Shim == "" {
 		bad("shim", "must be set")
+	}
+	if c.ShimProcs < 0 || c.ShimProcs > shim.MaxProcs {
+		bad("shim_procs", "%d is out of range: must be 0 (automatic) to %d", c.ShimProcs, shim.MaxProcs)
 	}
 	absPath("kernel", c.Kernel, true)
 	absPath("agent", c.Agent, true)

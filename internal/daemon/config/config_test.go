@@ -50,6 +50,9 @@ func TestDefaultIsValid(t *testing.T) {
 	if c.VMM != BuiltinVMM {
 		t.Errorf("default VMM: got %q, want %q (one process per sandbox)", c.VMM, BuiltinVMM)
 	}
+	if c.ShimProcs != 1 {
+		t.Errorf("default shim procs: got %d, want 1 (the idle-PSS target, docs/benchmarks/thawd.md)", c.ShimProcs)
+	}
 }
 
 func TestValidate(t *testing.T) {
@@ -76,6 +79,8 @@ func TestValidate(t *testing.T) {
 		{"zero unresponsive limit", func(c *Config) { c.ShimUnresponsiveLimit = 0 }, "shim_unresponsive_limit: 0s: must be at least 1s"},
 		{"tiny unresponsive limit", func(c *Config) { c.ShimUnresponsiveLimit = time.Millisecond }, "shim_unresponsive_limit:"},
 		{"prefetch rate below a page a second", func(c *Config) { c.UFFDPrefetchRate = 1000 }, "uffd_prefetch_rate: 1000B/s is too low: must be 0 (unlimited) or at least 4096"},
+		{"negative shim procs", func(c *Config) { c.ShimProcs = -1 }, "shim_procs: -1 is out of range: must be 0 (automatic) to 256"},
+		{"too many shim procs", func(c *Config) { c.ShimProcs = 257 }, "shim_procs: 257 is out of range: must be 0 (automatic) to 256"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,6 +122,8 @@ uffd_prefetch_rate = "200MiB/s"
 			c.UFFDPrefetchRate = 200 << 20
 		}, ""},
 		{"rate in bytes per second", `uffd_prefetch_rate = 1048576`, func(c *Config) { c.UFFDPrefetchRate = 1 << 20 }, ""},
+		{"shim procs", `shim_procs = 0`, func(c *Config) { c.ShimProcs = 0 }, ""},
+		{"shim procs as string", `shim_procs = "1"`, nil, `key "shim_procs": want an integer`},
 		{"negative rate", `uffd_prefetch_rate = -1`, nil, `key "uffd_prefetch_rate": rate -1 is negative`},
 		{"bad rate", `uffd_prefetch_rate = "fast"`, nil, `key "uffd_prefetch_rate": invalid rate "fast": use a whole number of bytes per second`},
 		{"rate as bool", `uffd_prefetch_rate = true`, nil, `key "uffd_prefetch_rate": want bytes per second (an integer) or a string like "200MiB/s", got bool true`},
@@ -178,6 +185,8 @@ func TestApplyEnv(t *testing.T) {
 		{"bad bool", env("THAW_UFFD", "maybe"), nil, `environment THAW_UFFD: invalid boolean "maybe"`},
 		{"bad int", env("THAW_MAX_CONCURRENT_RESTORES", "lots"), nil, `environment THAW_MAX_CONCURRENT_RESTORES: invalid integer "lots"`},
 		{"bad duration", env("THAW_UFFD_RECORD_MAX", "10"), nil, `environment THAW_UFFD_RECORD_MAX: invalid duration "10"`},
+		{"shim procs", env("THAW_SHIM_PROCS", "0"), func(c *Config) { c.ShimProcs = 0 }, ""},
+		{"bad shim procs", env("THAW_SHIM_PROCS", "one"), nil, `environment THAW_SHIM_PROCS: invalid integer "one"`},
 		{"unresponsive limit", env("THAW_SHIM_UNRESPONSIVE_LIMIT", "90s"), func(c *Config) { c.ShimUnresponsiveLimit = 90 * time.Second }, ""},
 		{"unresponsive limit without a unit", env("THAW_SHIM_UNRESPONSIVE_LIMIT", "300"), nil,
 			`environment THAW_SHIM_UNRESPONSIVE_LIMIT: invalid duration "300"`},
@@ -217,8 +226,8 @@ uffd_record_max = "5s"
 vmm = "/opt/fc/firecracker"
 `)
 	c, err := Load(newFlagSet(),
-		[]string{"-config", path, "-max-concurrent-restores", "12", "-uffd-record-max=7s"},
-		env("THAW_MAX_CONCURRENT_RESTORES", "8", "THAW_UFFD_PREFETCH", "off", "THAW_UFFD_RECORD_MAX", "6s"))
+		[]string{"-config", path, "-max-concurrent-restores", "12", "-uffd-record-max=7s", "-shim-procs", "3"},
+		env("THAW_MAX_CONCURRENT_RESTORES", "8", "THAW_UFFD_PREFETCH", "off", "THAW_UFFD_RECORD_MAX", "6s", "THAW_SHIM_PROCS", "2"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,6 +237,7 @@ vmm = "/opt/fc/firecracker"
 	want.UFFDPrefetch = false            // env over default
 	want.MaxConcurrentRestores = 12      // flag over env over file
 	want.UFFDRecordMax = 7 * time.Second // flag over env over file
+	want.ShimProcs = 3                   // flag over env
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v\nwant %+v", c, want)
 	}

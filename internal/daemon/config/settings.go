@@ -44,6 +44,7 @@ var settings = []Setting{
 	{"shim", "thaw-shim binary (name in PATH or absolute path)", func(c *Config) any { return &c.Shim }},
 	{"kernel", "guest kernel for template builds (default <data_dir>/kernel/vmlinux)", func(c *Config) any { return &c.Kernel }},
 	{"agent", "static thaw-agent binary injected into template images (default <data_dir>/agent/thaw-agent)", func(c *Config) any { return &c.Agent }},
+	{"shim_procs", "GOMAXPROCS of each sandbox's thaw-shim: 1 to 256 fixes it, 0 sizes it automatically (with the builtin VMM one P per vCPU plus one, at most the host's CPUs); each P costs an idle sandbox ~300 KiB", func(c *Config) any { return &c.ShimProcs }},
 	{"uffd", "restore memory lazily through a userfaultfd page server (off: File backend)", func(c *Config) any { return &c.UFFD }},
 	{"uffd_prefetch", "prefetch pages in recorded order after restore (off also disables recording)", func(c *Config) any { return &c.UFFDPrefetch }},
 	{"uffd_prefetch_rate", "cap on each sandbox's prefetch: bytes per second or e.g. 200MiB/s; 0 or unlimited for none (faults are never limited)", func(c *Config) any { return &c.UFFDPrefetchRate }},

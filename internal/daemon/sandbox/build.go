@@ -41,7 +41,7 @@ func (m *Manager) BootSnapshot(ctx context.Context, r template.BootRequest, log 
 		fmt.Fprintf(log, "==> %s: %v\n", name, now.Sub(begun).Round(time.Millisecond))
 		begun = now
 	}
-	h, err := shim.Start(ctx, m.opts.Shim, shim.Config{ID: r.ID, Dir: r.Dir, VMM: m.opts.VMM, Pages: shim.PagesNone,
+	h, err := shim.Start(ctx, m.opts.Shim, shim.Config{ID: r.ID, Dir: r.Dir, VMM: m.opts.VMM, Procs: m.opts.ShimProcs, Pages: shim.PagesNone,
 		StopGrace: m.opts.StopGrace, HandshakeTimeout: m.opts.LoadTimeout + m.opts.ReadyTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("starting the shim: %w", err)

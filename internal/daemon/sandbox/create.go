@@ -193,7 +193,7 @@ func (c *creation) do(ctx context.Context) (store.Sandbox, error) {
 
 func (c *creation) startShim(ctx context.Context) (phases.Undo, error) {
 	m := c.m
-	cfg := shim.Config{ID: c.req.ID, Dir: c.dir, VMM: m.opts.VMM, Pages: shim.PagesNone,
+	cfg := shim.Config{ID: c.req.ID, Dir: c.dir, VMM: m.opts.VMM, Procs: m.opts.ShimProcs, Pages: shim.PagesNone,
 		StopGrace: m.opts.StopGrace, HandshakeTimeout: m.opts.LoadTimeout + m.opts.ReadyTimeout}
 	if c.uffd {
 		cfg.Pages = shim.PagesServe

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/thawvm/thaw/internal/fcapi"
 	"github.com/thawvm/thaw/internal/procstat"
 	"github.com/thawvm/thaw/internal/shim"
+	"github.com/thawvm/thaw/internal/uffd"
 )
 
 var (
@@ -56,10 +58,12 @@ var densityVMMs = []string{"builtin", "thaw-vmm"}
 
 // newDensityEnv is newEnv with the idle probe registered as template
 // "idle" for backend (recorded when the backend prefetches), its VMM the
-// builtin one or the thaw-vmm binary (vmm "thaw-vmm").
-func newDensityEnv(t testing.TB, vmm, backend string) *env {
+// builtin one or the thaw-vmm binary (vmm "thaw-vmm"), every shim's
+// GOMAXPROCS procs (0: automatic).
+func newDensityEnv(t testing.TB, vmm, backend string, procs int) *env {
 	t.Helper()
 	e := newEnv(t, func(o *sandbox.Options) {
+		o.ShimProcs = procs
 		o.Prefetch = backend == "uffd-prefetch"
 		o.RecordMax = 3 * time.Second
 		if vmm == "thaw-vmm" {
@@ -97,6 +101,11 @@ type cost struct {
 	// idleShim and idleVMM are the CPU time the shim and the whole VMM
 	// used per second of idling after the measurement.
 	idleShim, idleVMM time.Duration
+	// pages is the page server's counters once the guest idles (zero
+	// for File): faults, prefetched pages and the faults' service times.
+	pages uffd.Stats
+	// procs is the shim's GOMAXPROCS once the guest idles.
+	procs int
 }
 
 func (c cost) total() uint64 { return c.guestPSS + c.shimFilePSS + c.shimPSS + c.vmmPSS }
@@ -136,6 +145,18 @@ func measure(ctx context.Context, sb store.Sandbox, memFile string) (cost, error
 		return cost{}, err
 	}
 	c := cost{vmmPID: vmmPID}
+	sc := shim.NewClient(sb.Shim.ControlSocket)
+	defer sc.Close()
+	ps, err := sc.Stats(ctx)
+	if err != nil {
+		return cost{}, err
+	}
+	c.pages = ps.Stats
+	info, err := sc.Info(ctx)
+	if err != nil {
+		return cost{}, err
+	}
+	c.procs = info.Procs
 	builtin := vmmPID == sb.Shim.PID
 	if !builtin {
 		sts, err := procstat.Threads(sb.Shim.PID)
@@ -330,7 +351,10 @@ func selfCPU() time.Duration {
 //
 // THAW_DENSITY_CONCURRENCY (e.g. "1,16") picks other concurrency levels,
 // THAW_DENSITY_VMM ("builtin", "thaw-vmm" or both, the default) the VMM
-// modes: the builtin VMM in the shim's process, or thaw-vmm as its child.
+// modes: the builtin VMM in the shim's process, or thaw-vmm as its child,
+// THAW_DENSITY_PROCS (e.g. "0,1") the shims' GOMAXPROCS (0: automatic;
+// levels named /pN; default 1, thawd's shim_procs), THAW_DENSITY_BACKEND
+// the backends.
 func BenchmarkDensity(b *testing.B) {
 	levels := []int{1, 16, 64}
 	if v := os.Getenv("THAW_DENSITY_CONCURRENCY"); v != "" {
@@ -352,22 +376,48 @@ func BenchmarkDensity(b *testing.B) {
 			}
 		}
 	}
-	for _, backend := range densityBackends {
+	procs := []int{1} // thawd's default shim_procs
+	if v := os.Getenv("THAW_DENSITY_PROCS"); v != "" {
+		procs = nil
+		for _, f := range strings.Split(v, ",") {
+			var n int
+			if _, err := fmt.Sscanf(f, "%d", &n); err != nil || n < 0 || n > shim.MaxProcs {
+				b.Fatalf("THAW_DENSITY_PROCS=%q: want comma-separated counts from 0 (automatic) to %d", v, shim.MaxProcs)
+			}
+			procs = append(procs, n)
+		}
+	}
+	backends := densityBackends
+	if v := os.Getenv("THAW_DENSITY_BACKEND"); v != "" {
+		backends = strings.Split(v, ",")
+		for _, m := range backends {
+			if !slices.Contains(densityBackends, m) {
+				b.Fatalf("THAW_DENSITY_BACKEND=%q: want a comma-separated list of %q", v, densityBackends)
+			}
+		}
+	}
+	for _, backend := range backends {
 		for _, concurrent := range levels {
-			// The VMM modes side by side, so that they see the same load.
-			// Short names: each is part of the sandboxes' socket paths
-			// (b.TempDir), which must stay under 108 bytes.
+			// The VMM modes and P counts side by side, so that they see
+			// the same load. Short names: each is part of the sandboxes'
+			// socket paths (b.TempDir), which must stay under 108 bytes.
 			for _, vmm := range vmms {
-				b.Run(fmt.Sprintf("%s/n=%d/%s", backend, concurrent, vmm), func(b *testing.B) {
-					benchDensity(b, vmm, backend, concurrent)
-				})
+				for _, p := range procs {
+					name := fmt.Sprintf("%s/n=%d/%s", backend, concurrent, vmm)
+					if os.Getenv("THAW_DENSITY_PROCS") != "" {
+						name += fmt.Sprintf("/p%d", p) // at n=16, 107 bytes for the recording run's shim.sock
+					}
+					b.Run(name, func(b *testing.B) {
+						benchDensity(b, vmm, backend, concurrent, p)
+					})
+				}
 			}
 		}
 	}
 }
 
-func benchDensity(b *testing.B, vmm, backend string, concurrent int) {
-	e := newDensityEnv(b, vmm, backend)
+func benchDensity(b *testing.B, vmm, backend string, concurrent, procs int) {
+	e := newDensityEnv(b, vmm, backend, procs)
 	tpl, err := e.st.Template("idle")
 	if err != nil {
 		b.Fatal(err)
@@ -471,6 +521,12 @@ func benchDensity(b *testing.B, vmm, backend string, concurrent int) {
 		sum.vmmAnon += c.vmmAnon
 		sum.shimSplit = sum.shimSplit.Add(c.shimSplit)
 		sum.vmmSplit = sum.vmmSplit.Add(c.vmmSplit)
+		sum.pages.Faults += c.pages.Faults
+		sum.pages.PrefetchedPages += c.pages.PrefetchedPages
+		for k, n := range c.pages.Latency.Buckets {
+			sum.pages.Latency.Buckets[k] += n
+		}
+		sum.procs = max(sum.procs, c.procs)
 	}
 	// Idle CPU was measured in the first round only.
 	for _, c := range costs[:min(len(costs), concurrent)] {
@@ -497,6 +553,14 @@ func benchDensity(b *testing.B, vmm, backend string, concurrent int) {
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 	b.ReportMetric(us(sum.idleShim/idleN), "idle-shim-cpu-us/s")
 	b.ReportMetric(us(sum.idleVMM/idleN), "idle-vmm-cpu-us/s")
+	// Fault service times over every create's faults (the histogram's
+	// bucket bounds: exact to a factor of two; time a fault waited in the
+	// userfaultfd before the page server read it is not in them).
+	b.ReportMetric(float64(sum.pages.Faults)/float64(un), "faults/create")
+	b.ReportMetric(float64(sum.pages.PrefetchedPages)/float64(un), "prefetched/create")
+	b.ReportMetric(us(sum.pages.Latency.Quantile(0.5)), "fault-p50-us")
+	b.ReportMetric(us(sum.pages.Latency.Quantile(0.99)), "fault-p99-us")
+	b.ReportMetric(float64(sum.procs), "shim-procs")
 	b.ReportMetric(0, "ns/op")
 	var breakdown strings.Builder
 	for _, name := range order {
@@ -518,11 +582,14 @@ func benchDensity(b *testing.B, vmm, backend string, concurrent int) {
 // sleeps in KVM, the measurement sees its guest memory and both processes,
 // and a pause and resume through the VMM's API bring a new tick.
 func TestIdleSandbox(t *testing.T) {
-	for _, tc := range []struct{ vmm, backend string }{
-		{"builtin", "uffd-ondemand"}, {"builtin", "file"}, {"thaw-vmm", "uffd-ondemand"},
+	for _, tc := range []struct {
+		vmm, backend string
+		procs        int
+	}{
+		{"builtin", "uffd-ondemand", 0}, {"builtin", "uffd-ondemand", 1}, {"builtin", "file", 0}, {"thaw-vmm", "uffd-ondemand", 0},
 	} {
-		t.Run(tc.vmm+"/"+tc.backend, func(t *testing.T) {
-			e := newDensityEnv(t, tc.vmm, tc.backend)
+		t.Run(fmt.Sprintf("%s/%s/p=%d", tc.vmm, tc.backend, tc.procs), func(t *testing.T) {
+			e := newDensityEnv(t, tc.vmm, tc.backend, tc.procs)
 			ctx := ctxT(t)
 			sb, err := e.m.Create(ctx, sandbox.CreateRequest{ID: "idle1", Template: "idle"})
 			if err != nil {
@@ -541,6 +608,23 @@ func TestIdleSandbox(t *testing.T) {
 			if c.guestPSS == 0 || c.shimPSS == 0 || c.shimAnon == 0 || c.shimSplit.Binary == 0 || c.vcpuCPU == 0 || c.shimCPU == 0 ||
 				(c.vmmPSS != 0) != own || (c.vmmAnon != 0) != own || (c.vmmSplit.Anon != 0) != own || (c.vmmCPU != 0) != own {
 				t.Errorf("measurement of a running sandbox: got %+v, want guest memory, shim memory (binary and anonymous), vCPU and shim CPU time, and VMM memory and CPU time only for a VMM process of its own", c)
+			}
+			// The shim's GOMAXPROCS: --procs when set; else (unless the
+			// environment fixes it) the automatic sizing, the same default
+			// as this process's at most 2, then for the builtin VMM one P
+			// per vCPU plus one.
+			if env := os.Getenv("GOMAXPROCS"); tc.procs > 0 || env == "" {
+				want := tc.procs
+				if want == 0 {
+					def := runtime.GOMAXPROCS(0)
+					want = min(def, 2)
+					if builtin {
+						want = min(max(def, 2), max(sandboxtest.ProbeVCPUs+1, 2))
+					}
+				}
+				if c.procs != want {
+					t.Errorf("shim GOMAXPROCS with procs %d: got %d, want %d", tc.procs, c.procs, want)
+				}
 			}
 			if tc.backend == "uffd-ondemand" && c.shimFilePSS == 0 {
 				t.Errorf("measurement of a running sandbox: got %+v, want the page server's memory file mapping", c)

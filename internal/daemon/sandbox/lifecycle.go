@@ -171,7 +171,7 @@ func (m *Manager) Resume(ctx context.Context, id string) (store.Sandbox, error) 
 		return store.Sandbox{}, err
 	}
 	build := tpl.BuildByID(sb.Build)
-	h, err := shim.Start(ctx, m.opts.Shim, shim.Config{ID: id, Dir: sb.Dir, VMM: m.opts.VMM, Pages: shim.PagesNone, StopGrace: m.opts.StopGrace})
+	h, err := shim.Start(ctx, m.opts.Shim, shim.Config{ID: id, Dir: sb.Dir, VMM: m.opts.VMM, Procs: m.opts.ShimProcs, Pages: shim.PagesNone, StopGrace: m.opts.StopGrace})
 	if err != nil {
 		return store.Sandbox{}, fmt.Errorf("resuming sandbox %q: starting the shim: %w", id, err)
 	}

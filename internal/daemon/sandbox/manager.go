@@ -64,6 +64,9 @@ type Options struct {
 	// PrefetchRate caps each new sandbox's prefetch in bytes per second
 	// (0: unlimited); the shim keeps it for the sandbox's life.
 	PrefetchRate uint64
+	// ShimProcs is every shim's GOMAXPROCS (shim.Config.Procs): 0
+	// sizes it automatically, N fixes it. A shim keeps it for its life.
+	ShimProcs int
 	// RecordMax bounds a recording run's wait for the settle detector
 	// [10s].
 	RecordMax time.Duration

@@ -90,7 +90,7 @@ func (m *Manager) Record(ctx context.Context, r RecordRequest) (rec template.Rec
 			return template.Recording{}, fmt.Errorf("recording run: cloning the disk: %w", err)
 		}
 	}
-	h, err := shim.Start(ctx, m.opts.Shim, shim.Config{ID: id, Dir: dir, VMM: m.opts.VMM, Pages: shim.PagesRecord,
+	h, err := shim.Start(ctx, m.opts.Shim, shim.Config{ID: id, Dir: dir, VMM: m.opts.VMM, Procs: m.opts.ShimProcs, Pages: shim.PagesRecord,
 		MemFile: r.Memory, RecordLog: r.Log, SettleMax: r.Max, StopGrace: m.opts.StopGrace,
 		HandshakeTimeout: m.opts.LoadTimeout + m.opts.ReadyTimeout})
 	if err != nil {
