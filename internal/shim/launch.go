@@ -71,13 +71,18 @@ func shimEnv(env []string, procs int) []string {
 	if procs == 0 {
 		return env
 	}
+	return append(withoutGOMAXPROCS(env), "GOMAXPROCS="+strconv.Itoa(procs))
+}
+
+// withoutGOMAXPROCS returns env without its GOMAXPROCS entries.
+func withoutGOMAXPROCS(env []string) []string {
 	out := make([]string, 0, len(env)+1)
 	for _, kv := range env {
 		if !strings.HasPrefix(kv, "GOMAXPROCS=") {
 			out = append(out, kv)
 		}
 	}
-	return append(out, "GOMAXPROCS="+strconv.Itoa(procs))
+	return out
 }
 
 // vmmLogTail is how much of the VMM's output a StartError carries.

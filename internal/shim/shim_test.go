@@ -982,3 +982,39 @@ func TestShimKilled(t *testing.T) {
 	}
 	v.finish(ctx, h2)
 }
+
+// TestProcsAreTheShimsOwn: --procs sets the shim's GOMAXPROCS through its
+// environment, and a child VMM binary does not inherit it (it sizes its
+// own Ps).
+func TestProcsAreTheShimsOwn(t *testing.T) {
+	ctx := testCtx(t)
+	v := newVM(t, fakeSpec{Handshake: hsOK}, func(c *shim.Config) { c.Procs = 1 })
+	h := v.start(ctx)
+	st, err := h.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gomaxprocs := func(pid int) string {
+		t.Helper()
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for kv := range strings.SplitSeq(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "GOMAXPROCS="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	if got := gomaxprocs(h.PID); got != "1" {
+		t.Errorf("shim's GOMAXPROCS: got %q, want \"1\"", got)
+	}
+	if got := gomaxprocs(st.VMMPID); got != "" {
+		t.Errorf("child VMM's GOMAXPROCS: got %q, want it unset (the shim's --procs is not the VMM's)", got)
+	}
+	if _, err := h.Stop(ctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	v.finish(ctx, h)
+}

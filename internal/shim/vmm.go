@@ -83,6 +83,11 @@ func startChild(cfg Config, out *os.File, log *slog.Logger) (*childVMM, error) {
 	cmd.Dir = cfg.Dir
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if cfg.Procs != 0 {
+		// The shim's GOMAXPROCS is its own --procs (shimEnv), not a
+		// setting for a VMM binary, which sizes itself.
+		cmd.Env = withoutGOMAXPROCS(os.Environ())
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting the VMM: %w", err)
 	}
