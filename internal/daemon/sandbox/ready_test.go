@@ -52,21 +52,7 @@ func TestAgentReadyVMEnds(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, shim.VMMLogName), []byte("vcpu 0: the guest triple-faulted\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(dir, "shim.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /wait", func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(200 * time.Millisecond)
-		json.NewEncoder(w).Encode(shim.Status{ID: "sb", State: shim.StateFailed, Reason: "the VMM exited", Exit: &shim.ExitStatus{Code: 1}, Done: true})
-	})
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-
-	h := &shim.Handle{Client: shim.NewClient(sock), Dir: dir}
+	h := endingShim(t, dir, "sb", 200*time.Millisecond)
 	// Without the watch, these would end at their bound with "deadline
 	// exceeded" and nothing about the VM.
 	for _, tc := range []struct {
@@ -81,4 +67,25 @@ func TestAgentReadyVMEnds(t *testing.T) {
 			t.Errorf("%s ready check: got %v, want %q and the VMM's output", tc.ready.Kind, err, tc.want)
 		}
 	}
+}
+
+// endingShim serves a stand-in shim control socket in dir whose /wait
+// answers, after delay, that VM id failed with its VMM exited, and
+// returns a handle to it.
+func endingShim(t *testing.T, dir, id string, delay time.Duration) *shim.Handle {
+	t.Helper()
+	sock := filepath.Join(dir, "shim.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /wait", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(delay)
+		json.NewEncoder(w).Encode(shim.Status{ID: id, State: shim.StateFailed, Reason: "the VMM exited", Exit: &shim.ExitStatus{Code: 1}, Done: true})
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return &shim.Handle{Client: shim.NewClient(sock), Dir: dir}
 }

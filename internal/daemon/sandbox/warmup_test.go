@@ -3,9 +3,6 @@ package sandbox
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -78,24 +75,11 @@ func TestWarmUp(t *testing.T) {
 func TestWarmUpVMEnds(t *testing.T) {
 	dir := t.TempDir()
 	sandboxtest.ServeVsockAgent(t, filepath.Join(dir, VsockName))
-	sock := filepath.Join(dir, "shim.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /wait", func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(300 * time.Millisecond)
-		json.NewEncoder(w).Encode(shim.Status{ID: "build-x", State: shim.StateFailed, Reason: "the VMM exited", Exit: &shim.ExitStatus{Code: 1}, Done: true})
-	})
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	h := &shim.Handle{Client: shim.NewClient(sock), Dir: dir}
+	h := endingShim(t, dir, "build-x", 300*time.Millisecond)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	start := time.Now()
-	err = warmUp(ctx, h, [][]string{{"sleep", "30"}}, nil)
+	err := warmUp(ctx, h, [][]string{{"sleep", "30"}}, nil)
 	if err == nil || !strings.Contains(err.Error(), "the VM ended before warm-up command 1/1 (sleep 30) finished") {
 		t.Errorf("got %v, want it to say the VM ended during the warm-up", err)
 	}
