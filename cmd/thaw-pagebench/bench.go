@@ -38,11 +38,7 @@ func bench(dir string, size int64, reps int, rate uint64, log *slog.Logger) erro
 	if reps < 1 {
 		return fmt.Errorf("reps %d: want at least 1", reps)
 	}
-	mem := filepath.Join(dir, "memory")
-	if err := uffdtest.WriteMemoryFile(mem, size, 7); err != nil {
-		return err
-	}
-	src, err := uffd.OpenFile(mem)
+	mem, src, err := memoryFile(dir, size, 7)
 	if err != nil {
 		return err
 	}
@@ -118,18 +114,8 @@ func bench(dir string, size int64, reps int, rate uint64, log *slog.Logger) erro
 			if err != nil {
 				return err
 			}
-			s, err := startSession(dir, uffdtest.Spec{MemFile: mem, Regions: whole, Threads: 1, Pattern: uffdtest.Disjoint, WaitStart: true},
-				src, uffd.Config{PrefetchRunBytes: run, DisableZeroPages: run != 0}, nil, log)
+			st, err := prefetchWhole(dir, mem, whole, src, uffd.Config{PrefetchRunBytes: run, DisableZeroPages: run != 0}, log)
 			if err != nil {
-				return err
-			}
-			if err := s.waitPrefetch(5 * time.Minute); err != nil {
-				s.close()
-				return err
-			}
-			st := s.srv.Stats()
-			s.proc.Go() // then verify every byte
-			if _, _, err := s.wait(5 * time.Minute); err != nil {
 				return err
 			}
 			if st.PrefetchedPages != uint64(size/4096) {
@@ -279,18 +265,8 @@ func benchPaced(dir, mem string, src *uffd.FileSource, size int64, reps int, rat
 	var waitShare []float64
 	for range reps {
 		for _, r := range []uint64{0, rate} {
-			s, err := startSession(dir, uffdtest.Spec{MemFile: mem, Regions: whole, Threads: 1, Pattern: uffdtest.Disjoint, WaitStart: true},
-				src, uffd.Config{PrefetchRate: r}, nil, log)
+			st, err := prefetchWhole(dir, mem, whole, src, uffd.Config{PrefetchRate: r}, log)
 			if err != nil {
-				return err
-			}
-			if err := s.waitPrefetch(5 * time.Minute); err != nil {
-				s.close()
-				return err
-			}
-			st := s.srv.Stats()
-			s.proc.Go() // then verify every byte
-			if _, _, err := s.wait(5 * time.Minute); err != nil {
 				return err
 			}
 			if st.PrefetchBytes != uint64(size) {

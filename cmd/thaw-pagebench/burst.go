@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -25,11 +24,7 @@ func burst(dir string, size int64, sessions, reps int, rate uint64, log *slog.Lo
 	if reps < 1 || sessions < 1 {
 		return fmt.Errorf("reps %d, sessions %d: want at least 1 of each", reps, sessions)
 	}
-	mem := filepath.Join(dir, "memory")
-	if err := uffdtest.WriteMemoryFile(mem, size, 7); err != nil {
-		return err
-	}
-	src, err := uffd.OpenFile(mem)
+	mem, src, err := memoryFile(dir, size, 7)
 	if err != nil {
 		return err
 	}

@@ -71,6 +71,42 @@ func (s *session) waitPrefetch(limit time.Duration) error {
 	return nil
 }
 
+// memoryFile writes a deterministic memory file of size bytes from seed
+// in dir and opens it as a page source.
+func memoryFile(dir string, size int64, seed uint64) (string, *uffd.FileSource, error) {
+	mem := filepath.Join(dir, "memory")
+	if err := uffdtest.WriteMemoryFile(mem, size, seed); err != nil {
+		return "", nil, err
+	}
+	src, err := uffd.OpenFile(mem)
+	if err != nil {
+		return "", nil, err
+	}
+	return mem, src, nil
+}
+
+// prefetchWhole prefetches the whole memory file into a fake VMM that
+// waits for it (one thread, disjoint pages over the layout whole), then
+// lets the VMM verify every byte, and returns the page server's stats as
+// they were when prefetch finished.
+func prefetchWhole(dir, mem string, whole []uffdtest.Layout, src uffd.Source, cfg uffd.Config, log *slog.Logger) (uffd.Stats, error) {
+	s, err := startSession(dir, uffdtest.Spec{MemFile: mem, Regions: whole, Threads: 1, Pattern: uffdtest.Disjoint, WaitStart: true},
+		src, cfg, nil, log)
+	if err != nil {
+		return uffd.Stats{}, err
+	}
+	if err := s.waitPrefetch(5 * time.Minute); err != nil {
+		s.close()
+		return uffd.Stats{}, err
+	}
+	st := s.srv.Stats()
+	s.proc.Go() // then verify every byte
+	if _, _, err := s.wait(5 * time.Minute); err != nil {
+		return uffd.Stats{}, err
+	}
+	return st, nil
+}
+
 // wait waits up to limit for the fake VMM to finish (every thread done, every
 // byte checked) and for Serve to stop on its own; a VMM still running
 // after limit has wedged threads.

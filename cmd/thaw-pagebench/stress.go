@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"time"
 
 	"github.com/thawvm/thaw/internal/uffd"
@@ -17,11 +16,7 @@ import (
 // byte is verified; a session whose VMM does not finish within its time
 // limit has wedged threads and fails the run.
 func stress(dir string, size int64, threads int, target uint64, log *slog.Logger) error {
-	mem := filepath.Join(dir, "memory")
-	if err := uffdtest.WriteMemoryFile(mem, size, 99); err != nil {
-		return err
-	}
-	src, err := uffd.OpenFile(mem)
+	mem, src, err := memoryFile(dir, size, 99)
 	if err != nil {
 		return err
 	}
