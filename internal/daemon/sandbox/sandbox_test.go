@@ -3,6 +3,7 @@ package sandbox_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -539,9 +540,7 @@ func TestReconcileSlowShim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(sb.Shim.PID, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	stopProcess(t, sb.Shim.PID)
 	cont := func() { syscall.Kill(sb.Shim.PID, syscall.SIGCONT) }
 	defer cont()
 	plan, err := e.m.Reconcile(ctxT(t), false)
@@ -556,6 +555,40 @@ func TestReconcileSlowShim(t *testing.T) {
 		t.Errorf("the pass after the shim answers again: got %+v, %v, want only a reattach", plan, err)
 	}
 	waitTicks(t, sb, strings.Count(serialLog(t, sb), sandboxtest.ReadyMarker))
+}
+
+// stopProcess sends pid SIGSTOP and waits until every one of its threads
+// has stopped: kill(2) returns before the group stop is complete, and a
+// thread still running could answer one more request.
+func stopProcess(t *testing.T, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			t.Fatalf("threads of %d: %v (none found)", pid, err)
+		}
+		running := 0
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue // a thread that exited
+			}
+			if st, err := proc.ParseStat(b); err == nil && st.State != 'T' && st.State != 't' {
+				running++
+			}
+		}
+		if running == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d threads of %d still not stopped 10s after SIGSTOP", running, len(tasks), pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // TestReconcileWedgedShim: a shim that is alive but never answers (here
@@ -592,9 +625,7 @@ func TestReconcileWedgedShim(t *testing.T) {
 		}
 	}
 	stop := func() {
-		if err := syscall.Kill(wedged.Shim.PID, syscall.SIGSTOP); err != nil {
-			t.Fatal(err)
-		}
+		stopProcess(t, wedged.Shim.PID)
 	}
 	cont := func() { syscall.Kill(wedged.Shim.PID, syscall.SIGCONT) }
 	defer cont()
